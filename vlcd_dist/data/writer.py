@@ -1,0 +1,265 @@
+"""Parallel, resumable WebDataset shard writing.
+
+A shard set is described as a stream of :class:`ShardJob` (a shard's file name and the small,
+picklable items it holds) plus one top-level function that turns a job into samples. The
+writer:
+
+* keeps memory constant: jobs are pulled from the caller's iterator only as workers free up;
+* runs ``workers`` processes in parallel;
+* writes each shard as ``.NAME.partial``, fsyncs it and renames it, so a file with a final name is
+  always complete;
+* skips shards whose final file already exists, so an interrupted write resumes where it stopped;
+* refuses to mix two different shard sets in one folder (a ``.vlcd-plan.json`` fingerprint).
+
+It finishes by writing ``sizes.json`` (samples per shard, the convention open_clip and wids read)
+and ``info.json`` (what the set is and how it was made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from tqdm import tqdm
+
+from ..errors import DataError
+
+PLAN_FILE = ".vlcd-plan.json"
+SIZES_FILE = "sizes.json"
+INFO_FILE = "info.json"
+
+
+@dataclass
+class ShardJob:
+    """One shard to write: its file name and the items (indices, paths, rows) it holds."""
+
+    name: str
+    items: list[Any]
+
+
+@dataclass
+class ShardResult:
+    """What writing (or finding) one shard produced."""
+
+    name: str
+    count: int
+    skipped: list[str] = field(default_factory=list)  # one line per item that was left out
+    reused: bool = False  # the shard existed already and was kept
+
+
+class SampleError(Exception):
+    """An item that cannot become a sample; the writer records it and goes on."""
+
+
+# A sample is a dict with "__key__" and bytes/str values, as webdataset's TarWriter takes them.
+MakeSamples = Callable[[Any], dict[str, Any]]
+
+_progress_counter = None  # per worker process: a shared counter of samples done
+
+
+def _init_worker(counter) -> None:
+    global _progress_counter
+    _progress_counter = counter
+    # Each worker is one process doing numpy/PIL work; more threads each would oversubscribe.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _tick() -> None:
+    if _progress_counter is not None:
+        with _progress_counter.get_lock():
+            _progress_counter.value += 1
+
+
+def count_tar_samples(path: Path) -> int:
+    """Number of distinct sample keys in a tar shard (reads headers only)."""
+    keys = set()
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if member.isreg():
+                keys.add(member.name.split("/")[-1].split(".", 1)[0])
+    return len(keys)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_one_shard(job: ShardJob, out_dir: str, make_sample: MakeSamples) -> ShardResult:
+    """Write ``job`` to ``out_dir``/name atomically, or reuse it when complete already."""
+    out = Path(out_dir)
+    final = out / job.name
+    if final.exists():
+        for _ in job.items:
+            _tick()
+        return ShardResult(job.name, count_tar_samples(final), reused=True)
+    partial_path = out / f".{job.name}.partial"
+    result = ShardResult(job.name, 0)
+    with open(partial_path, "wb") as stream:
+        # encoder=False: values must already be bytes or str, so nothing is ever pickled.
+        # mtime=0 makes a rerun produce byte-identical shards.
+        with wds.TarWriter(stream, encoder=False, mtime=0.0) as writer:
+            for item in job.items:
+                try:
+                    sample = make_sample(item)
+                except SampleError as exn:
+                    result.skipped.append(str(exn))
+                else:
+                    writer.write(
+                        {k: v.encode("utf-8") if isinstance(v, str) and k != "__key__" else v
+                         for k, v in sample.items()}
+                    )
+                    result.count += 1
+                _tick()
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial_path, final)
+    return result
+
+
+def _check_plan(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    plan = out / PLAN_FILE
+    if plan.exists():
+        previous = json.loads(plan.read_text())
+        if previous != fingerprint and not overwrite:
+            changed = sorted(k for k in set(previous) | set(fingerprint)
+                             if previous.get(k) != fingerprint.get(k))
+            raise DataError(
+                f"{out} already holds shards written with other settings "
+                f"(differs in: {', '.join(changed)}). Use a new --out folder, or pass "
+                "--overwrite to delete those shards and start again."
+            )
+    if overwrite:
+        for old in list(out.glob("*.tar")) + list(out.glob(".*.partial")):
+            old.unlink()
+        for name in (SIZES_FILE, INFO_FILE):
+            (out / name).unlink(missing_ok=True)
+    plan.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+
+
+def write_shards(
+    out_dir: str | Path,
+    jobs: Iterable[ShardJob],
+    make_sample: MakeSamples,
+    *,
+    total: int | None,
+    workers: int,
+    fingerprint: dict[str, Any],
+    info: dict[str, Any],
+    overwrite: bool = False,
+    desc: str = "writing shards",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write every job's shard into ``out_dir`` and return the shard set's ``info`` record.
+
+    make_sample must be picklable (a top-level function or a ``functools.partial`` of one) when
+    ``workers > 1``. ``total`` is the number of items, for the progress bar. Items that raise
+    :class:`SampleError` are left out and listed in ``info["skipped"]``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, fingerprint, overwrite)
+    started = time.time()
+    results: list[ShardResult] = []
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    task = partial(write_one_shard, out_dir=str(out), make_sample=make_sample)
+    if workers <= 1:
+        for job in jobs:
+            results.append(task(job))
+            bar.update(len(job.items))
+    else:
+        results = _run_pool(task, iter(jobs), workers, bar)
+    bar.close()
+
+    results.sort(key=lambda r: r.name)
+    sizes = {r.name: r.count for r in results}
+    skipped = [line for r in results for line in r.skipped]
+    record = dict(info)
+    record.update(
+        shards=len(sizes),
+        samples=sum(sizes.values()),
+        skipped=skipped,
+        reused_shards=sum(r.reused for r in results),
+        seconds=round(time.time() - started, 1),
+    )
+    _write_json_atomic(out / SIZES_FILE, sizes)
+    _write_json_atomic(out / INFO_FILE, record)
+    return record
+
+
+def _run_pool(task, jobs: Iterator[ShardJob], workers: int, bar: tqdm) -> list[ShardResult]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn" if os.name != "posix" else "fork")
+    counter = ctx.Value("q", 0)
+    results: list[ShardResult] = []
+    in_flight: set[Future] = set()
+    # Two jobs queued per worker keeps every process busy while holding O(workers) jobs.
+    window = 2 * workers
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+    ) as pool:
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < window:
+                job = next(jobs, None)
+                if job is None:
+                    exhausted = True
+                    break
+                in_flight.add(pool.submit(task, job))
+            if not in_flight:
+                break
+            done, in_flight = wait(in_flight, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                results.append(future.result())
+            bar.update(counter.value - bar.n)
+    bar.update(counter.value - bar.n)
+    return results
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def chunk_jobs(prefix: str, items: Iterable[Any], shard_size: int) -> Iterator[ShardJob]:
+    """Jobs that cut a (possibly huge, lazily produced) item stream into shards."""
+    if shard_size < 1:
+        raise ValueError("--shard-size must be at least 1")
+    batch: list[Any] = []
+    shard = 0
+    for item in items:
+        batch.append(item)
+        if len(batch) == shard_size:
+            yield ShardJob(f"{prefix}-{shard:06d}.tar", batch)
+            shard, batch = shard + 1, []
+    if batch:
+        yield ShardJob(f"{prefix}-{shard:06d}.tar", batch)
+
+
+def summarize_skips(skipped: list[str], limit: int = 20) -> str:
+    """A few lines saying what was left out, for the console."""
+    if not skipped:
+        return ""
+    head = "\n".join(f"  {line}" for line in skipped[:limit])
+    more = f"\n  ... and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"left out {len(skipped)} item(s):\n{head}{more}"
