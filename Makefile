@@ -1,0 +1,37 @@
+# Everything installs into .venv first; each target below works on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= train,dev
+
+.PHONY: install test demo demo-data lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+# The built-in data: synthetic placenta pairs and natural crops of scikit-image photographs.
+demo-data: install
+	$(BIN)/vlcd shards placenta --synthetic 2000 --out shards/demo/placenta
+	$(BIN)/vlcd shards natural --count 5000 --out shards/demo/natural
+
+demo: demo-data
+
+lint: install
+	$(BIN)/ruff check vlcd_dist tests bench
+	$(BIN)/ruff format --check vlcd_dist tests bench
+
+bench: install
+	$(BIN)/python bench/synthetic_difficulty.py
+	$(BIN)/python bench/data_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

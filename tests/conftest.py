@@ -1,0 +1,61 @@
+"""Shared fixtures: small shard sets written once per session, and an offline environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: no model hub, no telemetry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> int:
+    from vlcd_dist.cli import main
+
+    return main([str(a) for a in args])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(nproc: int, script: Path, *args: str) -> list[str]:
+    """A torchrun command line for ``nproc`` local processes on a free port."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={nproc}", "--nnodes=1",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
+        str(script), *args,
+    ]
+
+
+@pytest.fixture(scope="session")
+def placenta_shards(tmp_path_factory) -> Path:
+    """48 synthetic placenta samples at 128x96, 6 per shard (train and test files)."""
+    out = tmp_path_factory.mktemp("shards") / "placenta"
+    assert run_cli(
+        "shards", "placenta", "--synthetic", "48", "--image-size", "128x96",
+        "--shard-size", "6", "--out", out, "--workers", "2", "--quiet",
+    ) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def natural_shards(tmp_path_factory) -> Path:
+    """64 procedural natural images at 48 px in 8 shards of 8."""
+    out = tmp_path_factory.mktemp("shards") / "natural"
+    assert run_cli(
+        "shards", "natural", "--source", "synthetic", "--count", "64", "--image-size", "48",
+        "--shard-size", "8", "--out", out, "--workers", "2", "--quiet",
+    ) == 0
+    return out
