@@ -42,7 +42,9 @@ def pipeline(cfg: StreamConfig) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--count", type=int, default=600, help="synthetic placenta photos (512x384)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -51,8 +53,21 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "placenta"
-        vlcd(["shards", "placenta", "--synthetic", str(args.count), "--shard-size", "50",
-              "--test-fraction", "0.1", "--out", str(shards), "--quiet"])
+        vlcd(
+            [
+                "shards",
+                "placenta",
+                "--synthetic",
+                str(args.count),
+                "--shard-size",
+                "50",
+                "--test-fraction",
+                "0.1",
+                "--out",
+                str(shards),
+                "--quiet",
+            ]
+        )
         loose = Path(tmp) / "loose"
         loose.mkdir()
         for url in sorted(shards.glob("placenta-train-*.tar")):
@@ -63,16 +78,29 @@ def main() -> None:
         decoder = Decoder("placenta", ["x"], size, train=True)
         rates = {"bare PIL loop": max(bare_loop(files, decoder) for _ in range(args.repeats))}
         for workers in (1, 2):
-            cfg = StreamConfig(shards=str(shards), split="train", batch_size=args.batch_size,
-                               image_size=size, num_workers=workers, train=True)
-            rates[f"pipeline, {workers} worker(s)"] = max(pipeline(cfg) for _ in range(args.repeats))
-    print(f"{len(files)} images 512x384 -> {args.image_size}px train transform, batch {args.batch_size}")
+            cfg = StreamConfig(
+                shards=str(shards),
+                split="train",
+                batch_size=args.batch_size,
+                image_size=size,
+                num_workers=workers,
+                train=True,
+            )
+            rates[f"pipeline, {workers} worker(s)"] = max(
+                pipeline(cfg) for _ in range(args.repeats)
+            )
+    print(
+        f"{len(files)} images 512x384 -> {args.image_size} px train transform, "
+        f"batch {args.batch_size}"
+    )
     bare = rates["bare PIL loop"]
     for name, rate in rates.items():
         print(f"{name:<24} {rate:8.1f} img/s   bare/this = {bare / rate:.2f}x")
     overhead = bare / rates["pipeline, 1 worker(s)"]
-    print(f"pipeline overhead with 1 worker: {overhead:.2f}x (target <= 1.3x):",
-          "met" if overhead <= 1.3 else "MISSED")
+    print(
+        f"pipeline overhead with 1 worker: {overhead:.2f}x (target <= 1.3x):",
+        "met" if overhead <= 1.3 else "MISSED",
+    )
 
 
 if __name__ == "__main__":

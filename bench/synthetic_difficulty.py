@@ -44,9 +44,13 @@ def load(folder: Path):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--shards", type=Path, help="placenta shard folder (default: write a new set)")
-    ap.add_argument("--count", type=int, default=2000, help="samples to write when --shards is absent")
+    ap.add_argument(
+        "--count", type=int, default=2000, help="samples to write when --shards is absent"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args()
@@ -54,8 +58,19 @@ def main() -> int:
         folder = args.shards
         if folder is None:
             folder = Path(tmp) / "placenta"
-            vlcd(["shards", "placenta", "--synthetic", str(args.count), "--seed", str(args.seed),
-                  "--out", str(folder), "--quiet"])
+            vlcd(
+                [
+                    "shards",
+                    "placenta",
+                    "--synthetic",
+                    str(args.count),
+                    "--seed",
+                    str(args.seed),
+                    "--out",
+                    str(folder),
+                    "--quiet",
+                ]
+            )
         tasks, data = load(folder)
     (xp_tr, tx_tr, y_tr), (xp_te, tx_te, y_te) = data["train"], data["test"]
     print(f"synthetic difficulty: {len(y_tr)} train / {len(y_te)} test samples")
@@ -75,8 +90,10 @@ def main() -> int:
         ok &= all(checks)
         marks = " ".join("ok" if c else "MISSED" for c in checks)
         print(f"{task:<18} {prevalence:>10.3f} {text_auc:>9.3f} {pix_auc:>10.3f}  {marks}")
-    print("targets: prevalence 0.10-0.50, text AUC >= 0.95, pixel AUC 0.55-0.90:",
-          "all met" if ok else "NOT all met")
+    print(
+        "targets: prevalence 0.10-0.50, text AUC >= 0.95, pixel AUC 0.55-0.90:",
+        "all met" if ok else "NOT all met",
+    )
     return 0 if ok or not args.check else 1
 
 

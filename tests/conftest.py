@@ -32,10 +32,15 @@ def free_port() -> int:
 def torchrun_cmd(nproc: int, script: Path, *args: str) -> list[str]:
     """A torchrun command line for ``nproc`` local processes on a free port."""
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc-per-node={nproc}", "--nnodes=1",
-        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
-        str(script), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--nnodes=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        str(script),
+        *args,
     ]
 
 
@@ -43,10 +48,24 @@ def torchrun_cmd(nproc: int, script: Path, *args: str) -> list[str]:
 def placenta_shards(tmp_path_factory) -> Path:
     """48 synthetic placenta samples at 128x96, 6 per shard (train and test files)."""
     out = tmp_path_factory.mktemp("shards") / "placenta"
-    assert run_cli(
-        "shards", "placenta", "--synthetic", "48", "--image-size", "128x96",
-        "--shard-size", "6", "--out", out, "--workers", "2", "--quiet",
-    ) == 0
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--synthetic",
+            "48",
+            "--image-size",
+            "128x96",
+            "--shard-size",
+            "6",
+            "--out",
+            out,
+            "--workers",
+            "2",
+            "--quiet",
+        )
+        == 0
+    )
     return out
 
 
@@ -54,8 +73,24 @@ def placenta_shards(tmp_path_factory) -> Path:
 def natural_shards(tmp_path_factory) -> Path:
     """64 procedural natural images at 48 px in 8 shards of 8."""
     out = tmp_path_factory.mktemp("shards") / "natural"
-    assert run_cli(
-        "shards", "natural", "--source", "synthetic", "--count", "64", "--image-size", "48",
-        "--shard-size", "8", "--out", out, "--workers", "2", "--quiet",
-    ) == 0
+    assert (
+        run_cli(
+            "shards",
+            "natural",
+            "--source",
+            "synthetic",
+            "--count",
+            "64",
+            "--image-size",
+            "48",
+            "--shard-size",
+            "8",
+            "--out",
+            out,
+            "--workers",
+            "2",
+            "--quiet",
+        )
+        == 0
+    )
     return out

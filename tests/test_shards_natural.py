@@ -18,12 +18,31 @@ from vlcd_dist.data.writer import ShardJob, write_shards
 
 def test_skimage_source_cuts_real_photographs(tmp_path):
     out = tmp_path / "sk"
-    assert run_cli("shards", "natural", "--count", "30", "--shard-size", "8", "--image-size",
-                   "64", "--out", out, "--workers", "2", "--quiet") == 0
+    assert (
+        run_cli(
+            "shards",
+            "natural",
+            "--count",
+            "30",
+            "--shard-size",
+            "8",
+            "--image-size",
+            "64",
+            "--out",
+            out,
+            "--workers",
+            "2",
+            "--quiet",
+        )
+        == 0
+    )
     sizes = json.loads((out / "sizes.json").read_text())
     assert sizes == {f"natural-{i:06d}.tar": n for i, n in enumerate([8, 8, 8, 6])}
-    images = [np.asarray(Image.open(io.BytesIO(r["jpg"])))
-              for t in sorted(out.glob("*.tar")) for r in iter_tar(str(t))]
+    images = [
+        np.asarray(Image.open(io.BytesIO(r["jpg"])))
+        for t in sorted(out.glob("*.tar"))
+        for r in iter_tar(str(t))
+    ]
     assert len(images) == 30 and all(im.shape == (64, 64, 3) for im in images)
     # Random crops of photographs differ from each other, and are not flat.
     assert len({im.tobytes() for im in images}) == 30
@@ -41,8 +60,24 @@ def test_folder_source_keeps_class_folder_and_converts_png(tmp_path):
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(src / "loose.jpg")
     (src / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    assert run_cli("shards", "natural", "--source", src, "--out", out, "--shard-size", "4",
-                   "--image-size", "0", "--workers", "1", "--quiet") == 0
+    assert (
+        run_cli(
+            "shards",
+            "natural",
+            "--source",
+            src,
+            "--out",
+            out,
+            "--shard-size",
+            "4",
+            "--image-size",
+            "0",
+            "--workers",
+            "1",
+            "--quiet",
+        )
+        == 0
+    )
     raws = [r for t in sorted(out.glob("*.tar")) for r in iter_tar(str(t))]
     assert len(raws) == 7
     by_key = {r["__key__"]: r for r in raws}
@@ -58,8 +93,22 @@ def test_folder_source_shrinks_to_image_size(tmp_path):
     src.mkdir()
     Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(src / "big.jpg")
     out = tmp_path / "out"
-    assert run_cli("shards", "natural", "--source", src, "--out", out, "--image-size", "100",
-                   "--workers", "1", "--quiet") == 0
+    assert (
+        run_cli(
+            "shards",
+            "natural",
+            "--source",
+            src,
+            "--out",
+            out,
+            "--image-size",
+            "100",
+            "--workers",
+            "1",
+            "--quiet",
+        )
+        == 0
+    )
     raw = next(iter_tar(str(out / "natural-000000.tar")))
     assert Image.open(io.BytesIO(raw["jpg"])).size == (133, 100)
 
@@ -71,8 +120,9 @@ def _make(i: int) -> dict:
 def test_interrupted_write_resumes_without_redoing_complete_shards(tmp_path):
     jobs = lambda: [ShardJob(f"t-{s:06d}.tar", list(range(s * 5, s * 5 + 5))) for s in range(4)]  # noqa: E731
     fp = {"kind": "test"}
-    info = write_shards(tmp_path, jobs(), _make, total=20, workers=2, fingerprint=fp, info={},
-                        progress=False)
+    info = write_shards(
+        tmp_path, jobs(), _make, total=20, workers=2, fingerprint=fp, info={}, progress=False
+    )
     assert info["samples"] == 20 and info["reused_shards"] == 0
     first = {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")}
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")}
@@ -80,8 +130,9 @@ def test_interrupted_write_resumes_without_redoing_complete_shards(tmp_path):
     # Simulate a crash: one shard never finished (only its partial file exists).
     (tmp_path / "t-000002.tar").unlink()
     (tmp_path / ".t-000002.tar.partial").write_bytes(b"half a tar")
-    info = write_shards(tmp_path, jobs(), _make, total=20, workers=1, fingerprint=fp, info={},
-                        progress=False)
+    info = write_shards(
+        tmp_path, jobs(), _make, total=20, workers=1, fingerprint=fp, info={}, progress=False
+    )
     assert info["reused_shards"] == 3 and info["samples"] == 20
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")} == first
     for name in ("t-000000.tar", "t-000001.tar", "t-000003.tar"):
@@ -90,8 +141,21 @@ def test_interrupted_write_resumes_without_redoing_complete_shards(tmp_path):
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, capsys):
-    args = ["shards", "natural", "--source", "synthetic", "--count", "4", "--image-size", "16",
-            "--out", tmp_path, "--workers", "1", "--quiet"]
+    args = [
+        "shards",
+        "natural",
+        "--source",
+        "synthetic",
+        "--count",
+        "4",
+        "--image-size",
+        "16",
+        "--out",
+        tmp_path,
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     assert run_cli(*args) == 0
     assert run_cli(*args, "--seed", "5") == 2
     err = capsys.readouterr().err
@@ -108,8 +172,9 @@ def test_writer_memory_stays_bounded_with_a_lazy_job_stream(tmp_path):
             pulled.append(s)
             yield ShardJob(f"m-{s:06d}.tar", [s])
 
-    info = write_shards(tmp_path, jobs(), _make, total=40, workers=2, fingerprint={}, info={},
-                        progress=False)
+    info = write_shards(
+        tmp_path, jobs(), _make, total=40, workers=2, fingerprint={}, info={}, progress=False
+    )
     assert info["shards"] == 40 and pulled == list(range(40))
 
 

@@ -53,8 +53,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _stream_all(out: Path, split: str) -> dict[str, dict]:
     cfg = StreamConfig(
-        shards=str(out), split=split, batch_size=4, image_size=(32, 32), train=False,
-        shuffle=False, num_workers=0,
+        shards=str(out),
+        split=split,
+        batch_size=4,
+        image_size=(32, 32),
+        train=False,
+        shuffle=False,
+        num_workers=0,
     )
     loader = ShardLoader(cfg, rank=0, world=1)
     seen = {}
@@ -73,10 +78,26 @@ def test_manifest_roundtrip_with_made_up_tasks(tmp_path):
     manifest = tmp_path / "manifest.csv"
     _write_csv(manifest, rows)
     out = tmp_path / "out"
-    assert run_cli(
-        "shards", "placenta", "--manifest", manifest, "--images", images, "--out", out,
-        "--shard-size", "4", "--workers", "1", "--quiet", "--test-fraction", "0.3",
-    ) == 0
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--manifest",
+            manifest,
+            "--images",
+            images,
+            "--out",
+            out,
+            "--shard-size",
+            "4",
+            "--workers",
+            "1",
+            "--quiet",
+            "--test-fraction",
+            "0.3",
+        )
+        == 0
+    )
 
     info = json.loads((out / "info.json").read_text())
     assert info["tasks"] == MADE_UP_TASKS
@@ -115,10 +136,24 @@ def test_manifest_jsonl_with_split_and_task_selection(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    assert run_cli(
-        "shards", "placenta", "--manifest", manifest, "--images", images, "--out", out,
-        "--tasks", "zeta,cord_knot", "--workers", "1", "--quiet",
-    ) == 0
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--manifest",
+            manifest,
+            "--images",
+            images,
+            "--out",
+            out,
+            "--tasks",
+            "zeta,cord_knot",
+            "--workers",
+            "1",
+            "--quiet",
+        )
+        == 0
+    )
     info = json.loads((out / "info.json").read_text())
     assert info["tasks"] == ["zeta", "cord_knot"]
     assert info["splits"] == {"train": 6, "test": 2}
@@ -142,8 +177,17 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
     _write_csv(manifest, rows)
     out = tmp_path / "out"
     code = run_cli(
-        "shards", "placenta", "--manifest", manifest, "--images", images, "--out", out,
-        "--workers", "1", "--quiet",
+        "shards",
+        "placenta",
+        "--manifest",
+        manifest,
+        "--images",
+        images,
+        "--out",
+        out,
+        "--workers",
+        "1",
+        "--quiet",
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -163,10 +207,23 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
     assert not out.exists() or not list(out.glob("*.tar"))
 
     # --skip-bad writes the two good rows (rows 2 and 9) and names the skipped ones.
-    assert run_cli(
-        "shards", "placenta", "--manifest", manifest, "--images", images, "--out", out,
-        "--workers", "1", "--quiet", "--skip-bad",
-    ) == 0
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--manifest",
+            manifest,
+            "--images",
+            images,
+            "--out",
+            out,
+            "--workers",
+            "1",
+            "--quiet",
+            "--skip-bad",
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "skipping 6 bad row(s)" in err and "row 8, field 'image'" in err
     assert sum(json.loads((out / "sizes.json").read_text()).values()) == 2
@@ -175,13 +232,37 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
 def test_manifest_level_errors_are_explained(tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text("img,text,a\nx.jpg,hello,1\n")
-    assert run_cli("shards", "placenta", "--manifest", manifest, "--images", tmp_path,
-                   "--out", tmp_path / "o") == 2
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--manifest",
+            manifest,
+            "--images",
+            tmp_path,
+            "--out",
+            tmp_path / "o",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "missing required column(s) ['image', 'report']" in err and "'img'" in err
     manifest.write_text("image,report,a\nx.jpg,hello,1\n")
-    assert run_cli("shards", "placenta", "--manifest", manifest, "--images", tmp_path,
-                   "--out", tmp_path / "o", "--tasks", "b") == 2
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--manifest",
+            manifest,
+            "--images",
+            tmp_path,
+            "--out",
+            tmp_path / "o",
+            "--tasks",
+            "b",
+        )
+        == 2
+    )
     assert "not columns" in capsys.readouterr().err
 
 
@@ -209,10 +290,24 @@ def test_synthetic_set_is_deterministic_and_consistent(placenta_shards, tmp_path
 
     # Same seed, same bytes: rewrite one shard elsewhere and compare.
     again = tmp_path / "again"
-    assert run_cli(
-        "shards", "placenta", "--synthetic", "48", "--image-size", "128x96",
-        "--shard-size", "6", "--out", again, "--workers", "1", "--quiet",
-    ) == 0
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--synthetic",
+            "48",
+            "--image-size",
+            "128x96",
+            "--shard-size",
+            "6",
+            "--out",
+            again,
+            "--workers",
+            "1",
+            "--quiet",
+        )
+        == 0
+    )
     for name in sizes:
         assert (again / name).read_bytes() == (placenta_shards / name).read_bytes()
 
@@ -229,8 +324,12 @@ def test_synthetic_set_is_deterministic_and_consistent(placenta_shards, tmp_path
 
 def test_synthetic_reports_agree_with_labels():
     markers = {
-        "meconium": ("meconium staining of", "meconium pigment", "meconium-laden macrophages in",
-                     "meconium exposure"),
+        "meconium": (
+            "meconium staining of",
+            "meconium pigment",
+            "meconium-laden macrophages in",
+            "meconium exposure",
+        ),
         "fir": ("funisitis with", "chorionic vasculitis and", "acute funisitis ("),
         "mir": ("acute chorionitis", "subchorionitis", "chorion laeve ("),
         "chorioamnionitis": ("chorioamnionitis with", "chorioamnionitis,", "plate consistent with"),
@@ -283,8 +382,27 @@ def test_bad_label_values(tmp_path, bad, capsys):
     images = tmp_path / "images"
     names = _write_images(images, 2)
     manifest = tmp_path / "m.csv"
-    _write_csv(manifest, [{"image": names[0], "report": "ok.", "t": bad},
-                          {"image": names[1], "report": "ok.", "t": "1"}])
-    assert run_cli("shards", "placenta", "--manifest", manifest, "--images", images,
-                   "--out", tmp_path / "o", "--quiet", "--workers", "1") == 2
+    _write_csv(
+        manifest,
+        [
+            {"image": names[0], "report": "ok.", "t": bad},
+            {"image": names[1], "report": "ok.", "t": "1"},
+        ],
+    )
+    assert (
+        run_cli(
+            "shards",
+            "placenta",
+            "--manifest",
+            manifest,
+            "--images",
+            images,
+            "--out",
+            tmp_path / "o",
+            "--quiet",
+            "--workers",
+            "1",
+        )
+        == 2
+    )
     assert "row 2, field 't': label must be 0 or 1" in capsys.readouterr().err

@@ -45,9 +45,13 @@ def _write_placenta_shard(path: Path, keys: list[str], bad: dict[str, str] | Non
             _add(tar, f"{key}.jpg", jpg)
             if kind != "missing_txt":
                 _add(tar, f"{key}.txt", f"report of {key}".encode())
-            meta = b"{not json" if kind == "bad_json" else json.dumps(
-                {"labels": {"a": i % 2, "b": 1}, "split": "train", "study_id": key}
-            ).encode()
+            meta = (
+                b"{not json"
+                if kind == "bad_json"
+                else json.dumps(
+                    {"labels": {"a": i % 2, "b": 1}, "split": "train", "study_id": key}
+                ).encode()
+            )
             _add(tar, f"{key}.json", meta)
 
 
@@ -74,15 +78,23 @@ def _truncate_mid_member(path: Path) -> None:
 
 
 def _cfg(folder: Path, **kw) -> StreamConfig:
-    base = dict(shards=str(folder), split="train", batch_size=4, image_size=(32, 32),
-                num_workers=2, shuffle=False, train=False)
+    base = dict(
+        shards=str(folder),
+        split="train",
+        batch_size=4,
+        image_size=(32, 32),
+        num_workers=2,
+        shuffle=False,
+        train=False,
+    )
     base.update(kw)
     return StreamConfig(**base)
 
 
 def test_batches_are_dicts_of_images_text_labels_keys(placenta_shards):
-    loader = ShardLoader(_cfg(placenta_shards, image_size=(48, 64), train=True, shuffle=True),
-                         rank=0, world=1)
+    loader = ShardLoader(
+        _cfg(placenta_shards, image_size=(48, 64), train=True, shuffle=True), rank=0, world=1
+    )
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 48, 64) and batch["image"].dtype == torch.float32
     assert batch["labels"].shape == (4, 5)
@@ -111,8 +123,11 @@ def test_one_epoch_yields_every_sample_once_and_shuffles_per_epoch(placenta_shar
 
 
 def test_natural_shards_keep_only_images(natural_shards):
-    loader = ShardLoader(StreamConfig(shards=str(natural_shards), batch_size=8,
-                                      image_size=(32, 32), num_workers=2), rank=0, world=1)
+    loader = ShardLoader(
+        StreamConfig(shards=str(natural_shards), batch_size=8, image_size=(32, 32), num_workers=2),
+        rank=0,
+        world=1,
+    )
     batches = list(loader)
     assert len(batches) == len(loader) == 8
     assert "text" not in batches[0] and batches[0]["image"].shape == (8, 3, 32, 32)
@@ -137,8 +152,14 @@ def test_too_few_shards_stop_at_start_up(natural_shards):
 
 
 def test_resampled_epochs_have_fixed_length(natural_shards):
-    cfg = StreamConfig(shards=str(natural_shards), batch_size=5, num_workers=2,
-                       resampled=True, samples_per_epoch=40, image_size=(16, 16))
+    cfg = StreamConfig(
+        shards=str(natural_shards),
+        batch_size=5,
+        num_workers=2,
+        resampled=True,
+        samples_per_epoch=40,
+        image_size=(16, 16),
+    )
     loader = ShardLoader(cfg, rank=1, world=2)
     got = [len(b["key"]) for b in loader]
     assert sum(got) == 20 and len(got) == len(loader) == 4
@@ -152,7 +173,11 @@ def test_bad_samples_are_skipped_counted_and_refilled(tmp_path):
     loader = ShardLoader(_cfg(folder, batch_size=4), rank=0, world=1)
     keys = [k for b in loader for k in b["key"]]
     assert loader.skipped == {
-        "corrupt_image": 1, "missing_key": 1, "bad_json": 1, "bad_text": 0, "truncated_tar": 1,
+        "corrupt_image": 1,
+        "missing_key": 1,
+        "bad_json": 1,
+        "bad_text": 0,
+        "truncated_tar": 1,
     }
     # The truncated shard yielded its complete samples before the damage: members are
     # k000.{jpg,txt,json}, k001.{jpg,txt,...}; the cut is inside k001.txt, so only k000 is whole.

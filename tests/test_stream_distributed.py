@@ -26,7 +26,10 @@ def test_two_ranks_two_workers_cover_the_epoch_once(natural_shards, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         torchrun_cmd(2, SCRIPT, str(natural_shards), str(tmp_path), "3", "2"),
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -39,5 +42,5 @@ def test_two_ranks_two_workers_cover_the_epoch_once(natural_shards, tmp_path):
     # Same number of batches on both ranks, and it is what len(loader) promised.
     assert ranks[0]["batches"] == ranks[1]["batches"] == ranks[0]["len"] == ranks[1]["len"]
     assert ranks[0]["all_batches"] == [ranks[0]["batches"]] * 2
-    # 8 samples per shard, 2 shards per worker, batches of 3: ceil(16/3) = 6 per worker, 12 per rank.
+    # 8 samples a shard, 2 shards a worker, batches of 3: ceil(16/3) = 6 a worker, 12 a rank.
     assert ranks[0]["batches"] == 12

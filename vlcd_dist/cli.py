@@ -44,16 +44,21 @@ def _default_workers() -> int:
 def _add_writer_options(p: argparse.ArgumentParser, shard_size: int) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write the shards into")
     p.add_argument(
-        "--shard-size", type=_positive, default=shard_size,
+        "--shard-size",
+        type=_positive,
+        default=shard_size,
         help=f"samples per shard (default {shard_size})",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument(
-        "--workers", type=_positive, default=_default_workers(),
+        "--workers",
+        type=_positive,
+        default=_default_workers(),
         help="parallel writer processes (default: CPU count, at most 8)",
     )
     p.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="delete shards already in --out that came from other settings, and start again",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,17 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     nat.add_argument(
-        "--source", default="skimage",
+        "--source",
+        default="skimage",
         help="'skimage' (random resized crops of the photographs bundled with scikit-image; "
         "no network), 'synthetic' (procedural drawings), or a folder: an ImageNet/ImageFolder "
         "tree or any folder of JPEG/PNG files, read recursively",
     )
     nat.add_argument(
-        "--count", type=_positive, default=5000,
+        "--count",
+        type=_positive,
+        default=5000,
         help="images to cut (skimage, synthetic); a folder source takes every image",
     )
     nat.add_argument(
-        "--image-size", type=int, default=256,
+        "--image-size",
+        type=int,
+        default=256,
         help="side of skimage/synthetic images; for a folder, the shorter side is shrunk to "
         "this (0 keeps originals: JPEGs are then copied byte for byte)",
     )
@@ -109,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = pla.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--manifest", type=Path,
+        "--manifest",
+        type=Path,
         help="CSV/TSV/JSONL with columns image (path relative to --images), report, optional "
         "split (train/test) and study_id; every other column is a 0/1 task label",
     )
@@ -117,20 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     pla.add_argument("--images", type=Path, help="root folder of the manifest's image paths")
     pla.add_argument("--tasks", help="comma-separated task columns to keep (default: all)")
     pla.add_argument(
-        "--test-fraction", type=float, default=0.2,
+        "--test-fraction",
+        type=float,
+        default=0.2,
         help="test share when the manifest has no split column (grouped by study_id, "
         "stratified by labels)",
     )
     pla.add_argument(
-        "--skip-bad", action="store_true",
+        "--skip-bad",
+        action="store_true",
         help="write the good rows and report the bad ones, instead of stopping",
     )
     pla.add_argument(
-        "--image-size", type=_size, default=(512, 384),
+        "--image-size",
+        type=_size,
+        default=(512, 384),
         help="synthetic images: WIDTHxHEIGHT",
     )
     pla.add_argument(
-        "--max-side", type=int, default=1024,
+        "--max-side",
+        type=int,
+        default=1024,
         help="manifest images: shrink so the shorter side is at most this (0 = keep as is)",
     )
     _add_writer_options(pla, shard_size=100)
@@ -163,9 +181,16 @@ def cmd_shards_natural(args: argparse.Namespace) -> int:
         jobs = chunk_jobs("natural", natural.folder_items(root), args.shard_size)
         fingerprint = dict(common, source=str(root.resolve()), image_size=args.image_size)
     info = write_shards(
-        args.out, jobs, make_sample, total=total, workers=args.workers,
-        fingerprint=fingerprint, info=dict(fingerprint), overwrite=args.overwrite,
-        desc="natural shards", progress=not args.quiet,
+        args.out,
+        jobs,
+        make_sample,
+        total=total,
+        workers=args.workers,
+        fingerprint=fingerprint,
+        info=dict(fingerprint),
+        overwrite=args.overwrite,
+        desc="natural shards",
+        progress=not args.quiet,
     )
     _report_written(args.out, info)
     if info["skipped"]:
@@ -186,8 +211,13 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
         make_sample = partial(placenta.synthetic_sample, seed=args.seed, size=(w, h))
         tasks = list(synthetic_placenta.TASKS)
         fingerprint = dict(
-            kind="placenta", source="synthetic", count=args.synthetic, seed=args.seed,
-            shard_size=args.shard_size, image_size=[w, h], test_fraction=args.test_fraction,
+            kind="placenta",
+            source="synthetic",
+            count=args.synthetic,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            image_size=[w, h],
+            test_fraction=args.test_fraction,
         )
         total = args.synthetic
         split_counts = {s: splits.count(s) for s in placenta.SPLITS}
@@ -211,11 +241,18 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
         if not any(r.split for r in rows):
             placenta.split_rows(rows, tasks, args.test_fraction, args.seed)
         jobs = placenta.manifest_jobs(rows, args.shard_size)
-        make_sample = partial(placenta.manifest_sample, root=str(args.images), max_side=args.max_side)
+        make_sample = partial(
+            placenta.manifest_sample, root=str(args.images), max_side=args.max_side
+        )
         fingerprint = dict(
-            kind="placenta", source=str(args.manifest.resolve()), seed=args.seed,
-            shard_size=args.shard_size, tasks=tasks, max_side=args.max_side,
-            test_fraction=args.test_fraction, rows=len(rows),
+            kind="placenta",
+            source=str(args.manifest.resolve()),
+            seed=args.seed,
+            shard_size=args.shard_size,
+            tasks=tasks,
+            max_side=args.max_side,
+            test_fraction=args.test_fraction,
+            rows=len(rows),
         )
         total = len(rows)
         split_counts = {s: sum(r.split == s for r in rows) for s in placenta.SPLITS}
@@ -224,9 +261,16 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
     info = write_shards(
-        args.out, jobs, make_sample, total=total, workers=args.workers,
-        fingerprint=fingerprint, info=dict(fingerprint, tasks=tasks, splits=split_counts),
-        overwrite=args.overwrite, desc="placenta shards", progress=not args.quiet,
+        args.out,
+        jobs,
+        make_sample,
+        total=total,
+        workers=args.workers,
+        fingerprint=fingerprint,
+        info=dict(fingerprint, tasks=tasks, splits=split_counts),
+        overwrite=args.overwrite,
+        desc="placenta shards",
+        progress=not args.quiet,
     )
     _report_written(args.out, info)
     if info["skipped"]:

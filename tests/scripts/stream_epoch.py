@@ -15,11 +15,22 @@ from vlcd_dist.distributed import dist_info
 
 
 def main() -> None:
-    shards, out, batch_size, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    shards, out, batch_size, workers = (
+        sys.argv[1],
+        Path(sys.argv[2]),
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+    )
     dist.init_process_group("gloo")
     info = dist_info()
-    cfg = StreamConfig(shards=shards, batch_size=batch_size, num_workers=workers,
-                       image_size=(32, 32), shuffle=True, seed=3)
+    cfg = StreamConfig(
+        shards=shards,
+        batch_size=batch_size,
+        num_workers=workers,
+        image_size=(32, 32),
+        shuffle=True,
+        seed=3,
+    )
     loader = ShardLoader(cfg)  # rank and world from dist_info()
     loader.set_epoch(1)
     keys, batches = [], 0
@@ -33,8 +44,14 @@ def main() -> None:
     counts = torch.tensor([batches])
     gathered = [torch.zeros_like(counts) for _ in range(info.world_size)]
     dist.all_gather(gathered, counts)
-    record = {"rank": info.rank, "world": info.world_size, "keys": keys, "batches": batches,
-              "len": len(loader), "all_batches": [int(c) for c in gathered]}
+    record = {
+        "rank": info.rank,
+        "world": info.world_size,
+        "keys": keys,
+        "batches": batches,
+        "len": len(loader),
+        "all_batches": [int(c) for c in gathered],
+    }
     (out / f"rank{info.rank}.json").write_text(json.dumps(record))
     dist.destroy_process_group()
 

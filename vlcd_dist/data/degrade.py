@@ -63,20 +63,27 @@ def _build(name: str, level, width: int) -> A.BasicTransform:
     if name == "colour_cast":
         # A cast is a shift of the channels against each other, signs drawn per image.
         return A.RGBShift(
-            r_shift_limit=(-level, level), g_shift_limit=(-level, level),
-            b_shift_limit=(-level, level), p=1.0,
+            r_shift_limit=(-level, level),
+            g_shift_limit=(-level, level),
+            b_shift_limit=(-level, level),
+            p=1.0,
         )
     if name == "glare":
         return A.RandomSunFlare(
-            flare_roi=(0.2, 0.2, 0.8, 0.8), src_radius=max(4, int(level * width)),
-            num_flare_circles_range=(1, 3), method="physics_based", p=1.0,
+            flare_roi=(0.2, 0.2, 0.8, 0.8),
+            src_radius=max(4, int(level * width)),
+            num_flare_circles_range=(1, 3),
+            method="physics_based",
+            p=1.0,
         )
     if name == "sensor_noise":
         return A.GaussNoise(std_range=(level, level), per_channel=True, p=1.0)
     raise KeyError(name)
 
 
-def corruption(name: str, severity: int, width: int = 512) -> Callable[[np.ndarray, int], np.ndarray]:
+def corruption(
+    name: str, severity: int, width: int = 512
+) -> Callable[[np.ndarray, int], np.ndarray]:
     """A function ``(image uint8 HxWx3, seed) -> degraded image`` for one corruption.
 
     ``name`` is one of :data:`CORRUPTIONS`; ``severity`` 0..5 (0 = identity). ``width`` sets the

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +119,7 @@ def folder_sample(item: tuple[str, str], root: str, max_side: int) -> dict:
 # scikit-image photographs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _skimage_photos() -> tuple[Image.Image, ...]:
     import skimage.data
 
@@ -189,13 +189,21 @@ def procedural_image(rng: np.random.Generator, size: int) -> Image.Image:
         if kind == 0:
             draw.ellipse([int(x0), int(y0), int(x1), int(y1)], fill=colour)
         elif kind == 1:
-            pts = [tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(int(rng.integers(3, 7)))]
+            pts = [
+                tuple(int(v) for v in rng.integers(0, size, 2))
+                for _ in range(int(rng.integers(3, 7)))
+            ]
             draw.polygon(pts, fill=colour)
         else:
-            draw.line([int(x0), int(y0), int(x1), int(y1)], fill=colour, width=int(rng.integers(1, 6)))
+            draw.line(
+                [int(x0), int(y0), int(x1), int(y1)], fill=colour, width=int(rng.integers(1, 6))
+            )
     return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
 
 
 def synthetic_sample(index: int, seed: int, image_size: int) -> dict:
     rng = np.random.default_rng([seed, index, 0x5A])
-    return {"__key__": f"synthetic_{index:08d}", "jpg": encode_jpeg(procedural_image(rng, image_size))}
+    return {
+        "__key__": f"synthetic_{index:08d}",
+        "jpg": encode_jpeg(procedural_image(rng, image_size)),
+    }

@@ -61,7 +61,9 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exn:
-                    raise ManifestError(f"{path} row {line_no}: not valid JSON ({exn.msg})") from exn
+                    raise ManifestError(
+                        f"{path} row {line_no}: not valid JSON ({exn.msg})"
+                    ) from exn
                 if not isinstance(rec, dict):
                     raise ManifestError(f"{path} row {line_no}: expected a JSON object per line")
                 for col in rec:
@@ -159,7 +161,11 @@ def read_manifest(
         else:
             norm = Path(image).as_posix()
             if norm in first_seen:
-                problem(row_no, "image", f"duplicate image {image!r}, first used in row {first_seen[norm]}")
+                problem(
+                    row_no,
+                    "image",
+                    f"duplicate image {image!r}, first used in row {first_seen[norm]}",
+                )
                 ok = False
             else:
                 first_seen[norm] = row_no
@@ -187,7 +193,9 @@ def read_manifest(
     to_check = [p for p in paths if p is not None]
     if workers > 1 and len(to_check) > 64:
         with ProcessPoolExecutor(workers) as pool:
-            verdicts = dict(zip(to_check, pool.map(check_image, to_check, chunksize=64), strict=True))
+            verdicts = dict(
+                zip(to_check, pool.map(check_image, to_check, chunksize=64), strict=True)
+            )
     else:
         verdicts = {p: check_image(p) for p in to_check}
     for (ok, row), path in zip(candidates, paths, strict=True):
@@ -221,9 +229,7 @@ def _assign_keys(rows: list[ManifestRow]) -> None:
         r.key = key
 
 
-def assign_split(
-    groups: dict[str, list[int]], fraction: float, seed: int
-) -> set[str]:
+def assign_split(groups: dict[str, list[int]], fraction: float, seed: int) -> set[str]:
     """The study ids that go to the test split.
 
     groups maps study id -> the group's label vector (ints). Studies are ordered by label pattern
@@ -251,7 +257,9 @@ def split_rows(rows: list[ManifestRow], tasks: list[str], fraction: float, seed:
     for r in rows:
         vec = [r.labels[t] for t in tasks]
         prev = groups.get(r.study_id)
-        groups[r.study_id] = vec if prev is None else [max(a, b) for a, b in zip(prev, vec, strict=True)]
+        groups[r.study_id] = (
+            vec if prev is None else [max(a, b) for a, b in zip(prev, vec, strict=True)]
+        )
     test = assign_split(groups, fraction, seed)
     for r in rows:
         r.split = "test" if r.study_id in test else "train"
@@ -265,7 +273,9 @@ def manifest_sample(row: ManifestRow, root: str, max_side: int) -> dict:
 
 def manifest_jobs(rows: list[ManifestRow], shard_size: int) -> Iterator[ShardJob]:
     for split in SPLITS:
-        yield from chunk_jobs(f"placenta-{split}", [r for r in rows if r.split == split], shard_size)
+        yield from chunk_jobs(
+            f"placenta-{split}", [r for r in rows if r.split == split], shard_size
+        )
 
 
 # --------------------------------------------------------------------------------------------

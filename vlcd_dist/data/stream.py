@@ -74,7 +74,9 @@ class StreamConfig:
         if self.split not in (None, "train", "test"):
             raise DataError(f"data.split must be 'train', 'test' or empty, got {self.split!r}")
         if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise DataError(f"data.image_size must be (H, W) of at least 8 px, got {self.image_size}")
+            raise DataError(
+                f"data.image_size must be (H, W) of at least 8 px, got {self.image_size}"
+            )
 
 
 @dataclass
@@ -108,7 +110,7 @@ def resolve_shards(spec: str, split: str | None = None) -> ShardSet:
         if not sizes_file.exists():
             raise DataError(
                 f"{folder} has no sizes.json; it is written by `vlcd shards`. For shards from "
-                "elsewhere, write one: {\"name.tar\": samples, ...}"
+                'elsewhere, write one: {"name.tar": samples, ...}'
             )
         sizes_map = _read_json(sizes_file)
         names = sorted(sizes_map)
@@ -132,7 +134,9 @@ def resolve_shards(spec: str, split: str | None = None) -> ShardSet:
     missing = [n for n in names if n not in sizes_map]
     if missing:
         raise DataError(f"{sizes_file} has no entry for {missing[:5]}; rewrite it or the shards")
-    absent = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()]
+    absent = [
+        u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()
+    ]
     if absent:
         raise DataError(f"{len(absent)} shard file(s) listed but not found, e.g. {absent[0]}")
     info_file = folder / "info.json"
@@ -292,7 +296,9 @@ def plan_epoch(
             )
         order = list(range(len(sizes)))
         if cfg.shuffle:
-            order = [int(i) for i in np.random.default_rng([cfg.seed, epoch, 0x5D]).permutation(order)]
+            order = [
+                int(i) for i in np.random.default_rng([cfg.seed, epoch, 0x5D]).permutation(order)
+            ]
         shards = [[order[r::world][w::workers] for w in range(workers)] for r in range(world)]
         quota = [[sum(sizes[i] for i in ws) for ws in rs] for rs in shards]
     per_rank = [sum(_batches(q, cfg.batch_size, cfg.drop_last) for q in qs) for qs in quota]

@@ -245,9 +245,10 @@ def render_case(case: Case, rng: np.random.Generator, size: tuple[int, int] = DE
     membrane = np.clip((bnd + reach - rho) / (3 * edge), 0, 1) * (1 - disc)
     wrinkle = _smooth_noise(rng, h, w, 24)
     m_alpha = membrane * (0.45 + 0.2 * wrinkle + 0.35 * sev["mir"])
-    m_colour = np.array((196, 168, 160), np.float32) * (1 - sev["mir"]) + np.array(
-        (222, 196, 128), np.float32
-    ) * sev["mir"]
+    m_colour = (
+        np.array((196, 168, 160), np.float32) * (1 - sev["mir"])
+        + np.array((222, 196, 128), np.float32) * sev["mir"]
+    )
     _paint(canvas, m_colour, m_alpha)
 
     # Fetal surface: maroon, mottled, with a bluish-grey sheen of the chorionic plate.
@@ -338,9 +339,10 @@ def render_case(case: Case, rng: np.random.Generator, size: tuple[int, int] = DE
     )
     c_mask, h_mask = _mask(cord), _mask(helix)
     fir_tint = min(1.0, 0.3 + 0.7 * sev["fir"]) if sev["fir"] > 0 else 0.0
-    cord_colour = np.array((206, 196, 192), np.float32) * (1 - fir_tint) + np.array(
-        (214, 204, 84), np.float32
-    ) * fir_tint
+    cord_colour = (
+        np.array((206, 196, 192), np.float32) * (1 - fir_tint)
+        + np.array((214, 204, 84), np.float32) * fir_tint
+    )
     _paint(canvas, cord_colour, c_mask)
     _paint(canvas, (120, 40, 60), 0.6 * h_mask * c_mask)
 
@@ -348,7 +350,9 @@ def render_case(case: Case, rng: np.random.Generator, size: tuple[int, int] = DE
     gloss = Image.new("L", (w, h), 0)
     dg = ImageDraw.Draw(gloss)
     for _ in range(int(rng.integers(1, 4))):
-        gx, gy = frame.to_image(np.float32(rng.uniform(-0.6, 0.6)), np.float32(rng.uniform(-0.6, 0.6)))
+        gx, gy = frame.to_image(
+            np.float32(rng.uniform(-0.6, 0.6)), np.float32(rng.uniform(-0.6, 0.6))
+        )
         gr = rng.uniform(0.04, 0.12) * radius
         dg.ellipse([gx - gr, gy - gr * 0.6, gx + gr, gy + gr * 0.6], fill=255)
     g_mask = np.asarray(gloss.filter(ImageFilter.GaussianBlur(radius * 0.04)), np.float32) / 255
@@ -486,7 +490,9 @@ def write_report(case: Case, rng: np.random.Generator) -> str:
     rng.shuffle(findings)
     sentences += findings
     if case.infarct_cm > 0:
-        sentences.append(f"A peripheral infarct of {case.infarct_cm:.1f} cm on the maternal surface.")
+        sentences.append(
+            f"A peripheral infarct of {case.infarct_cm:.1f} cm on the maternal surface."
+        )
     else:
         sentences.append(
             _pick(

@@ -123,8 +123,10 @@ def write_one_shard(job: ShardJob, out_dir: str, make_sample: MakeSamples) -> Sh
                     result.skipped.append(str(exn))
                 else:
                     writer.write(
-                        {k: v.encode("utf-8") if isinstance(v, str) and k != "__key__" else v
-                         for k, v in sample.items()}
+                        {
+                            k: v.encode("utf-8") if isinstance(v, str) and k != "__key__" else v
+                            for k, v in sample.items()
+                        }
                     )
                     result.count += 1
                 _tick()
@@ -139,8 +141,9 @@ def _check_plan(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> None
     if plan.exists():
         previous = json.loads(plan.read_text())
         if previous != fingerprint and not overwrite:
-            changed = sorted(k for k in set(previous) | set(fingerprint)
-                             if previous.get(k) != fingerprint.get(k))
+            changed = sorted(
+                k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k)
+            )
             raise DataError(
                 f"{out} already holds shards written with other settings "
                 f"(differs in: {', '.join(changed)}). Use a new --out folder, or pass "
