@@ -11,6 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as torch_dist
 
 # Each launcher exports the same facts under its own names. The first name present wins, in the
@@ -102,3 +103,135 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
         num_nodes=num_nodes,
         hostname=socket.gethostname(),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives. Every function degrades to the identity for a world of one (torch.distributed not
+# available or not initialised) so that library code calls them unconditionally. The losses call
+# them through this module's namespace, so tests can monkeypatch them to simulate other ranks.
+# ---------------------------------------------------------------------------------------------
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return (
+        torch_dist.is_available()
+        and torch_dist.is_initialized()
+        and torch_dist.get_world_size() > 1
+    )
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when not distributed."""
+    if not is_distributed():
+        return 0, 1
+    return torch_dist.get_rank(), torch_dist.get_world_size()
+
+
+def _collective_device(like: torch.Tensor | None = None) -> torch.device:
+    # NCCL only moves CUDA tensors and gloo only CPU ones (for all_gather), so small bookkeeping
+    # tensors must live where the backend expects them, whatever device the caller's data is on.
+    if torch_dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    if like is not None and like.device.type != "cuda":
+        return like.device
+    return torch.device("cpu")
+
+
+def gather_sizes(n: int, like: torch.Tensor | None = None) -> list[int]:
+    """Local batch size of every rank, in rank order.
+
+    ``n`` is this rank's count; ``like`` (optional) is a tensor whose device hints where the
+    bookkeeping tensor should live. Returns ``[n]`` when not distributed.
+    """
+    if not is_distributed():
+        return [int(n)]
+    device = _collective_device(like)
+    world = torch_dist.get_world_size()
+    mine = torch.tensor([int(n)], dtype=torch.long, device=device)
+    everyone = [torch.zeros_like(mine) for _ in range(world)]
+    torch_dist.all_gather(everyone, mine)
+    return [int(t.item()) for t in everyone]
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All-gather ``x`` [n_local, ...] along dim 0 when ranks hold different n_local.
+
+    all_gather needs equal shapes, so every rank pads to max(sizes) and the padding is cut off
+    afterwards. Returns [sum(sizes), ...] in rank order, detached (no autograd).
+    """
+    world = len(sizes)
+    longest = max(sizes)
+    x = x.detach().contiguous()
+    if x.shape[0] < longest:
+        pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad], dim=0)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    torch_dist.all_gather(parts, x)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)], dim=0)
+
+
+def _check_sizes(x: torch.Tensor, sizes: list[int]) -> tuple[int, int]:
+    rank, world = rank_and_world()
+    if len(sizes) != world:
+        raise ValueError(
+            f"sizes has {len(sizes)} entries but the world has {world} ranks; pass the result "
+            "of gather_sizes() or leave sizes=None"
+        )
+    if sizes[rank] != x.shape[0]:
+        raise ValueError(
+            f"sizes[{rank}]={sizes[rank]} but this rank's tensor has {x.shape[0]} rows; pass the "
+            "result of gather_sizes(x.shape[0]) or leave sizes=None"
+        )
+    return rank, world
+
+
+def gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``x`` [n_r, ...] into [sum_r n_r, ...], without autograd.
+
+    For tensors that carry no gradient (frozen teacher features, cached text anchors). ``sizes``
+    (from :func:`gather_sizes`) saves one collective when the caller already knows them; ranks
+    may hold different n_r. Returns ``x.detach()`` when not distributed, so that a world of one
+    sees the same autograd graph as a larger one.
+    """
+    if not is_distributed():
+        return x.detach()
+    sizes = gather_sizes(x.shape[0], like=x) if sizes is None else list(sizes)
+    _check_sizes(x, sizes)
+    return _all_gather_padded(x, sizes)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands each rank the summed gradient of its slice.
+
+    Every rank's loss may depend on every rank's rows, so the gradient of rank r's rows is the sum
+    over ranks of d(loss_q)/d(rows_r): an all-reduce (sum) of the full gradient, then the local
+    slice. (reduce_scatter would move less data but gloo does not implement it.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        return _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.stop], None, None
+
+
+def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``x`` [n_r, ...] into [sum_r n_r, ...], keeping autograd.
+
+    In backward, the gradient reaching this rank's ``x`` is the sum over all ranks of the
+    gradient of their losses with respect to this rank's rows (an all-reduce in backward, so
+    every rank must run backward through it). Ranks may hold different n_r. Returns ``x``
+    itself when not distributed.
+    """
+    if not is_distributed():
+        return x
+    sizes = gather_sizes(x.shape[0], like=x) if sizes is None else list(sizes)
+    rank, _ = _check_sizes(x, sizes)
+    return _GatherWithGrad.apply(x, sizes, rank)
