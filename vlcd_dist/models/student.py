@@ -1,0 +1,253 @@
+"""Image students: registry, factory and the backbone + projection module.
+
+Follows timm's pattern: ``@register_student`` names a builder after its function,
+``create_student(name, ...)`` builds one, ``list_students()`` lists them. Any timm model name
+works in ``create_student`` even when not registered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlcd_dist.models.towers import (
+    backbone_data_config,
+    backbone_dim,
+    check_input_size,
+    create_backbone,
+)
+from vlcd_dist.models.weights import ModelError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentConfig:
+    """How to build one student."""
+
+    name: str = "mobilenetv3_large_100"
+    """Registered student name (list_students()) or any timm model name."""
+    embed_dim: int = 512
+    """Output dimension of the projection; must equal the teacher's d."""
+    pretrained: bool = False
+    """Start the backbone from timm's pretrained weights on the hub (needs network)."""
+    weights: str | None = None
+    """Local weight file/folder for the backbone (timm state_dict); wins over pretrained."""
+    image_size: tuple[int, int] | None = None
+    """[height, width] the student sees; other inputs are resized in forward. None: as given."""
+
+    def __post_init__(self) -> None:
+        if self.embed_dim <= 0:
+            raise ModelError(
+                f"StudentConfig.embed_dim={self.embed_dim}: use the teacher's embed_dim"
+            )
+        if self.image_size is not None:
+            try:
+                h, w = (int(v) for v in self.image_size)
+            except (TypeError, ValueError):
+                h = w = -1
+            if h <= 0 or w <= 0:
+                raise ModelError(
+                    f"StudentConfig.image_size={self.image_size!r}: give [height, width] or null"
+                )
+            self.image_size = (h, w)
+        if self.name not in _STUDENTS and not timm.is_model(self.name):
+            raise ModelError(_unknown(self.name))
+
+
+class Student(nn.Module):
+    """Student k: z_k = P_k(f_k(x)), a timm backbone f_k (pooled features) and a linear P_k.
+
+    Input: images [B, 3, H, W]; resized to ``image_size`` first when that is set and differs
+    (fixed-size backbones such as EfficientFormer). Output: z_k [B, d], unnormalised.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embed_dim: int,
+        *,
+        name: str,
+        image_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.num_features = backbone_dim(backbone)
+        self.proj = nn.Linear(self.num_features, embed_dim)
+        self.image_size: tuple[int, int] | None = (
+            None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        """d, the output dimension."""
+        return self.proj.out_features
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Normalisation the backbone expects ("mean", "std", ...), from timm's pretrained cfg."""
+        return backbone_data_config(self.backbone)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features f_k(x): [B, C]."""
+        if self.image_size is not None and tuple(images.shape[-2:]) != self.image_size:
+            images = F.interpolate(
+                images, size=self.image_size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> z_k [B, d]."""
+        return self.proj(self.features(images))
+
+    def num_params(self) -> dict[str, int]:
+        """Parameter counts: {"backbone", "projection", "total"}."""
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        projection = sum(p.numel() for p in self.proj.parameters())
+        return {"backbone": backbone, "projection": projection, "total": backbone + projection}
+
+
+_STUDENTS: dict[str, Callable[..., Student]] = {}
+
+
+def register_student(fn: Callable[..., Student]) -> Callable[..., Student]:
+    """Decorator: register a student builder under its function name.
+
+    The builder takes ``embed_dim``, ``pretrained``, ``weights``, ``image_size`` and extra
+    keyword arguments for ``timm.create_model``, and returns a :class:`Student`.
+    """
+    if fn.__name__ in _STUDENTS:
+        raise ValueError(f"student {fn.__name__!r} is already registered")
+    _STUDENTS[fn.__name__] = fn
+    return fn
+
+
+def list_students(pattern: str = "*") -> list[str]:
+    """Registered student names matching a glob pattern, sorted."""
+    return sorted(n for n in _STUDENTS if fnmatch.fnmatch(n, pattern))
+
+
+def is_student(name: str) -> bool:
+    """True for a registered student name."""
+    return name in _STUDENTS
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_STUDENTS) + timm.list_models(), n=3)
+    return f"unknown student {name!r}: neither registered ({list_students()}) nor a timm model" + (
+        f"; did you mean {close}?" if close else ""
+    )
+
+
+def timm_student(
+    model_name: str,
+    embed_dim: int = 512,
+    pretrained: bool = False,
+    weights: str | None = None,
+    image_size: Sequence[int] | None = None,
+    *,
+    name: str | None = None,
+    **timm_kwargs: Any,
+) -> Student:
+    """A :class:`Student` around timm's ``model_name`` with ``num_classes=0``.
+
+    Fixed-input-size backbones get their native size as ``image_size`` when none is given,
+    so they accept images of any size (resized in forward).
+    """
+    name = name or model_name
+    source = weights if weights is not None else ("hub" if pretrained else "none")
+    backbone = create_backbone(model_name, source, what=f"student {name}", **timm_kwargs)
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    if image_size is None and cfg.get("fixed_input_size"):
+        image_size = tuple(cfg["input_size"][1:])
+        logger.info("student %s: fixed input size, images are resized to %s", name, image_size)
+    if image_size is not None:
+        check_input_size(backbone, image_size, f"student {name}")
+    return Student(backbone, embed_dim, name=name, image_size=image_size)
+
+
+def create_student(
+    name: str,
+    embed_dim: int = 512,
+    pretrained: bool = False,
+    weights: str | None = None,
+    image_size: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> Student:
+    """Build a registered student, or wrap any timm backbone of that name.
+
+    name: registered name (:func:`list_students`) or a timm model name.
+    embed_dim: d of the teacher the student distils from.
+    pretrained: timm's pretrained backbone weights from the hub; the default is random init.
+    weights: local backbone weight file/folder (timm state_dict), instead of the hub.
+    image_size: [H, W] the student sees; inputs of another size are resized.
+    kwargs: passed on to ``timm.create_model`` (e.g. ``drop_path_rate``).
+    """
+    if name in _STUDENTS:
+        return _STUDENTS[name](
+            embed_dim=embed_dim,
+            pretrained=pretrained,
+            weights=weights,
+            image_size=image_size,
+            **kwargs,
+        )
+    if timm.is_model(name):
+        return timm_student(name, embed_dim, pretrained, weights, image_size, **kwargs)
+    raise ModelError(_unknown(name))
+
+
+def build_student(cfg: StudentConfig) -> Student:
+    """:func:`create_student` from a :class:`StudentConfig`."""
+    return create_student(
+        cfg.name,
+        embed_dim=cfg.embed_dim,
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
+        image_size=cfg.image_size,
+    )
+
+
+# The paper's students (VLCD, arXiv 2506.02229).
+
+
+@register_student
+def mobilenetv3_large_100(**kwargs: Any) -> Student:
+    """MobileNetV3-Large 1.0 (paper student; ~4.2 M backbone parameters)."""
+    return timm_student("mobilenetv3_large_100", name="mobilenetv3_large_100", **kwargs)
+
+
+@register_student
+def efficientnet_b0(**kwargs: Any) -> Student:
+    """EfficientNet-B0 (paper student; ~4.0 M backbone parameters)."""
+    return timm_student("efficientnet_b0", name="efficientnet_b0", **kwargs)
+
+
+@register_student
+def efficientformer_l1(**kwargs: Any) -> Student:
+    """EfficientFormer-L1 (paper student; ~11.4 M backbone parameters; 224x224 input only)."""
+    return timm_student("efficientformer_l1", name="efficientformer_l1", **kwargs)
+
+
+# Tiny variants for tests and the CPU demo.
+
+
+@register_student
+def tiny_mobilenetv3(**kwargs: Any) -> Student:
+    """MobileNetV3-Small 0.5 (~0.57 M backbone parameters), for tests."""
+    return timm_student("mobilenetv3_small_050", name="tiny_mobilenetv3", **kwargs)
+
+
+@register_student
+def tiny_resnet(**kwargs: Any) -> Student:
+    """ResNet-10-T (~4.9 M backbone parameters), for tests."""
+    return timm_student("resnet10t", name="tiny_resnet", **kwargs)
