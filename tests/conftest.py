@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -17,9 +18,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> int:
+def run_cli(*args: object) -> int:
+    """Run ``vlcd`` in-process. A single string is split like a shell line (no quoting needed:
+    test paths hold no spaces); several arguments are passed as they are."""
     from vlcd_dist.cli import main
 
+    if len(args) == 1 and isinstance(args[0], str):
+        return main(shlex.split(args[0]))
     return main([str(a) for a in args])
 
 
@@ -50,19 +55,7 @@ def placenta_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "placenta"
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--synthetic",
-            "48",
-            "--image-size",
-            "128x96",
-            "--shard-size",
-            "6",
-            "--out",
-            out,
-            "--workers",
-            "2",
-            "--quiet",
+            f"shards placenta --synthetic 48 --image-size 128x96 --shard-size 6 --out {out} --workers 2 --quiet"
         )
         == 0
     )
@@ -75,21 +68,7 @@ def natural_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "natural"
     assert (
         run_cli(
-            "shards",
-            "natural",
-            "--source",
-            "synthetic",
-            "--count",
-            "64",
-            "--image-size",
-            "48",
-            "--shard-size",
-            "8",
-            "--out",
-            out,
-            "--workers",
-            "2",
-            "--quiet",
+            f"shards natural --source synthetic --count 64 --image-size 48 --shard-size 8 --out {out} --workers 2 --quiet"
         )
         == 0
     )

@@ -20,19 +20,7 @@ def test_skimage_source_cuts_real_photographs(tmp_path):
     out = tmp_path / "sk"
     assert (
         run_cli(
-            "shards",
-            "natural",
-            "--count",
-            "30",
-            "--shard-size",
-            "8",
-            "--image-size",
-            "64",
-            "--out",
-            out,
-            "--workers",
-            "2",
-            "--quiet",
+            f"shards natural --count 30 --shard-size 8 --image-size 64 --out {out} --workers 2 --quiet"
         )
         == 0
     )
@@ -62,19 +50,7 @@ def test_folder_source_keeps_class_folder_and_converts_png(tmp_path):
     out = tmp_path / "out"
     assert (
         run_cli(
-            "shards",
-            "natural",
-            "--source",
-            src,
-            "--out",
-            out,
-            "--shard-size",
-            "4",
-            "--image-size",
-            "0",
-            "--workers",
-            "1",
-            "--quiet",
+            f"shards natural --source {src} --out {out} --shard-size 4 --image-size 0 --workers 1 --quiet"
         )
         == 0
     )
@@ -94,19 +70,7 @@ def test_folder_source_shrinks_to_image_size(tmp_path):
     Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(src / "big.jpg")
     out = tmp_path / "out"
     assert (
-        run_cli(
-            "shards",
-            "natural",
-            "--source",
-            src,
-            "--out",
-            out,
-            "--image-size",
-            "100",
-            "--workers",
-            "1",
-            "--quiet",
-        )
+        run_cli(f"shards natural --source {src} --out {out} --image-size 100 --workers 1 --quiet")
         == 0
     )
     raw = next(iter_tar(str(out / "natural-000000.tar")))
@@ -188,7 +152,7 @@ def test_every_written_shard_is_a_complete_tar(natural_shards):
 def test_help_explains_every_option(capsys):
     for kind in ("natural", "placenta"):
         with pytest.raises(SystemExit):
-            run_cli("shards", kind, "--help")
+            run_cli(f"shards {kind} --help")
         out = capsys.readouterr().out
         for flag in ("--out", "--shard-size", "--seed", "--workers"):
             assert flag in out

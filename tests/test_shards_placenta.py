@@ -80,21 +80,7 @@ def test_manifest_roundtrip_with_made_up_tasks(tmp_path):
     out = tmp_path / "out"
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--manifest",
-            manifest,
-            "--images",
-            images,
-            "--out",
-            out,
-            "--shard-size",
-            "4",
-            "--workers",
-            "1",
-            "--quiet",
-            "--test-fraction",
-            "0.3",
+            f"shards placenta --manifest {manifest} --images {images} --out {out} --shard-size 4 --workers 1 --quiet --test-fraction 0.3"
         )
         == 0
     )
@@ -138,19 +124,7 @@ def test_manifest_jsonl_with_split_and_task_selection(tmp_path):
     out = tmp_path / "out"
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--manifest",
-            manifest,
-            "--images",
-            images,
-            "--out",
-            out,
-            "--tasks",
-            "zeta,cord_knot",
-            "--workers",
-            "1",
-            "--quiet",
+            f"shards placenta --manifest {manifest} --images {images} --out {out} --tasks zeta,cord_knot --workers 1 --quiet"
         )
         == 0
     )
@@ -177,17 +151,7 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
     _write_csv(manifest, rows)
     out = tmp_path / "out"
     code = run_cli(
-        "shards",
-        "placenta",
-        "--manifest",
-        manifest,
-        "--images",
-        images,
-        "--out",
-        out,
-        "--workers",
-        "1",
-        "--quiet",
+        f"shards placenta --manifest {manifest} --images {images} --out {out} --workers 1 --quiet"
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -209,18 +173,7 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
     # --skip-bad writes the two good rows (rows 2 and 9) and names the skipped ones.
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--manifest",
-            manifest,
-            "--images",
-            images,
-            "--out",
-            out,
-            "--workers",
-            "1",
-            "--quiet",
-            "--skip-bad",
+            f"shards placenta --manifest {manifest} --images {images} --out {out} --workers 1 --quiet --skip-bad"
         )
         == 0
     )
@@ -233,16 +186,7 @@ def test_manifest_level_errors_are_explained(tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text("img,text,a\nx.jpg,hello,1\n")
     assert (
-        run_cli(
-            "shards",
-            "placenta",
-            "--manifest",
-            manifest,
-            "--images",
-            tmp_path,
-            "--out",
-            tmp_path / "o",
-        )
+        run_cli(f"shards placenta --manifest {manifest} --images {tmp_path} --out {tmp_path / 'o'}")
         == 2
     )
     err = capsys.readouterr().err
@@ -250,16 +194,7 @@ def test_manifest_level_errors_are_explained(tmp_path, capsys):
     manifest.write_text("image,report,a\nx.jpg,hello,1\n")
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--manifest",
-            manifest,
-            "--images",
-            tmp_path,
-            "--out",
-            tmp_path / "o",
-            "--tasks",
-            "b",
+            f"shards placenta --manifest {manifest} --images {tmp_path} --out {tmp_path / 'o'} --tasks b"
         )
         == 2
     )
@@ -292,19 +227,7 @@ def test_synthetic_set_is_deterministic_and_consistent(placenta_shards, tmp_path
     again = tmp_path / "again"
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--synthetic",
-            "48",
-            "--image-size",
-            "128x96",
-            "--shard-size",
-            "6",
-            "--out",
-            again,
-            "--workers",
-            "1",
-            "--quiet",
+            f"shards placenta --synthetic 48 --image-size 128x96 --shard-size 6 --out {again} --workers 1 --quiet"
         )
         == 0
     )
@@ -391,17 +314,7 @@ def test_bad_label_values(tmp_path, bad, capsys):
     )
     assert (
         run_cli(
-            "shards",
-            "placenta",
-            "--manifest",
-            manifest,
-            "--images",
-            images,
-            "--out",
-            tmp_path / "o",
-            "--quiet",
-            "--workers",
-            "1",
+            f"shards placenta --manifest {manifest} --images {images} --out {tmp_path / 'o'} --quiet --workers 1"
         )
         == 2
     )

@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import VlcdError
+
+if TYPE_CHECKING:
+    from .data.writer import ShardJob
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -158,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_shards_natural(args: argparse.Namespace) -> int:
     from .data import natural
-    from .data.writer import chunk_jobs, summarize_skips, write_shards
+    from .data.writer import chunk_jobs
 
     common = dict(kind="natural", seed=args.seed, shard_size=args.shard_size)
     if args.source in ("skimage", "synthetic"):
@@ -180,27 +185,11 @@ def cmd_shards_natural(args: argparse.Namespace) -> int:
         make_sample = partial(natural.folder_sample, root=str(root), max_side=args.image_size)
         jobs = chunk_jobs("natural", natural.folder_items(root), args.shard_size)
         fingerprint = dict(common, source=str(root.resolve()), image_size=args.image_size)
-    info = write_shards(
-        args.out,
-        jobs,
-        make_sample,
-        total=total,
-        workers=args.workers,
-        fingerprint=fingerprint,
-        info=dict(fingerprint),
-        overwrite=args.overwrite,
-        desc="natural shards",
-        progress=not args.quiet,
-    )
-    _report_written(args.out, info)
-    if info["skipped"]:
-        print(summarize_skips(info["skipped"]), file=sys.stderr)
-    return 0
+    return _write(args, jobs, make_sample, total, fingerprint, dict(fingerprint))
 
 
 def cmd_shards_placenta(args: argparse.Namespace) -> int:
     from .data import placenta, synthetic_placenta
-    from .data.writer import summarize_skips, write_shards
 
     if args.synthetic:
         if args.manifest or args.images:
@@ -260,30 +249,41 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             print(f"skipping {len(problems)} bad row(s) (--skip-bad):", file=sys.stderr)
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
-    info = write_shards(
+    info = dict(fingerprint, tasks=tasks, splits=split_counts)
+    return _write(args, jobs, make_sample, total, fingerprint, info)
+
+
+def _write(
+    args: argparse.Namespace,
+    jobs: Iterable[ShardJob],
+    make_sample: Callable[[Any], dict],
+    total: int,
+    fingerprint: dict,
+    info: dict,
+) -> int:
+    """Write the shard set, then say where it went and what was left out."""
+    from .data.writer import summarize_skips, write_shards
+
+    record = write_shards(
         args.out,
         jobs,
         make_sample,
         total=total,
         workers=args.workers,
         fingerprint=fingerprint,
-        info=dict(fingerprint, tasks=tasks, splits=split_counts),
+        info=info,
         overwrite=args.overwrite,
-        desc="placenta shards",
+        desc=f"{fingerprint['kind']} shards",
         progress=not args.quiet,
     )
-    _report_written(args.out, info)
-    if info["skipped"]:
-        print(summarize_skips(info["skipped"]), file=sys.stderr)
-    return 0
-
-
-def _report_written(out: Path, info: dict) -> None:
-    reused = f", {info['reused_shards']} already complete" if info["reused_shards"] else ""
+    reused = f", {record['reused_shards']} already complete" if record["reused_shards"] else ""
     print(
-        f"wrote {info['samples']} samples in {info['shards']} shards to {out}{reused} "
-        f"({info['seconds']} s); sizes in {out / 'sizes.json'}"
+        f"wrote {record['samples']} samples in {record['shards']} shards to {args.out}{reused} "
+        f"({record['seconds']} s); sizes in {args.out / 'sizes.json'}"
     )
+    if record["skipped"]:
+        print(summarize_skips(record["skipped"]), file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
