@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_writer_options(pla, shard_size=100)
     pla.set_defaults(func=cmd_shards_placenta)
+
+    from .bench_models import add_bench_parser
+    from .export import add_export_parser
+
+    add_bench_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

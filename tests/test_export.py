@@ -1,0 +1,203 @@
+"""``vlcd export``: ONNX and TorchScript files that match eager PyTorch, with their sidecar."""
+# ruff: noqa: E402 - the hub must be switched off before timm is imported.
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from vlcd_dist.errors import VlcdError
+from vlcd_dist.export import add_export_parser
+from vlcd_dist.models import create_student, state_dict_hash
+
+STUDENT = "tiny_mobilenetv3"
+D = 16
+SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test's own forwards on one thread too: tiny models gain nothing from more, and two
+    threads on a loaded 2-core machine spin-wait for each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _run(argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="vlcd")
+    add_export_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv.split())
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """What training leaves: {student}.safetensors + {student}.json, and the student itself."""
+    folder = tmp_path_factory.mktemp("student")
+    torch.manual_seed(3)
+    student = create_student(STUDENT, embed_dim=D).eval()
+    # Non-default BN statistics, so a file that ignored the weights could not match by chance.
+    for m in student.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    state = {k: v.contiguous() for k, v in student.state_dict().items()}
+    save_file(state, str(folder / f"{STUDENT}.safetensors"))
+    config = {"name": STUDENT, "embed_dim": D, "image_size": [SIZE, SIZE]}
+    (folder / f"{STUDENT}.json").write_text(json.dumps(config))
+    return folder, student
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small RGB 'photographs' of different shapes."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(80, 60), (50, 90)]):
+        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo{i}.png")
+    return folder
+
+
+def test_onnx_export_from_config_matches_pytorch_in_onnxruntime(
+    trained: tuple[Path, torch.nn.Module], photos: Path, tmp_path: Path
+) -> None:
+    folder, student = trained
+    out = tmp_path / "export"
+    cmd = f"--config {folder / STUDENT}.json --format onnx --out {out} --images {photos} --repeats 3 --threads 1 --quiet"
+    assert _run(f"export {cmd}") == 0
+    sidecar = json.loads((out / f"{STUDENT}.onnx.json").read_text())
+
+    prep = sidecar["preprocessing"]
+    assert (prep["height"], prep["width"]) == (SIZE, SIZE)
+    assert prep["mean"] == list(IMAGENET_MEAN) and prep["std"] == list(IMAGENET_STD)
+    assert prep["colour_order"] == "RGB" and prep["layout"] == "NCHW"
+    assert prep["value_range"] == [0.0, 1.0]
+    assert sidecar["output"]["dim"] == D and sidecar["opset"] == 17
+    # The sibling safetensors was picked up, and the hash is that of the trained student.
+    assert sidecar["weights"]["random_init"] is False
+    assert sidecar["weights"]["state_dict_sha256"] == state_dict_hash(student)
+    assert sidecar["verification"]["max_abs_diff"] <= 1e-4
+    assert sidecar["verification"]["images"]["real_images"] == 2
+    timing = sidecar["timing"]
+    assert len(timing["raw_s"]["eager"]) == len(timing["raw_s"]["exported"]) == 3
+    assert timing["speedup"] == pytest.approx(timing["eager_ms"] / timing["exported_ms"])
+
+    # Independently of the exporter's own check: load the file in onnxruntime, feed real images
+    # preprocessed as the sidecar says, at a batch size not seen at export (dynamic batch axis).
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(out / sidecar["model_file"]), options, providers=["CPUExecutionProvider"]
+    )
+    transform = eval_transform((prep["height"], prep["width"]))
+    images = torch.stack(
+        [transform(Image.open(p).convert("RGB")) for p in sorted(photos.glob("*.png"))] * 2
+    )
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    with torch.inference_mode():
+        want = student(images).numpy()
+    assert got.shape == (4, D)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    meta = {
+        p.key: p.value
+        for p in __import__("onnx").load(str(out / sidecar["model_file"])).metadata_props
+    }
+    assert json.loads(meta["vlcd_preprocessing"])["height"] == SIZE
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_export_is_verified_too(
+    trained: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    folder, student = trained
+    cmd = f"--student {STUDENT} --embed-dim {D} --image-size {SIZE} --weights {folder / STUDENT}.safetensors --format torchscript --out {tmp_path} --repeats 2 --threads 1 --quiet"
+    assert _run(f"export {cmd}") == 0
+    sidecar = json.loads((tmp_path / f"{STUDENT}.torchscript.json").read_text())
+    assert sidecar["model_file"] == f"{STUDENT}.torchscript.pt"
+    assert sidecar["opset"] is None and sidecar["verification"]["max_abs_diff"] <= 1e-4
+    assert sidecar["timing"]["exported_runtime"] == "torch.jit (CPU)"
+    module = torch.jit.load(str(tmp_path / sidecar["model_file"]))
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x), student(x), atol=1e-4, rtol=0)
+
+
+def test_missing_weights_unknown_student_and_bad_config_are_explained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(
+        VlcdError, match=rf"--weights {missing}: no such file; pass the {STUDENT}\.safetensors"
+    ):
+        _run(f"export --student {STUDENT} --weights {missing} --out {tmp_path}")
+    with pytest.raises(
+        VlcdError, match=r"--student 'tiny_mobilenet'.*did you mean.*Registered students"
+    ):
+        _run(f"export --student tiny_mobilenet --out {tmp_path}")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"embed_dim": 8}))
+    with pytest.raises(VlcdError, match=r"lacks \['name'\]"):
+        _run(f"export --config {bad} --out {tmp_path}")
+    with pytest.raises(VlcdError, match=r"--config .*missing\.json: no such file"):
+        _run(f"export --config {tmp_path / 'missing.json'} --out {tmp_path}")
+    # Weights that belong to another embed_dim: the load error says what the file must hold.
+    other = tmp_path / "other.safetensors"
+    save_file(create_student(STUDENT, embed_dim=D + 1).state_dict(), str(other))
+    with pytest.raises(VlcdError, match=rf"of another shape.*embed_dim={D}"):
+        _run(f"export --student {STUDENT} --embed-dim {D} --weights {other} --out {tmp_path}")
+
+
+def test_random_init_is_logged_and_a_failed_check_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlcd_dist import export
+
+    real = export.onnx_runner
+
+    def off_by_a_bit(path: Path, threads: int):
+        run = real(path, threads)
+        return lambda x: run(x) + 1e-3
+
+    monkeypatch.setattr(export, "onnx_runner", off_by_a_bit)
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(
+            VlcdError, match=r"differs from eager PyTorch by 0\.001.*tolerance 0\.0001.*no sidecar"
+        ),
+    ):
+        _run(
+            f"export --student {STUDENT} --embed-dim {D} --image-size 32 --out {tmp_path} --threads 1 --quiet"
+        )
+    assert any("randomly initialised" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / f"{STUDENT}.onnx.json").exists()
+
+
+def test_onnx_refuses_a_size_a_fixed_size_student_must_resize_inside() -> None:
+    from types import SimpleNamespace
+
+    from vlcd_dist.export import check_onnx_input_size
+
+    fixed = SimpleNamespace(image_size=(224, 224))  # as EfficientFormer-L1's Student has
+    check_onnx_input_size("efficientformer_l1", fixed, (224, 224))
+    check_onnx_input_size("tiny_mobilenetv3", SimpleNamespace(image_size=None), (96, 128))
+    with pytest.raises(VlcdError, match=r"--image-size 224 224.*or use --format torchscript"):
+        check_onnx_input_size("efficientformer_l1", fixed, (384, 512))

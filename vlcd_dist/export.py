@@ -1,0 +1,710 @@
+"""``vlcd export``: a trained student as ONNX or TorchScript, verified against eager PyTorch.
+
+Writes ``{name}.onnx`` (or ``{name}.torchscript.pt``) plus a sidecar ``{name}.{format}.json``
+that says how to feed the model (input size, RGB, [0, 1] range, mean/std, NCHW), what it returns,
+which weights it holds (hashes), how closely it matches eager PyTorch on sample images, and how
+fast it runs next to eager PyTorch at batch 1.
+
+The student is rebuilt from its name and embed_dim (``--student``), or from the JSON config that
+training writes next to its weights (``--config {student}.json``), and its weights are read from a
+plain safetensors state dict (``{student}.safetensors``); nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcd_dist.errors import VlcdError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+DEFAULT_IMAGE_SIZE = (224, 224)
+DEFAULT_OPSET = 17
+SIDECAR_FORMAT = "vlcd-export/1"
+INPUT_NAME = "images"
+OUTPUT_NAME = "features"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ExportSpec:
+    """Which student to export and at what input size."""
+
+    name: str
+    """Registered student name or timm model name."""
+    embed_dim: int
+    """d, the output dimension of the student's projection."""
+    image_size: tuple[int, int] | None
+    """(H, W) of the exported input in pixels; None: the student's own size, else 224x224."""
+    weights: Path | None
+    """Plain safetensors state dict of the whole student; None: random init."""
+    config_file: Path | None = None
+    """The JSON config it came from, if any."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What to export
+# ---------------------------------------------------------------------------------------------
+
+
+def _image_size(value: object, where: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = [value, value]
+    elif isinstance(value, (list, tuple)) and len(value) == 1:
+        value = [value[0], value[0]]  # --image-size SIDE
+    try:
+        h, w = (int(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        h = w = -1
+    if h < 8 or w < 8:
+        raise VlcdError(f"{where}: image_size={value!r}; give [height, width] in pixels, >= 8")
+    return h, w
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The student's JSON config: at least {"name", "embed_dim"}, optionally "image_size"."""
+    if not path.is_file():
+        raise VlcdError(
+            f"--config {path}: no such file; pass the {{student}}.json that training wrote next "
+            "to the student's weights, or use --student NAME --embed-dim D instead"
+        )
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exn:
+        raise VlcdError(f"--config {path} is not valid JSON: {exn}") from exn
+    if not isinstance(cfg, dict):
+        raise VlcdError(f"--config {path}: expected a JSON object, found {type(cfg).__name__}")
+    missing = [k for k in ("name", "embed_dim") if k not in cfg]
+    if missing:
+        raise VlcdError(
+            f"--config {path} lacks {missing}; it needs at least "
+            '{"name": STUDENT, "embed_dim": D, "image_size": [H, W]}'
+        )
+    return cfg
+
+
+def resolve_spec(
+    student: str | None,
+    config: Path | None,
+    weights: Path | None,
+    embed_dim: int | None,
+    image_size: Sequence[int] | None,
+) -> ExportSpec:
+    """Combine --student/--config with the explicit options (which win over the config).
+
+    With --config and no --weights, the ``.safetensors`` beside the config (same stem) is used
+    when it exists, since training writes the two together.
+    """
+    if (student is None) == (config is None):
+        raise VlcdError("give exactly one of --student NAME or --config FILE.json")
+    cfg: dict[str, Any] = {}
+    if config is not None:
+        cfg = read_config(config)
+        sibling = config.with_suffix(".safetensors")
+        if weights is None and sibling.is_file():
+            logger.info("using the weights next to %s: %s", config, sibling)
+            weights = sibling
+    name = student if student is not None else str(cfg["name"])
+    d = embed_dim if embed_dim is not None else cfg.get("embed_dim", 512)
+    if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+        raise VlcdError(f"embed_dim={d!r} (from {config or '--embed-dim'}): use a positive int")
+    where = "--image-size" if image_size else f"--config {config}"
+    size = _image_size(list(image_size) if image_size else cfg.get("image_size"), where)
+    return ExportSpec(name, d, size, weights, config)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_student(spec: ExportSpec) -> tuple[nn.Module, dict[str, Any]]:
+    """The student in eval mode with its weights, and a record of where the weights came from."""
+    from vlcd_dist.models import ModelError, create_student, list_students, state_dict_hash
+    from vlcd_dist.models.weights import load_into, load_state_dict
+
+    if spec.weights is not None and not spec.weights.is_file():
+        raise VlcdError(
+            f"--weights {spec.weights}: no such file; pass the {spec.name}.safetensors that "
+            f"training wrote (next to {spec.name}.json), or leave out --weights to export a "
+            "randomly initialised student"
+        )
+    try:
+        student = create_student(spec.name, embed_dim=spec.embed_dim)
+    except ModelError as exn:
+        raise VlcdError(
+            f"--student {spec.name!r}: {exn}. Registered students: {list_students()}"
+        ) from exn
+    record: dict[str, Any] = {"file": None, "file_sha256": None, "random_init": True}
+    if spec.weights is None:
+        logger.warning(
+            "no weights given: exporting a randomly initialised %s; pass --weights "
+            "%s.safetensors (or --config next to it) to export the trained student",
+            spec.name,
+            spec.name,
+        )
+    else:
+        try:
+            load_into(student, load_state_dict(spec.weights), source=str(spec.weights))
+        except ModelError as exn:
+            raise VlcdError(
+                f"{exn}. --weights must be the whole student's state dict (backbone.* and proj.*) "
+                f"of {spec.name} with embed_dim={spec.embed_dim}"
+            ) from exn
+        record = {
+            "file": str(spec.weights),
+            "file_sha256": file_sha256(spec.weights),
+            "random_init": False,
+        }
+    record["state_dict_sha256"] = state_dict_hash(student)
+    return student.eval(), record
+
+
+def check_onnx_input_size(name: str, student: nn.Module, size: tuple[int, int]) -> None:
+    """Refuse an ONNX input size that a fixed-size student would have to resize internally.
+
+    Such a student (EfficientFormer) resizes other sizes with antialiased bilinear
+    interpolation, an op the ONNX exporter cannot express; say what to do instead.
+    """
+    native = getattr(student, "image_size", None)
+    if native is not None and tuple(size) != tuple(native):
+        h, w = native
+        raise VlcdError(
+            f"{name} takes {h}x{w} input and resizes {size[0]}x{size[1]} images inside the model "
+            "with antialiasing, which ONNX cannot express; export with --image-size "
+            f"{h} {w} (and resize images to {h}x{w} before the model), or use --format torchscript"
+        )
+
+
+def input_size(spec: ExportSpec, student: nn.Module) -> tuple[int, int]:
+    """(H, W) of the exported input: asked for, else the student's fixed size, else 224x224."""
+    return spec.image_size or getattr(student, "image_size", None) or DEFAULT_IMAGE_SIZE
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample images
+# ---------------------------------------------------------------------------------------------
+
+
+def random_images(n: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """n deterministic random images [n, 3, H, W]: uniform pixels in [0, 1], then normalised."""
+    from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    pixels = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(seed))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def image_files(paths: Sequence[Path], limit: int) -> list[Path]:
+    """Image files given directly or found (recursively) in given folders, sorted, <= limit."""
+    found: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise VlcdError(f"--images {p}: no such file or folder")
+    if not found:
+        raise VlcdError(f"--images {[str(p) for p in paths]}: no {'/'.join(IMAGE_SUFFIXES)} files")
+    return found[:limit]
+
+
+def load_images(files: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
+    """Real images [n, 3, H, W], preprocessed exactly as the sidecar says (eval_transform)."""
+    from PIL import Image
+
+    from vlcd_dist.data.transforms import eval_transform
+
+    transform = eval_transform(size)
+    batch = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                batch.append(transform(img.convert("RGB")))
+        except OSError as exn:
+            raise VlcdError(f"--images: cannot read {f} as an image ({exn})") from exn
+    return torch.stack(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exporters and runners: each runner maps images [B, 3, H, W] fp32 -> features [B, d] fp32.
+# ---------------------------------------------------------------------------------------------
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _need(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exn:
+        raise VlcdError(
+            f"ONNX export needs the {module} package: pip install onnx onnxruntime "
+            "(or the project's export extra)"
+        ) from exn
+
+
+def export_onnx(
+    student: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, str]
+) -> None:
+    """Write ``student`` as ONNX with a dynamic batch axis, check it, store ``metadata`` in it.
+
+    The legacy TorchScript-based exporter (dynamo=False) is used on purpose: in torch 2.14 the
+    dynamo exporter needs the separate onnxscript package, while the legacy one exports these
+    timm CNNs (and EfficientFormer's attention) with onnx alone and matches eager within 1e-7.
+    """
+    onnx = _need("onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter warns that it is legacy; that choice is deliberate (see above).
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            student,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    # Keep the preprocessing inside the file too, so it survives being copied without its sidecar.
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+
+
+def onnx_runner(path: Path, threads: int) -> Runner:
+    """Run the ONNX file with ONNX Runtime on CPU, ``threads`` intra-op threads."""
+    ort = _need("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # One graph, no parallel branches worth a second pool; keeps the thread count honest.
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+        return torch.from_numpy(out)
+
+    return run
+
+
+def export_torchscript(student: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Write ``student`` as traced TorchScript.
+
+    Tracing (not scripting) because timm models use Python features TorchScript's compiler
+    rejects; the traced graph follows the branches taken for this input shape, which for these
+    CNNs depend on nothing but the (fixed) image size. torch 2.14 marks TorchScript deprecated
+    (FutureWarning); it still works and is what C++/libtorch deployments load, so the warning
+    is silenced here rather than shown on every export.
+    """
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        # check_trace=False: our own verification (fresh inputs, two batch sizes, vs eager)
+        # is stricter than the tracer's re-run on the example, and skips a second trace.
+        traced = torch.jit.trace(student, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def torchscript_runner(path: Path) -> Runner:
+    """Run the TorchScript file as saved (reloaded, so the file itself is what is verified)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(images)
+
+    return run
+
+
+def eager_runner(student: nn.Module) -> Runner:
+    """The reference: the PyTorch module, inference mode, fp32."""
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return student(images)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification and timing
+# ---------------------------------------------------------------------------------------------
+
+
+def max_abs_diff(eager: Runner, exported: Runner, batches: dict[str, torch.Tensor]) -> dict:
+    """Largest |exported - eager| over each named batch: {name: float}."""
+    diffs = {}
+    for name, images in batches.items():
+        ref, out = eager(images), exported(images)
+        if out.shape != ref.shape:
+            raise VlcdError(
+                f"exported model returned shape {tuple(out.shape)} on {name}, eager PyTorch "
+                f"{tuple(ref.shape)}; the batch axis may not be dynamic"
+            )
+        diffs[name] = float((out.float() - ref.float()).abs().max())
+    return diffs
+
+
+def time_pair(
+    eager: Runner, exported: Runner, images: torch.Tensor, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """Batch latency of eager vs exported, alternating which runs first each repeat.
+
+    Returns milliseconds (medians), the speed-up (eager / exported) and the raw seconds.
+    """
+    runners = {"eager": eager, "exported": exported}
+    for run in runners.values():
+        for _ in range(warmup):
+            run(images)
+    raw: dict[str, list[float]] = {"eager": [], "exported": []}
+    for r in range(repeats):
+        # Alternating the order keeps a slow spell on a shared machine from favouring one side.
+        order = ("eager", "exported") if r % 2 == 0 else ("exported", "eager")
+        for key in order:
+            start = time.perf_counter()
+            runners[key](images)
+            raw[key].append(time.perf_counter() - start)
+    eager_ms = statistics.median(raw["eager"]) * 1e3
+    exported_ms = statistics.median(raw["exported"]) * 1e3
+    return {
+        "batch_size": int(images.shape[0]),
+        "repeats": repeats,
+        "warmup": warmup,
+        "eager_ms": eager_ms,
+        "exported_ms": exported_ms,
+        "speedup": eager_ms / exported_ms,
+        "raw_s": raw,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole export
+# ---------------------------------------------------------------------------------------------
+
+
+def preprocessing(size: tuple[int, int]) -> dict[str, Any]:
+    """How an image must be turned into the model's input (what eval_transform does)."""
+    from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return {
+        "height": size[0],
+        "width": size[1],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "colour_order": "RGB",
+        "value_range": [0.0, 1.0],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "steps": [
+            "decode as RGB",
+            "resize (bilinear) so the image covers HxW keeping its aspect ratio, centre-crop HxW",
+            "scale uint8 pixels to [0, 1] (x / 255)",
+            "normalise each channel: (x - mean) / std",
+            "lay out as [batch, 3, H, W] float32",
+        ],
+    }
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    import timm
+
+    versions = {"torch": torch.__version__, "timm": timm.__version__}
+    if fmt == "onnx":
+        versions["onnx"] = _need("onnx").__version__
+        versions["onnxruntime"] = _need("onnxruntime").__version__
+    return versions
+
+
+def write_model(
+    student: nn.Module,
+    fmt: str,
+    name: str,
+    size: tuple[int, int],
+    path: Path,
+    *,
+    opset: int,
+    prep: dict[str, Any],
+    threads: int,
+) -> Runner:
+    """Export ``student`` to ``path`` in ``fmt`` and return a runner over the written file."""
+    if fmt == "onnx":
+        check_onnx_input_size(name, student, size)
+    # Batch 2, not 1: a batch of one could let the tracer bake in size-1 shortcuts.
+    example = random_images(2, size, seed=1)
+    try:
+        if fmt == "onnx":
+            meta = {"vlcd_preprocessing": json.dumps(prep), "vlcd_student": name}
+            export_onnx(student, example, path, opset, meta)
+            return onnx_runner(path, threads)
+        export_torchscript(student, example, path)
+        return torchscript_runner(path)
+    except VlcdError:
+        raise
+    except Exception as exn:  # noqa: BLE001 - exporters fail with many exception types
+        raise VlcdError(
+            f"{fmt} export of {name} failed ({type(exn).__name__}: {exn}); try the other "
+            "--format" + (" or another --opset" if fmt == "onnx" else "")
+        ) from exn
+
+
+def verify(
+    eager: Runner,
+    exported: Runner,
+    size: tuple[int, int],
+    *,
+    real: Sequence[Path],
+    tolerance: float,
+    what: str,
+) -> dict[str, Any]:
+    """Compare on 4 random images (batch 4), 1 random image (batch 1: the batch axis really is
+    dynamic) and the ``real`` image files; raise when any |difference| exceeds ``tolerance``."""
+    batches = {"random_batch4": random_images(4, size), "random_batch1": random_images(1, size)}
+    if real:
+        batches["real_images"] = load_images(real, size)
+    diffs = max_abs_diff(eager, exported, batches)
+    worst = max(diffs, key=lambda k: diffs[k])
+    if diffs[worst] > tolerance:
+        raise VlcdError(
+            f"{what} differs from eager PyTorch by {diffs[worst]:.3g} on {worst} "
+            f"(tolerance {tolerance:g})"
+        )
+    return {
+        "max_abs_diff": diffs[worst],
+        "max_abs_diff_per_batch": diffs,
+        "tolerance": tolerance,
+        "images": {k: int(v.shape[0]) for k, v in batches.items()},
+        "real_image_files": [str(f) for f in real],
+        "passed": True,
+    }
+
+
+def export_student(
+    spec: ExportSpec,
+    fmt: str,
+    out: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    images: Sequence[Path] = (),
+    max_images: int = 16,
+    tolerance: float = 1e-4,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export, verify and time one student; write the model file and its sidecar JSON.
+
+    out: folder for ``{name}{suffix}`` and ``{name}.{fmt}.json``. images: real image files or
+    folders to verify on, besides random ones. tolerance: max |exported - eager| allowed.
+    repeats/warmup: batch-1 timing calls. threads: CPU threads of torch and ONNX Runtime.
+    Returns the sidecar's content.
+    """
+    from vlcd_dist.bench_models import available_cores, cpu_model
+
+    if fmt not in FORMATS:
+        raise VlcdError(f"--format {fmt!r}: use one of {FORMATS}")
+    say = progress or (lambda _msg: None)
+    threads = threads or available_cores()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        say(f"building {spec.name} (embed_dim {spec.embed_dim})")
+        student, weights = build_student(spec)
+        size = input_size(spec, student)
+        prep = preprocessing(size)
+        real = image_files(images, max_images) if images else []
+        out.mkdir(parents=True, exist_ok=True)
+        model_path = out / f"{spec.name}{SUFFIXES[fmt]}"
+        say(f"exporting to {model_path}")
+        exported = write_model(
+            student, fmt, spec.name, size, model_path, opset=opset, prep=prep, threads=threads
+        )
+        eager = eager_runner(student)
+        say(f"verifying against eager PyTorch (+{len(real)} real images)")
+        try:
+            check = verify(
+                eager,
+                exported,
+                size,
+                real=real,
+                tolerance=tolerance,
+                what=f"{fmt} export of {spec.name}",
+            )
+        except VlcdError as exn:
+            raise VlcdError(
+                f"{exn}; {model_path} is left for inspection and no sidecar was written. Try the "
+                "other --format" + (" or another --opset" if fmt == "onnx" else "")
+            ) from exn
+        say(f"timing eager vs {fmt} at batch 1 ({repeats} repeats)")
+        timing = time_pair(eager, exported, random_images(1, size, seed=2), repeats, warmup)
+        timing.update(
+            threads=threads,
+            cpu_model=cpu_model(),
+            exported_runtime="onnxruntime CPUExecutionProvider"
+            if fmt == "onnx"
+            else "torch.jit (CPU)",
+        )
+        sidecar = {
+            "format": SIDECAR_FORMAT,
+            "export_format": fmt,
+            "model_file": model_path.name,
+            "model_file_sha256": file_sha256(model_path),
+            "student": {
+                "name": spec.name,
+                "embed_dim": spec.embed_dim,
+                "arch": getattr(getattr(student, "backbone", None), "pretrained_cfg", {}).get(
+                    "architecture", spec.name
+                ),
+                "config_file": str(spec.config_file) if spec.config_file else None,
+            },
+            "weights": weights,
+            "preprocessing": prep,
+            "input": {"name": INPUT_NAME, "shape": ["batch", 3, size[0], size[1]]},
+            "output": {
+                "name": OUTPUT_NAME,
+                "shape": ["batch", spec.embed_dim],
+                "dim": spec.embed_dim,
+                "normalised": False,
+                "note": "L2-normalise the features before cosine similarity or linear probes",
+            },
+            "opset": opset if fmt == "onnx" else None,
+            "exporter": "torch.onnx.export(dynamo=False)" if fmt == "onnx" else "torch.jit.trace",
+            "dynamic_axes": ["batch"] if fmt == "onnx" else None,
+            "verification": check,
+            "timing": timing,
+            "versions": _versions(fmt),
+        }
+        (out / f"{spec.name}.{fmt}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        return sidecar
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``export`` to the top-level subparsers."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a student to ONNX or TorchScript, verified against PyTorch",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--student", help="student name (registered or a timm model)")
+    which.add_argument(
+        "--config",
+        type=Path,
+        help="the student's JSON config from training ({name, embed_dim, image_size}); its "
+        "sibling .safetensors is the default --weights",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="safetensors state dict of the whole student (default: random init, with a warning)",
+    )
+    p.add_argument(
+        "--embed-dim", type=_positive, default=None, help="d (default: config's, or 512)"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="input SIDE, or HEIGHT WIDTH (default: config's, the student's fixed size, or 224)",
+    )
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="what to write")
+    p.add_argument("--out", type=Path, required=True, help="folder for the model and sidecar")
+    p.add_argument("--opset", type=_positive, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        default=(),
+        help="real images (files or folders) to verify on, besides the random ones",
+    )
+    p.add_argument("--max-images", type=_positive, default=16, help="real images used at most")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - eager| allowed")
+    p.add_argument("--repeats", type=_positive, default=20, help="timed batch-1 calls; median")
+    p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_export)
+    return p
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Resolve what to export, export and verify it, print the result."""
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+    if args.image_size is not None and len(args.image_size) not in (1, 2):
+        raise VlcdError(f"--image-size {args.image_size}: give SIDE or HEIGHT WIDTH")
+    spec = resolve_spec(args.student, args.config, args.weights, args.embed_dim, args.image_size)
+    sidecar = export_student(
+        spec,
+        args.format,
+        args.out,
+        opset=args.opset,
+        images=args.images,
+        max_images=args.max_images,
+        tolerance=args.tolerance,
+        repeats=args.repeats,
+        threads=args.threads,
+        progress=progress,
+    )
+    v, t = sidecar["verification"], sidecar["timing"]
+    p = sidecar["preprocessing"]
+    print(
+        f"exported {spec.name} to {args.out / sidecar['model_file']} "
+        f"({p['height']}x{p['width']} RGB, output dim {sidecar['output']['dim']})\n"
+        f"verified: max |{args.format} - eager| = {v['max_abs_diff']:.2e} "
+        f"(tolerance {v['tolerance']:g}) on {sum(v['images'].values())} images\n"
+        f"batch-1 latency ({t['threads']} threads, median of {t['repeats']}): eager "
+        f"{t['eager_ms']:.2f} ms, {t['exported_runtime']} {t['exported_ms']:.2f} ms "
+        f"({t['speedup']:.2f}x)\n"
+        f"sidecar: {args.out / f'{spec.name}.{args.format}.json'}"
+    )
+    return 0
