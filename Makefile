@@ -23,7 +23,9 @@ demo-data: install
 	$(BIN)/vlcd shards placenta --synthetic 2000 --out shards/demo/placenta
 	$(BIN)/vlcd shards natural --count 5000 --out shards/demo/natural
 
+# The whole method on the built-in data (2 ranks on a 2-CPU host); prints the report table.
 demo: demo-data
+	$(BIN)/vlcd demo --out runs/demo
 
 lint: install
 	$(BIN)/ruff check vlcd_dist tests bench
@@ -32,6 +34,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/synthetic_difficulty.py
 	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/multi_student.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

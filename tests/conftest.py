@@ -73,3 +73,51 @@ def natural_shards(tmp_path_factory) -> Path:
         == 0
     )
     return out
+
+
+# --- training stages (tests/test_train_*.py) --------------------------------------------------
+
+TINY_RECIPE = """\
+run: {{seed: 0}}
+data:
+  placenta: {placenta}
+  natural: {natural}
+  image_size: [32, 32]
+  batch_size: 4
+  eval_batch_size: 8
+  num_workers: 1
+  shuffle_buffer: 8
+teacher: {{preset: tiny_resnet18_minilm, autocast_dtype: float32}}
+students: [tiny_mobilenetv3, tiny_resnet]
+optim: {{lr: 1.0e-3, warmup_steps: 1}}
+train_teacher: {{steps: 2, lock_text: true}}
+predistill: {{steps: 2}}
+distill: {{steps: 3}}
+checkpoint: {{every_steps: 2, keep_last: 2}}
+logging: {{every_steps: 1, progress: false}}
+eval: {{cv_folds: 2, bootstrap: 20, latency_iters: 2, probe_cs: [0.1, 1.0]}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory, placenta_shards, natural_shards) -> Path:
+    """A recipe for seconds-long runs: tiny teacher and students at 32 px on the test shards."""
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(TINY_RECIPE.format(placenta=placenta_shards, natural=natural_shards))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, tiny_recipe) -> dict[str, Path]:
+    """train-teacher then predistill (in-process, one rank) on the tiny recipe; their folders."""
+    root = tmp_path_factory.mktemp("pipeline")
+    teacher = root / "teacher" / "export" / "teacher.safetensors"
+    assert run_cli(f"train-teacher --config {tiny_recipe} --out {root / 'teacher'}") == 0
+    assert (
+        run_cli(
+            f"predistill --config {tiny_recipe} --out {root / 'predistill'} "
+            f"--set teacher.checkpoint={teacher}"
+        )
+        == 0
+    )
+    return {"root": root, "teacher": teacher, "predistill": root / "predistill"}

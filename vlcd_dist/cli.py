@@ -161,9 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench_models import add_bench_parser
     from .export import add_export_parser
+    from .train.cli import add_train_parsers
 
     add_bench_parser(sub)
     add_export_parser(sub)
+    add_train_parsers(sub)
     return parser
 
 

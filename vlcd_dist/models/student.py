@@ -233,9 +233,60 @@ def efficientnet_b0(**kwargs: Any) -> Student:
 
 
 @register_student
-def efficientformer_l1(**kwargs: Any) -> Student:
-    """EfficientFormer-L1 (paper student; ~11.4 M backbone parameters; 224x224 input only)."""
-    return timm_student("efficientformer_l1", name="efficientformer_l1", **kwargs)
+def efficientformer_l1(image_size: Sequence[int] | None = None, **kwargs: Any) -> Student:
+    """EfficientFormer-L1 (paper student; ~11.4 M backbone parameters).
+
+    timm builds it for 224x224 only (its last-stage attention biases cover a 7x7 grid). With
+    ``image_size`` [H, W] (multiples of 32) the biases are re-laid for the (H/32) x (W/32) grid
+    instead, so that CPU-sized runs need not upsample every image to 224x224.
+    """
+    # Built at its native 224x224 first (explicitly, so nothing logs a resize that won't happen).
+    native = (224, 224) if image_size is not None else None
+    student = timm_student(
+        "efficientformer_l1", name="efficientformer_l1", image_size=native, **kwargs
+    )
+    if image_size is not None and tuple(int(v) for v in image_size) != student.image_size:
+        set_attention_grid(student.backbone, image_size, "student efficientformer_l1")
+        student.image_size = (int(image_size[0]), int(image_size[1]))
+    return student
+
+
+def set_attention_grid(backbone: nn.Module, image_size: Sequence[int], what: str) -> None:
+    """Re-lay the relative-position attention biases of a timm EfficientFormer for a new input.
+
+    The bias of a head depends only on the token offset (|dy|, |dx|) on the stride-32 grid, so
+    offsets the old grid had keep their (possibly pretrained) values exactly; offsets beyond it
+    take the value of the largest old offset (edge padding).
+    """
+    from timm.models.efficientformer import Attention
+
+    h, w = (int(v) for v in image_size)
+    if h % 32 or w % 32 or h < 32 or w < 32:
+        raise ModelError(
+            f"{what}: image_size={[h, w]} must be multiples of 32 (the attention grid is "
+            "H/32 x W/32), e.g. [96, 128] or [224, 224]"
+        )
+    gh, gw = h // 32, w // 32
+    pos = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")).flatten(1)
+    rel = (pos[:, :, None] - pos[:, None, :]).abs()
+    idxs = rel[0] * gw + rel[1]
+    for module in backbone.modules():
+        if not isinstance(module, Attention):
+            continue
+        old = module.attention_biases.data
+        heads, tokens = old.shape
+        side = int(round(tokens**0.5))
+        table = old.reshape(heads, side, side)[:, :gh, :gw]
+        if table.shape[1] < gh or table.shape[2] < gw:
+            pad = (0, gw - table.shape[2], 0, gh - table.shape[1])
+            table = F.pad(table.unsqueeze(0), pad, mode="replicate").squeeze(0)
+        module.attention_biases = nn.Parameter(table.reshape(heads, gh * gw).contiguous())
+        module.attention_bias_idxs = idxs.to(module.attention_bias_idxs.device)
+        module.attention_bias_cache = {}
+    cfg = dict(getattr(backbone, "pretrained_cfg", None) or {})
+    if cfg:
+        cfg["input_size"] = (3, h, w)
+        backbone.pretrained_cfg = cfg
 
 
 # Tiny variants for tests and the CPU demo.

@@ -1,0 +1,164 @@
+"""The stages in one process on tiny models: exports, counters, TensorBoard, exact resume, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from vlcd_dist.anchors import AnchorCache
+from vlcd_dist.models import create_teacher, teacher_config
+from vlcd_dist.train.checkpoint import load_exported_student
+from vlcd_dist.train.config import load_config
+from vlcd_dist.train.stages import create_stage
+
+STUDENTS = ["tiny_mobilenetv3", "tiny_resnet"]
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the TensorBoard event files under ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_train_teacher_exports_weights_and_anchors(tiny_pipeline) -> None:
+    export = tiny_pipeline["teacher"].parent
+    info = json.loads((export / "teacher.json").read_text())
+    teacher = create_teacher(
+        teacher_config("tiny_resnet18_minilm", checkpoint=str(export / "teacher.safetensors"))
+    )
+    assert info["teacher_config"]["name"] == "tiny_resnet18_minilm"
+    # The anchor cache belongs to the trained teacher's text tower (a stale one is refused).
+    cache = AnchorCache(export / "anchors.safetensors", expected_teacher_hash=teacher.text_hash())
+    assert len(cache) == 48 and cache.dim == 64
+    summary = json.loads((export.parent / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["trainees"] == ["teacher"]
+    tags = scalars(export.parent / "tb")
+    for tag in (
+        "teacher/loss",
+        "teacher/lr",
+        "teacher/grad_norm",
+        "teacher/logit_scale",
+        "perf/images_per_s",
+    ):
+        assert [s for s, _ in tags[tag]] == [1, 2], tag
+
+
+def test_predistill_exports_every_student(tiny_pipeline) -> None:
+    export = tiny_pipeline["predistill"] / "export"
+    for name in STUDENTS:
+        student, info = load_exported_student(export / f"{name}.safetensors")
+        assert info["stage"] == "predistill" and info["build"]["embed_dim"] == 64
+        assert student(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+    tags = scalars(tiny_pipeline["predistill"] / "tb")
+    for name in STUDENTS:
+        assert f"{name}/loss_dist" in tags and f"{name}/loss_contrastive" not in tags
+
+
+class Stop(Exception):
+    pass
+
+
+def _distill_cfg(recipe: Path, pipeline, out: Path, steps: int = 4):
+    cfg = load_config(
+        recipe,
+        [
+            f"teacher.checkpoint={pipeline['teacher']}",
+            f"distill.init_from={pipeline['predistill']}",
+            f"distill.steps={steps}",
+            "checkpoint.every_steps=2",
+        ],
+    )
+    cfg.run.out = str(out)
+    return cfg
+
+
+def _run(cfg, hook=None):
+    trainer = create_stage(cfg, "distill")
+    trainer.loss_hook = hook
+    try:
+        return trainer.run()
+    finally:
+        trainer.backend.close()
+
+
+def test_resume_continues_exactly(tiny_recipe, tiny_pipeline, tmp_path) -> None:
+    straight = _distill_cfg(tiny_recipe, tiny_pipeline, tmp_path / "straight")
+    _run(straight)
+
+    def crash_after_step_2(name, step, loss):
+        if step == 2:
+            raise Stop
+        return loss
+
+    broken = _distill_cfg(tiny_recipe, tiny_pipeline, tmp_path / "broken")
+    with pytest.raises(Stop):
+        _run(broken, crash_after_step_2)
+    assert sorted(p.name for p in (tmp_path / "broken" / "checkpoints").iterdir()) == [
+        "step_000002"
+    ]
+    broken.checkpoint.resume = True
+    state = _run(broken)
+    assert state.step == 4
+    for name in STUDENTS:
+        a = load_file(str(tmp_path / "straight" / "export" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "broken" / "export" / f"{name}.safetensors"))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}.{key}")
+    summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
+    # Carried through the checkpoint: still one teacher forward per step over the whole run.
+    assert summary["teacher_forwards"] == state.step == 4
+    assert summary["teacher_hash_start"] == summary["teacher_hash_end"]
+
+
+def test_eval_writes_report_plots_and_tensorboard(tiny_recipe, tiny_pipeline, tmp_path) -> None:
+    out = tmp_path / "eval"
+    assert (
+        run_cli(
+            f"eval --config {tiny_recipe} --out {out} --set teacher.checkpoint={tiny_pipeline['teacher']} "  # noqa: E501
+            f"--set eval.students_from={tiny_pipeline['predistill']}"
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == ["teacher", *STUDENTS]
+    assert report["tasks"] == ["meconium", "fir", "mir", "chorioamnionitis", "sepsis"]
+    assert report["samples"]["train"] + report["samples"]["test"] == 48
+    for r in report["models"].values():
+        finite = [v for v in r["auc"].values() if np.isfinite(v)]
+        assert finite and all(0 <= v <= 1 for v in finite)
+        assert r["params"] > 0 and r["latency_ms"] > 0 and r["speedup"] > 0
+    assert report["models"]["teacher"]["speedup"] == pytest.approx(1.0)
+    table = (out / "report.md").read_text()
+    assert table.startswith("| model | meconium | fir | mir | chorioamnionitis | sepsis | mean AUC")
+    assert all(f"| {name} |" in table for name in report["models"])
+    for png in ("auc.png", "roc.png"):
+        assert (out / png).stat().st_size > 1000
+    tags = scalars(out / "tb")
+    assert "eval/teacher/auc_mean" in tags and "eval/tiny_resnet/auc_fir" in tags
+
+
+def test_demo_commands(tmp_path) -> None:
+    from vlcd_dist.train import demo
+
+    assert demo.launch_prefix(1)[1:] == ["-m", "vlcd_dist"]
+    two = demo.launch_prefix(2)
+    assert two[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
+    assert two[two.index("--num_processes") + 1] == "2" and two[-2:] == ["-m", "vlcd_dist"]
+    stages = [s for s, _, _ in demo._stage_plan(tmp_path)]
+    assert stages == ["train-teacher", "predistill", "distill", "eval"]
+    folder = tmp_path / "distill"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("a: 1\n")
+    assert not demo._finished("distill", folder, "a: 1\n")  # no summary.json: not finished
+    (folder / "summary.json").write_text("{}")
+    assert demo._finished("distill", folder, "a: 1\n")
+    assert not demo._finished("distill", folder, "a: 2\n")  # another recipe: rerun

@@ -1,0 +1,243 @@
+"""The distributed backend behind the trainers: a small interface, implemented with Accelerate.
+
+The trainers never call Accelerate (or, later, DeepSpeed) directly. They hand each trained model
+and its optimizer to :meth:`Backend.prepare` and get a :class:`Trainee` back, then drive it with
+``backward`` / ``clip_grad`` / ``step`` / ``skip``. Everything a second backend has to provide is
+in :class:`Backend`; DeepSpeed maps onto it as engine.backward / engine.step, with clipping and
+loss scaling configured in its JSON.
+
+Mixed precision is handled here rather than by ``Accelerator(mixed_precision=...)``: Accelerate
+keeps one GradScaler per Accelerator, but every student must have its own loss scaling so that
+an fp16 overflow in one never changes another's scale or update (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcd_dist.errors import VlcdError
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Trainee:
+    """One trained model as the backend holds it.
+
+    name: label in logs and checkpoints. model: what to call in forward (DDP-wrapped when
+    distributed). module: the bare model (weights to save/export). optimizer: its own optimizer.
+    scaler: its own fp16 GradScaler, or None.
+    """
+
+    name: str
+    model: nn.Module
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Trainable parameters of this model."""
+        return (p for p in self.module.parameters() if p.requires_grad)
+
+
+class Backend(ABC):
+    """What a trainer needs from a distributed backend."""
+
+    device: torch.device
+    rank: int
+    local_rank: int
+    world_size: int
+    mixed_precision: str
+
+    channels_last: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Layout of 4-d tensors (images, conv weights) this run uses."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images [B, 3, H, W] on the device, in the run's memory layout."""
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the one process that writes logs, reports and checkpoint metadata."""
+        return self.rank == 0
+
+    @abstractmethod
+    def prepare(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> Trainee:
+        """Move ``module`` to the device, wrap it for data parallelism, attach its optimizer."""
+
+    @abstractmethod
+    def sync_gradients(self, trainee: Trainee, sync: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch's forward+backward; ``sync=False`` skips the gradient
+        all-reduce (gradient accumulation). Collectives inside the loss still run."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context of the trained models' forward (nothing in fp32)."""
+        dtype = _AMP_DTYPES.get(self.mixed_precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def backward(self, trainee: Trainee, loss: torch.Tensor) -> None:
+        """Backward of ``loss`` (scaled by the trainee's own GradScaler in fp16)."""
+        if trainee.scaler is not None:
+            loss = trainee.scaler.scale(loss)
+        loss.backward()
+
+    def clip_grad(self, trainee: Trainee, max_norm: float | None) -> torch.Tensor:
+        """Unscale (fp16), clip to ``max_norm`` (None: measure only); returns the pre-clip
+        global gradient norm as a 0-dim fp32 tensor, identical on every rank."""
+        if trainee.scaler is not None:
+            trainee.scaler.unscale_(trainee.optimizer)
+        params = [p for p in trainee.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.device)
+        limit = float("inf") if max_norm is None else float(max_norm)
+        return torch.nn.utils.clip_grad_norm_(params, limit).detach().float()
+
+    def step(self, trainee: Trainee) -> None:
+        """Apply the optimizer update and clear the gradients."""
+        if trainee.scaler is not None:
+            trainee.scaler.step(trainee.optimizer)
+            trainee.scaler.update()
+        else:
+            trainee.optimizer.step()
+        trainee.optimizer.zero_grad(set_to_none=True)
+
+    def skip(self, trainee: Trainee) -> None:
+        """Drop this step's gradients without an update (a non-finite loss or gradient)."""
+        if trainee.scaler is not None:
+            # unscale_ recorded the inf; update() lowers this trainee's scale, nobody else's.
+            trainee.scaler.update()
+        trainee.optimizer.zero_grad(set_to_none=True)
+
+    @abstractmethod
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """All-reduce in place ("sum" or "max") over every rank; returns the tensor."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
+    def state_dict(self, trainee: Trainee) -> dict[str, Any]:
+        """What a checkpoint keeps of a trainee: model, optimizer and scaler states."""
+        return {
+            "model": trainee.module.state_dict(),
+            "optimizer": trainee.optimizer.state_dict(),
+            "scaler": trainee.scaler.state_dict() if trainee.scaler is not None else None,
+        }
+
+    def load_state_dict(self, trainee: Trainee, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        trainee.module.load_state_dict(state["model"], strict=True)
+        trainee.optimizer.load_state_dict(state["optimizer"])
+        if trainee.scaler is not None and state.get("scaler"):
+            trainee.scaler.load_state_dict(state["scaler"])
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release the process group."""
+
+
+class AccelerateBackend(Backend):
+    """HF Accelerate: DDP over gloo (CPU) or NCCL (GPUs), launched by ``accelerate launch``.
+
+    One code path for both: ``Accelerator(cpu=True)`` when no GPU is usable gives gloo ranks
+    (``accelerate launch --multi_gpu --num_processes N`` on CPU), and GPU ranks otherwise.
+    """
+
+    def __init__(
+        self, mixed_precision: str = "no", cpu: bool = False, channels_last: bool = False
+    ) -> None:
+        from accelerate import Accelerator
+
+        use_cpu = cpu or not torch.cuda.is_available()
+        if mixed_precision == "fp16" and use_cpu:
+            raise VlcdError(
+                "run.mixed_precision=fp16 needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
+            )
+        # Precision is ours (per-trainee scalers), so Accelerate itself runs in fp32 mode.
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision="no")
+        state = self.accelerator.state
+        self.device = self.accelerator.device
+        self.rank = int(state.process_index)
+        self.local_rank = int(state.local_process_index)
+        self.world_size = int(state.num_processes)
+        self.mixed_precision = mixed_precision
+        self.channels_last = channels_last
+        self.distributed = self.world_size > 1
+        logger.info(
+            "accelerate: rank %d/%d on %s (%s), precision %s",
+            self.rank,
+            self.world_size,
+            self.device,
+            state.distributed_type,
+            mixed_precision,
+        )
+
+    def prepare(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> Trainee:
+        module.to(self.device, memory_format=self.memory_format)
+        model = self.accelerator.prepare_model(module, device_placement=True)
+        scaler = None
+        if self.mixed_precision == "fp16":
+            scaler = torch.amp.GradScaler(self.device.type)
+        return Trainee(name=name, model=model, module=module, optimizer=optimizer, scaler=scaler)
+
+    def sync_gradients(self, trainee: Trainee, sync: bool) -> contextlib.AbstractContextManager:
+        if sync or not self.distributed:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(trainee.model)
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if not self.distributed:
+            return tensor
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+        dist.all_reduce(tensor, op=ops[op])
+        return tensor
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def close(self) -> None:
+        self.accelerator.end_training()
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def create_backend(name: str = "accelerate", **kwargs: Any) -> Backend:
+    """The backend called ``name`` (only "accelerate" for now; DeepSpeed comes next)."""
+    if name == "accelerate":
+        return AccelerateBackend(**kwargs)
+    raise VlcdError(f"unknown backend {name!r}: use 'accelerate'")
+
+
+def configure_threads(threads: int | None, flush_denormal: bool) -> None:
+    """CPU settings of this process: intra-op threads and subnormal flushing."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # Several ranks on one CPU host must share its cores rather than oversubscribe them.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if local > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    if flush_denormal:
+        torch.set_flush_denormal(True)

@@ -1,0 +1,451 @@
+"""Checkpoints without pickle, written atomically; exported student and teacher weights.
+
+Layout of one checkpoint (``OUT/checkpoints/step_NNNNNN/``)::
+
+    meta.json                  format, stage, step, data position, counters, trainee names, config
+    config.yaml                the resolved recipe
+    <trainee>/model.safetensors
+    <trainee>/optimizer.safetensors + optimizer.json    tensors + the structure around them
+    <trainee>/scheduler.json   LambdaLR state (step count, base lrs)
+    <trainee>/scaler.json      fp16 loss-scaler state, when there is one
+    rng/rank00000.safetensors  every rank's torch/CUDA RNG state (tensors) and python/numpy (JSON)
+    COMPLETE                   written last: a folder without it is never read
+
+The folder is assembled under ``.tmp_step_NNNNNN``, every file fsynced, then renamed into place
+and the parent fsynced, so a crash at any point leaves either the whole checkpoint or none.
+Nothing is unpickled on load: tensors come from safetensors, everything else from JSON.
+
+Designed for the later reliability issues: the data position (epoch, batches consumed in it)
+makes an exact resume possible (ShardLoader's order is a pure function of seed and epoch); the
+per-trainee counters carry NaN-skip counts; a checkpoint is self-describing (meta.json), so a
+preemption handler only needs to call :meth:`Checkpointer.save`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlcd_dist.errors import VlcdError
+
+if TYPE_CHECKING:
+    from vlcd_dist.train.backend import Backend, Trainee
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vlcd-checkpoint/1"
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+MARKER = "COMPLETE"
+
+
+class CheckpointError(VlcdError):
+    """A checkpoint cannot be written or read."""
+
+
+@dataclass
+class TrainState:
+    """Where a stage is: enough to continue exactly where it stopped.
+
+    step: optimizer steps done. epoch: current epoch of the loader. batch_in_epoch: batches of
+    that epoch already consumed. samples: samples seen on all ranks. counters: per trainee,
+    e.g. {"skipped_steps": 0}. teacher_forwards: frozen-teacher batches run (distill stages).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples: int = 0
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    teacher_forwards: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested state <-> (tensors, JSON)
+
+
+def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
+    """A JSON-ready copy of ``obj`` with every tensor moved into ``tensors`` (by a dotted name)
+    and replaced by ``{"__tensor__": name}``. Non-string dict keys and tuples are kept exact."""
+    if isinstance(obj, torch.Tensor):
+        name = prefix or "value"
+        tensors[name] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {
+                k: flatten_state(v, tensors, f"{prefix}.{k}" if prefix else k)
+                for k, v in obj.items()
+            }
+        return {
+            "__items__": [
+                [k, flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
+                for k, v in obj.items()
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {
+            "__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+        }
+    if isinstance(obj, list):
+        return [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    raise CheckpointError(f"cannot store {type(obj).__name__} at {prefix!r} without pickle")
+
+
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(obj: Any, folder: Path, stem: str) -> None:
+    """Write ``obj`` as ``stem.safetensors`` (its tensors) + ``stem.json`` (the rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = flatten_state(obj, tensors)
+    if tensors:
+        save_file(tensors, str(folder / f"{stem}.safetensors"))
+    _write_text(folder / f"{stem}.json", json.dumps(structure))
+
+
+def load_state(folder: Path, stem: str) -> Any:
+    """Read what :func:`save_state` wrote."""
+    structure = json.loads((folder / f"{stem}.json").read_text())
+    file = folder / f"{stem}.safetensors"
+    tensors = load_file(str(file)) if file.exists() else {}
+    return unflatten_state(structure, tensors)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (and root itself)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: (tensors, JSON-ready rest)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = state
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rest = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, rest
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted(k for k in tensors if k.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        states = [tensors[k] for k in cuda][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+    version, internal, gauss = rest["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rest["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpointer
+
+
+class Checkpointer:
+    """Saves and restores the trainees, schedulers, data position and RNG of a stage."""
+
+    def __init__(self, folder: str | Path, backend: Backend, keep_last: int = 3) -> None:
+        self.folder = Path(folder)
+        self.backend = backend
+        self.keep_last = keep_last
+
+    # -- finding ---------------------------------------------------------------------------
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every complete checkpoint, oldest first."""
+        found = []
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                match = STEP_DIR.match(path.name)
+                if match and path.is_dir() and (path / MARKER).is_file():
+                    found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        found = self.complete()
+        return found[-1][1] if found else None
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def save(
+        self,
+        stage: str,
+        state: TrainState,
+        trainees: list[Trainee],
+        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler],
+        config: dict[str, Any],
+        config_yaml: str,
+    ) -> Path:
+        """Write checkpoint ``step_{state.step}`` atomically. Collective: every rank calls it."""
+        backend = self.backend
+        name = f"step_{state.step:06d}"
+        final = self.folder / name
+        tmp = self.folder / f".tmp_{name}"
+        if backend.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            (tmp / "rng").mkdir(parents=True)
+        backend.barrier()
+        tensors, rest = rng_state()
+        rng_file = tmp / "rng" / f"rank{backend.rank:05d}.safetensors"
+        save_file(tensors, str(rng_file), metadata={"rest": json.dumps(rest)})
+        # Model and optimizer states are gathered views: every rank must take part (ZeRO later).
+        states = {t.name: backend.state_dict(t) for t in trainees}
+        backend.barrier()
+        if backend.is_main:
+            for trainee in trainees:
+                sub = tmp / trainee.name
+                sub.mkdir()
+                st = states[trainee.name]
+                model = {
+                    k: v.detach().to("cpu").contiguous().clone() for k, v in st["model"].items()
+                }
+                save_file(model, str(sub / "model.safetensors"))
+                save_state(st["optimizer"], sub, "optimizer")
+                _write_text(
+                    sub / "scheduler.json", json.dumps(_scheduler_state(schedulers[trainee.name]))
+                )
+                if st.get("scaler"):
+                    _write_text(sub / "scaler.json", json.dumps(st["scaler"]))
+            meta = {
+                "format": FORMAT,
+                "stage": stage,
+                "step": state.step,
+                "world_size": backend.world_size,
+                "trainees": [t.name for t in trainees],
+                "state": asdict(state),
+                "config": config,
+                "time": time.time(),
+            }
+            _write_text(tmp / "meta.json", json.dumps(meta, indent=1))
+            _write_text(tmp / "config.yaml", config_yaml)
+            _write_text(tmp / MARKER, json.dumps({"step": state.step}))
+            _fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.folder)
+            self._prune()
+            logger.info("checkpoint %s written", final)
+        backend.barrier()
+        return final
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for _, path in self.complete()[: -self.keep_last]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(
+        self,
+        path: str | Path,
+        stage: str,
+        trainees: list[Trainee],
+        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler],
+    ) -> TrainState:
+        """Restore trainees, schedulers and this rank's RNG from ``path``; the TrainState."""
+        path = Path(path)
+        if not (path / MARKER).is_file():
+            raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
+        if meta["stage"] != stage:
+            raise CheckpointError(
+                f"{path} was written by stage {meta['stage']!r}, not {stage!r}; resume it with "
+                f"`vlcd {meta['stage']}` or point --out at this stage's own folder"
+            )
+        names = [t.name for t in trainees]
+        if sorted(meta["trainees"]) != sorted(names):
+            raise CheckpointError(
+                f"{path} holds {meta['trainees']} but this run trains {names}; resume with the "
+                "same students, or start a new --out"
+            )
+        for trainee in trainees:
+            sub = path / trainee.name
+            scaler_file = sub / "scaler.json"
+            state = {
+                "model": load_file(str(sub / "model.safetensors")),
+                "optimizer": load_state(sub, "optimizer"),
+                "scaler": json.loads(scaler_file.read_text()) if scaler_file.exists() else None,
+            }
+            self.backend.load_state_dict(trainee, state)
+            sched = json.loads((sub / "scheduler.json").read_text())
+            # The lambdas were not saved (they are rebuilt from the config); LambdaLR expects one
+            # entry per group, None meaning "nothing to restore".
+            sched.setdefault("lr_lambdas", [None] * len(sched.get("base_lrs", [])))
+            schedulers[trainee.name].load_state_dict(sched)
+        rng_file = path / "rng" / f"rank{self.backend.rank:05d}.safetensors"
+        if meta["world_size"] == self.backend.world_size and rng_file.exists():
+            from safetensors import safe_open
+
+            with safe_open(str(rng_file), framework="pt") as f:
+                rest = json.loads((f.metadata() or {})["rest"])
+            set_rng_state(load_file(str(rng_file)), rest)
+        else:
+            logger.warning(
+                "%s: written by %d ranks, resuming on %d: RNG streams restart from the seed",
+                path,
+                meta["world_size"],
+                self.backend.world_size,
+            )
+        return TrainState(**meta["state"])
+
+
+def _scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    state = scheduler.state_dict()
+    # LambdaLR keeps its lambdas as None placeholders; the schedule is rebuilt from the config.
+    state.pop("lr_lambdas", None)
+    return {k: v for k, v in state.items() if _jsonable(v)}
+
+
+def _jsonable(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_jsonable(v) for v in value)
+    if isinstance(value, float):
+        return not math.isnan(value)
+    return value is None or isinstance(value, (bool, int, str, float))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported weights
+
+
+STUDENT_FORMAT = "vlcd-student/1"
+
+
+def export_student(
+    student: torch.nn.Module, folder: str | Path, spec: dict[str, Any], extra: dict[str, Any]
+) -> Path:
+    """Write ``folder/<name>.safetensors`` (plain Student state_dict) and ``<name>.json`` (what
+    rebuilds it: create_student(**build) then load the weights). Returns the weights path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = spec["name"]
+    build = {
+        "name": name,
+        "embed_dim": int(student.embed_dim),
+        "image_size": list(student.image_size) if student.image_size else None,
+    }
+    info = {"format": STUDENT_FORMAT, "build": build, **extra}
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in student.state_dict().items()}
+    path = folder / f"{name}.safetensors"
+    tmp = folder / f".{name}.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": STUDENT_FORMAT, "info": json.dumps(info)})
+    os.replace(tmp, path)
+    _write_text(folder / f"{name}.json", json.dumps(info, indent=1))
+    return path
+
+
+def read_student_info(path: str | Path) -> dict[str, Any]:
+    """The build info stored in an exported student file (its safetensors metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != STUDENT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not an exported student ({STUDENT_FORMAT}); export one with "
+            "`vlcd predistill` or `vlcd distill`"
+        )
+    return json.loads(meta["info"])
+
+
+def load_exported_student(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an exported student and load its weights. Returns (student, info)."""
+    from vlcd_dist.models import create_student
+    from vlcd_dist.models.weights import load_into
+
+    info = read_student_info(path)
+    build = info["build"]
+    student = create_student(
+        build["name"], embed_dim=build["embed_dim"], image_size=build["image_size"]
+    )
+    load_into(student, load_file(str(path)), source=str(path))
+    return student, info
+
+
+def resolve_student_file(init_from: str | Path, name: str) -> Path:
+    """The exported weights of student ``name`` given a file, an export folder or a stage
+    output folder (which holds export/)."""
+    path = Path(init_from).expanduser()
+    candidates = (
+        [path]
+        if path.is_file()
+        else [path / f"{name}.safetensors", path / "export" / f"{name}.safetensors"]
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no exported weights for student {name!r} under {path} (looked for "
+        f"{', '.join(str(c) for c in candidates)}); run `vlcd predistill` first, or drop "
+        "init_from to start from the configured initialisation"
+    )

@@ -1,0 +1,119 @@
+"""TensorBoard and console output of the trainers; only rank 0 writes anything.
+
+Tags: every trained model has its own namespace (``<student>/loss``, ``<student>/lr``, ...);
+throughput lives under ``perf/``, skipped-sample counts under ``data/``, evaluation under
+``eval/``. The resolved recipe is written as text (``config``) at step 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("vlcd_dist")
+
+
+def setup_console_logging(is_main: bool) -> None:
+    """INFO on rank 0, warnings only on the other ranks (one readable console)."""
+    level = logging.INFO if is_main else logging.WARNING
+    root = logging.getLogger("vlcd_dist")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+class TBLogger:
+    """A SummaryWriter on rank 0; every method is a no-op elsewhere or when disabled."""
+
+    def __init__(self, folder: str | Path, enabled: bool) -> None:
+        self.folder = Path(folder)
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=str(self.folder))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """One scalar per tag."""
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, float(value), step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Markdown text (TensorBoard renders it in the TEXT tab)."""
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int = 0) -> None:
+        """An RGB image, uint8 array [H, W, 3]."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Progress:
+    """A rank-0 tqdm bar with loss and images/s; silent elsewhere or when disabled."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stdout,
+            )
+
+    def update(self, n: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Meter:
+    """Running sums of named values between two logging steps."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.start = time.perf_counter()
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / max(1, self.counts[k]) for k in self.sums}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+        self.start = time.perf_counter()

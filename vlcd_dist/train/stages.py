@@ -1,0 +1,419 @@
+"""The training stages: teacher pretraining (stage 0), predistillation (1) and VLCD (2).
+
+Each is a :class:`~vlcd_dist.train.trainer.Trainer`; the CLI builds one from a recipe and calls
+``run()``. Stage outputs (under run.out)::
+
+    train-teacher: export/teacher.safetensors (+ .json), export/anchors.safetensors
+    predistill, distill: export/<student>.safetensors (+ .json) for every student
+    all: config.yaml, summary.json, tb/, checkpoints/step_NNNNNN/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcd_dist import distributed as vdist
+from vlcd_dist.data.stream import ShardLoader, iter_tar, resolve_shards
+from vlcd_dist.errors import VlcdError
+from vlcd_dist.losses import clip_loss, predistill_loss, vlcd_loss
+from vlcd_dist.models import (
+    FrozenTeacher,
+    Student,
+    TeacherConfig,
+    VisionLanguageTeacher,
+    create_student,
+    create_teacher,
+    save_teacher,
+    teacher_config,
+)
+from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
+from vlcd_dist.train.backend import Backend, Trainee
+from vlcd_dist.train.checkpoint import export_student, read_student_info, resolve_student_file
+from vlcd_dist.train.config import ConfigError, StageConfig, StudentSpec, TrainConfig
+from vlcd_dist.train.trainer import Trainer
+
+logger = logging.getLogger("vlcd_dist.train")
+
+TEACHER_FILE = "teacher.safetensors"
+ANCHOR_FILE = "anchors.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building models from a recipe (shared with evaluation)
+
+
+def build_teacher_config(cfg: TrainConfig) -> TeacherConfig:
+    """The TeacherConfig of a recipe: preset + overrides, at data.image_size."""
+    overrides: dict[str, Any] = cfg.teacher.overrides()
+    overrides["image_size"] = tuple(cfg.data.image_size)
+    try:
+        return teacher_config(cfg.teacher.preset, **overrides)
+    except ModelError as exn:
+        raise ConfigError(f"teacher: {exn}") from exn
+
+
+def load_frozen_teacher(
+    cfg: TrainConfig, device: torch.device, memory_format: torch.memory_format | None = None
+) -> FrozenTeacher:
+    """The recipe's teacher (trained weights from teacher.checkpoint), frozen, on ``device``."""
+    tcfg = build_teacher_config(cfg)
+    if tcfg.checkpoint is None:
+        logger.warning(
+            "teacher.checkpoint is not set: distilling from an untrained teacher. Run "
+            "`vlcd train-teacher` and pass --set teacher.checkpoint=OUT/export/%s",
+            TEACHER_FILE,
+        )
+    elif not Path(tcfg.checkpoint).exists():
+        raise ConfigError(
+            f"teacher.checkpoint={tcfg.checkpoint!r} does not exist; run `vlcd train-teacher` "
+            "first or fix the path"
+        )
+    teacher = create_teacher(tcfg)
+    frozen = FrozenTeacher(teacher, autocast_dtype=cfg.teacher.autocast_dtype)
+    return frozen.to(device, memory_format=memory_format or torch.contiguous_format)
+
+
+def student_seed(seed: int, name: str) -> int:
+    """A student's init seed: depends on its name only, not on which other students train."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def build_student(cfg: TrainConfig, spec: StudentSpec, embed_dim: int) -> Student:
+    """A fresh student of ``spec`` projecting to ``embed_dim``, seeded by its name."""
+    torch.manual_seed(student_seed(cfg.run.seed, spec.name))
+    image_size = tuple(spec.image_size or cfg.data.image_size)
+    try:
+        return create_student(
+            spec.name,
+            embed_dim=embed_dim,
+            pretrained=spec.pretrained,
+            weights=spec.weights,
+            image_size=image_size,
+        )
+    except ModelError as exn:
+        raise ConfigError(f"students[{spec.name}]: {exn}") from exn
+
+
+def load_init(student: Student, init_from: str, name: str) -> Path:
+    """Load the exported weights of ``name`` found at ``init_from`` into ``student``."""
+    path = resolve_student_file(init_from, name)
+    info = read_student_info(path)
+    build = info.get("build", {})
+    if build.get("name") != name or int(build.get("embed_dim", -1)) != student.embed_dim:
+        raise ConfigError(
+            f"{path} holds student {build.get('name')!r} with d={build.get('embed_dim')}, but "
+            f"this run trains {name!r} with d={student.embed_dim}"
+        )
+    load_into(student, load_state_dict(path), source=str(path))
+    return path
+
+
+class StudentModule(nn.Module):
+    """What a distillation stage trains for one student: the student and, in VLCD, its own
+    learnable log logit scale (inside the module, so DDP averages its gradient too).
+
+    forward(images [B, 3, H, W]) -> {"features": z_k [B, d], "logit_scale": [] (if learnt)}.
+    """
+
+    def __init__(self, student: Student, log_logit_scale: float | None, max_scale: float) -> None:
+        super().__init__()
+        self.student = student
+        self.max_scale = max_scale
+        self.logit_scale = (
+            nn.Parameter(torch.tensor(float(log_logit_scale)))
+            if log_logit_scale is not None
+            else None
+        )
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"features": self.student(images)}
+        if self.logit_scale is not None:
+            out["logit_scale"] = self.logit_scale.exp().clamp(max=self.max_scale)
+        return out
+
+
+@contextlib.contextmanager
+def _all_local_cores(backend: Backend) -> Iterator[None]:
+    """On CPU, let the one busy rank use the cores its idle local peers leave free."""
+    before = torch.get_num_threads()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if backend.device.type == "cpu" and local > 1:
+        torch.set_num_threads(min(os.cpu_count() or 1, before * local))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 0: the teacher
+
+
+class TeacherTrainer(Trainer):
+    """CLIP-loss pretraining of the vision-language teacher on placenta image-report pairs,
+    then its export and the text-anchor cache every later stage reads."""
+
+    stage = "train-teacher"
+
+    @property
+    def stage_cfg(self) -> StageConfig:
+        return self.cfg.train_teacher
+
+    def build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.run.seed)
+        tcfg = build_teacher_config(cfg)
+        if tcfg.checkpoint is not None:
+            logger.info("train-teacher: continuing from %s", tcfg.checkpoint)
+        self.teacher: VisionLanguageTeacher = create_teacher(tcfg)
+        if cfg.train_teacher.lock_text:
+            self.teacher.text.encoder.requires_grad_(False)
+        stream = cfg.data.stream(cfg.data.placenta, split="train", train=True, seed=cfg.run.seed)
+        self.loader = ShardLoader(stream, self.backend.rank, self.backend.world_size)
+        self.total_steps = self.plan_steps(len(self.loader))
+        self.trainee = self.add_trainee("teacher", self.teacher)
+
+    def on_train_start(self) -> None:
+        if self.cfg.train_teacher.lock_text:
+            # A locked encoder is a fixed function: no dropout noise on its features.
+            self.teacher.text.encoder.eval()
+
+    def micro_step(
+        self, batch: dict[str, Any], sync: bool, scale: float
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        trainee, backend = self.trainee, self.backend
+        images = self.backend.images(batch["image"])
+        tokens = {
+            k: v.to(self.device) for k, v in self.teacher.text.tokenize(batch["text"]).items()
+        }
+        with backend.sync_gradients(trainee, sync):
+            with backend.autocast():
+                out = trainee.model(images, tokens["input_ids"], tokens["attention_mask"])
+            parts = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+            loss = parts["loss"]
+            if self.loss_hook is not None:
+                loss = self.loss_hook(trainee.name, self.state.step, loss)
+            backend.backward(trainee, loss * scale)
+        return {"teacher": {"loss": loss.detach(), "logit_scale": out["logit_scale"].detach()}}
+
+    def finish(self) -> None:
+        cfg, backend = self.cfg, self.backend
+        export = self.out / "export"
+        teacher_path = export / TEACHER_FILE
+        if backend.is_main:
+            save_teacher(self.teacher, teacher_path)
+            info = {
+                "teacher_config": self.teacher.cfg.to_dict(),
+                "stage": self.stage,
+                "step": self.state.step,
+            }
+            (export / "teacher.json").write_text(json.dumps(info, indent=1))
+            logger.info("train-teacher: teacher weights in %s", teacher_path)
+            with _all_local_cores(backend):
+                build_anchors(
+                    self.teacher,
+                    cfg.data.placenta,
+                    export / ANCHOR_FILE,
+                    autocast_dtype=cfg.teacher.autocast_dtype,
+                    batch_size=cfg.train_teacher.anchor_batch_size,
+                )
+        backend.barrier()
+
+
+def build_anchors(
+    teacher: VisionLanguageTeacher,
+    placenta: str,
+    path: Path,
+    *,
+    autocast_dtype: str,
+    batch_size: int,
+) -> Path:
+    """The text-anchor cache of every report in the placenta shards (all splits)."""
+    from vlcd_dist.anchors import build_anchor_cache
+
+    shard_set = resolve_shards(placenta)
+
+    def reports() -> Iterator[tuple[str, str]]:
+        for url in shard_set.urls:
+            try:
+                for raw in iter_tar(url):
+                    if "txt" in raw:
+                        try:
+                            yield raw["__key__"], raw["txt"].decode("utf-8")
+                        except UnicodeDecodeError:
+                            continue  # the loader skips this sample too
+            except Exception as exn:  # noqa: BLE001 - a damaged shard keeps its good reports
+                logger.warning("anchors: %s: %s", url, exn)
+
+    frozen = FrozenTeacher(teacher, autocast_dtype=autocast_dtype)
+    out = build_anchor_cache(frozen, reports(), path, batch_size=batch_size)
+    logger.info("train-teacher: text anchors in %s", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 1 and 2: every student at once
+
+
+class DistillTrainer(Trainer):
+    """Predistillation (natural images, L_pre) or VLCD (placenta pairs, L_t + lambda (L_dist +
+    L_gnd)) of every configured student at once, with one frozen teacher forward per batch."""
+
+    def __init__(self, cfg: TrainConfig, mode: str, backend: Backend | None = None) -> None:
+        if mode not in ("predistill", "distill"):
+            raise ValueError(f"mode must be 'predistill' or 'distill', got {mode!r}")
+        self.mode = mode
+        self.stage = mode
+        super().__init__(cfg, backend)
+
+    @property
+    def stage_cfg(self) -> StageConfig:
+        return self.cfg.distill if self.mode == "distill" else self.cfg.predistill
+
+    def _count_teacher(self, *_: Any) -> None:
+        self.state.teacher_forwards += 1
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.frozen = load_frozen_teacher(cfg, self.device, self.backend.memory_format)
+        self.teacher_hash = state_dict_hash(self.frozen.teacher)
+        # Counts real forwards of the teacher's image tower, whoever calls it.
+        self.frozen.teacher.image.register_forward_hook(self._count_teacher)
+        self.teacher_scale = self.frozen.get_logit_scale().to(self.device)
+        self.anchors = None
+        if self.mode == "distill":
+            self.anchors = self._load_anchors()
+            stream = cfg.data.stream(
+                cfg.data.placenta, split="train", train=True, seed=cfg.run.seed
+            )
+        else:
+            stream = cfg.data.stream(cfg.data.natural, split=None, train=True, seed=cfg.run.seed)
+        self.loader = ShardLoader(stream, self.backend.rank, self.backend.world_size)
+        self.total_steps = self.plan_steps(len(self.loader))
+        learn_scale = self.mode == "distill" and cfg.distill.learn_logit_scale
+        self.sources: dict[str, str | None] = {}
+        for spec in cfg.students:
+            student = build_student(cfg, spec, self.frozen.embed_dim)
+            source = None
+            init_from = spec.init_from or cfg.distill.init_from
+            if self.mode == "distill" and init_from:
+                source = str(load_init(student, init_from, spec.name))
+                logger.info("%s: %s starts from %s", self.stage, spec.name, source)
+            self.sources[spec.name] = source
+            module = StudentModule(
+                student,
+                math.log(float(self.teacher_scale)) if learn_scale else None,
+                self.frozen.cfg.max_logit_scale,
+            )
+            self.add_trainee(spec.name, module, lr=spec.lr)
+
+    def _load_anchors(self):  # -> AnchorTable
+        from vlcd_dist.anchors import AnchorCache
+
+        cfg = self.cfg
+        path = cfg.distill.anchors
+        if path is None:
+            if cfg.teacher.checkpoint is None:
+                raise ConfigError(
+                    "distill needs the text-anchor cache: set distill.anchors, or "
+                    "teacher.checkpoint (the cache is read from beside it)"
+                )
+            path = str(Path(cfg.teacher.checkpoint).parent / ANCHOR_FILE)
+        cache = AnchorCache(path, expected_teacher_hash=self.frozen.text_hash())
+        return cache.load()
+
+    def targets(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What every student's loss needs from one batch, computed once: images [B, 3, H, W],
+        teacher features z_T [B, d] (the one teacher forward), text anchors u [B, d] (VLCD) and
+        every rank's batch size (one collective)."""
+        images = self.backend.images(batch["image"])
+        z_t = self.frozen.encode_image(images)
+        anchors = None
+        if self.anchors is not None:
+            anchors = self.anchors.lookup(batch["key"]).to(self.device)
+        sizes = vdist.gather_sizes(images.shape[0], like=z_t)
+        return {"images": images, "teacher": z_t, "anchors": anchors, "sizes": sizes}
+
+    def student_step(
+        self, trainee: Trainee, targets: dict[str, Any], sync: bool, scale: float
+    ) -> dict[str, torch.Tensor]:
+        """Forward, loss and backward of one student on one micro-batch; its loss parts."""
+        backend = self.backend
+        with backend.sync_gradients(trainee, sync):
+            with backend.autocast():
+                res = trainee.model(targets["images"])
+            z = res["features"]
+            if targets["anchors"] is not None:
+                logit_scale = res.get("logit_scale", self.teacher_scale)
+                parts = vlcd_loss(
+                    z,
+                    targets["teacher"],
+                    targets["anchors"],
+                    logit_scale,
+                    self.cfg.loss,
+                    sizes=targets["sizes"],
+                )
+            else:
+                parts = predistill_loss(z, targets["teacher"], sizes=targets["sizes"])
+            loss = parts["loss"]
+            if self.loss_hook is not None:
+                loss = self.loss_hook(trainee.name, self.state.step, loss)
+            # Every rank runs this backward (the loss gathers across ranks), NaN or not.
+            backend.backward(trainee, loss * scale)
+        values = {k: v.detach() for k, v in parts.items() if k in ("contrastive", "dist", "gnd")}
+        values["loss"] = loss.detach()
+        if "logit_scale" in res:
+            values["logit_scale"] = res["logit_scale"].detach()
+        return values
+
+    def micro_step(
+        self, batch: dict[str, Any], sync: bool, scale: float
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        targets = self.targets(batch)
+        return {t.name: self.student_step(t, targets, sync, scale) for t in self.trainees}
+
+    def summary(self) -> dict[str, Any]:
+        # Fingerprints of the teacher before and after: the run must not have changed it.
+        return {
+            "teacher_hash_start": self.teacher_hash,
+            "teacher_hash_end": state_dict_hash(self.frozen.teacher),
+        }
+
+    def finish(self) -> None:
+        if self.backend.is_main:
+            export = self.out / "export"
+            for trainee, spec in zip(self.trainees, self.cfg.students, strict=True):
+                module: StudentModule = trainee.module  # type: ignore[assignment]
+                extra = {
+                    "stage": self.stage,
+                    "step": self.state.step,
+                    "init_from": self.sources.get(spec.name),
+                    "teacher": self.cfg.teacher.checkpoint,
+                    "logit_scale": float(module.logit_scale.detach().exp())
+                    if module.logit_scale is not None
+                    else float(self.teacher_scale),
+                    "skipped_steps": self.state.counters[spec.name]["skipped_steps"],
+                }
+                path = export_student(module.student, export, {"name": spec.name}, extra)
+                logger.info("%s: %s exported to %s", self.stage, spec.name, path)
+        self.backend.barrier()
+
+
+def create_stage(cfg: TrainConfig, stage: str, backend: Backend | None = None) -> Trainer:
+    """The trainer of a stage name: train-teacher, predistill or distill."""
+    if stage == "train-teacher":
+        return TeacherTrainer(cfg, backend)
+    if stage in ("predistill", "distill"):
+        return DistillTrainer(cfg, stage, backend)
+    raise VlcdError(f"unknown stage {stage!r}: use train-teacher, predistill or distill")

@@ -1,0 +1,372 @@
+"""The training loop every stage shares: micro-batches, accumulation, independent updates of
+several models, NaN skips agreed by all ranks, logging, checkpoints and exact resume.
+
+A stage subclass builds its models and data (:meth:`Trainer.build`) and says what one
+micro-batch does (:meth:`Trainer.micro_step`: forward, loss and backward of every trainee).
+The base class owns everything around it::
+
+    for each optimizer step:
+        (micro-batches) -> micro_step -> backward of every trainee
+        for each trainee: clip -> its own non-finite flag
+        one all-reduce (max) of the K flags, so every rank agrees which updates to skip
+        for each trainee: step, or skip (gradients dropped, buffers restored, counted)
+        every scheduler steps (skipped or not: all trainees follow the run's global schedule)
+
+A trainee's flag depends only on its own loss and gradients, so a NaN in one never changes
+another's update; the skipped trainee still ran its forward, loss collectives and backward on
+every rank, so no collective is left unmatched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader
+from vlcd_dist.train.backend import Backend, Trainee, configure_threads, create_backend
+from vlcd_dist.train.checkpoint import Checkpointer, TrainState
+from vlcd_dist.train.config import StageConfig, TrainConfig, dump_yaml, to_dict
+from vlcd_dist.train.logging import Progress, TBLogger, setup_console_logging
+from vlcd_dist.train.optim import create_optimizer, create_scheduler
+
+logger = logging.getLogger("vlcd_dist.train")
+
+# (trainee name, optimizer step, loss) -> loss; tests use it to inject faults.
+LossHook = Callable[[str, int, torch.Tensor], torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) the same way on every rank."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+class Trainer(ABC):
+    """Base of the training stages; see the module docstring for the step."""
+
+    stage: str = "stage"
+
+    def __init__(self, cfg: TrainConfig, backend: Backend | None = None) -> None:
+        self.cfg = cfg
+        configure_threads(cfg.run.threads, cfg.run.flush_denormal)
+        self.backend = backend or create_backend(
+            "accelerate",
+            mixed_precision=cfg.run.mixed_precision,
+            cpu=cfg.run.cpu,
+            channels_last=cfg.run.channels_last,
+        )
+        setup_console_logging(self.backend.is_main)
+        self.out = Path(cfg.run.out)
+        self.device = self.backend.device
+        self.trainees: list[Trainee] = []
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        self.loader: ShardLoader | None = None
+        self.state = TrainState()
+        self.loss_hook: LossHook | None = None
+        self.tb: TBLogger | None = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    # -- what a stage provides -------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def stage_cfg(self) -> StageConfig:
+        """This stage's section of the recipe."""
+
+    @abstractmethod
+    def build(self) -> None:
+        """Create self.loader and the models; call :meth:`add_trainee` for each trained one."""
+
+    @abstractmethod
+    def micro_step(
+        self, batch: dict[str, Any], sync: bool, scale: float
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Forward, loss and backward (loss x ``scale``) of every trainee on one micro-batch,
+        inside ``self.backend.sync_gradients(trainee, sync)``. Returns, per trainee, its
+        detached loss parts ({"loss", ...}) plus any other scalar to log."""
+
+    def summary(self) -> dict[str, Any]:
+        """Stage-specific entries of summary.json."""
+        return {}
+
+    def finish(self) -> None:  # noqa: B027 - optional hook
+        """After the last step: export weights (rank 0 writes). Collective-safe."""
+
+    # -- helpers for stages ----------------------------------------------------------------
+
+    def add_trainee(self, name: str, module: torch.nn.Module, lr: float | None = None) -> Trainee:
+        """Give ``module`` its own optimizer and schedule and hand it to the backend."""
+        o = self.cfg.optim
+        peak = lr or self.stage_cfg.lr or o.lr
+        optimizer = create_optimizer(module, peak, o.weight_decay, o.betas, o.eps)
+        trainee = self.backend.prepare(name, module, optimizer)
+        warmup = self.stage_cfg.warmup_steps
+        warmup = o.warmup_steps if warmup is None else warmup
+        self.schedulers[name] = create_scheduler(
+            optimizer, self.total_steps, warmup, o.min_lr_ratio
+        )
+        self.trainees.append(trainee)
+        self.state.counters.setdefault(name, {"skipped_steps": 0})
+        return trainee
+
+    def plan_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps of the stage, from steps or epochs x (batches // accumulation)."""
+        accum = self.cfg.optim.grad_accum_steps
+        per_epoch = batches_per_epoch // accum
+        if per_epoch < 1:
+            raise ValueError(
+                f"an epoch has {batches_per_epoch} batch(es) per rank, fewer than "
+                f"optim.grad_accum_steps={accum}; lower data.batch_size or the accumulation"
+            )
+        self.steps_per_epoch = per_epoch
+        if self.stage_cfg.steps:
+            return int(self.stage_cfg.steps)
+        return max(1, math.ceil(self.stage_cfg.epochs * per_epoch))
+
+    def record(self, name: str, value: torch.Tensor | float) -> None:
+        """Add a value to the running means logged at the next logging step."""
+        value = torch.as_tensor(value, dtype=torch.float32).detach().to(self.device)
+        if name in self._sums:
+            self._sums[name] = self._sums[name] + value
+            self._counts[name] += 1
+        else:
+            self._sums[name] = value.clone()
+            self._counts[name] = 1
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> TrainState:
+        """Build, resume if asked, train to the last step, checkpoint and export."""
+        cfg = self.cfg
+        seed_everything(cfg.run.seed)
+        if self.backend.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump_yaml(cfg))
+        self.tb = TBLogger(self.out / "tb", cfg.logging.tensorboard and self.backend.is_main)
+        self.tb.text("config", "```yaml\n" + dump_yaml(cfg) + "\n```")
+        self.build()
+        assert self.loader is not None, "build() must set self.loader"
+        self.checkpointer = Checkpointer(
+            self.out / "checkpoints", self.backend, cfg.checkpoint.keep_last
+        )
+        if cfg.checkpoint.resume:
+            latest = self.checkpointer.latest()
+            if latest is not None:
+                self.state = self.checkpointer.load(
+                    latest, self.stage, self.trainees, self.schedulers
+                )
+                logger.info("%s: resumed from %s (step %d)", self.stage, latest, self.state.step)
+            else:
+                logger.info(
+                    "%s: --resume given but no complete checkpoint in %s; starting fresh",
+                    self.stage,
+                    self.checkpointer.folder,
+                )
+        try:
+            self._loop()
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+        self.finish()
+        self._write_summary()
+        return self.state
+
+    def _batches(self) -> Iterator[list[dict[str, Any]]]:
+        """Groups of ``grad_accum_steps`` batches from the data position in self.state on;
+        advances the position. Epochs roll over; a partial group at an epoch's end is dropped
+        (every rank has the same batch count, so all ranks drop it together)."""
+        accum = self.cfg.optim.grad_accum_steps
+        loader = self.loader
+        assert loader is not None
+        while True:
+            loader.set_epoch(self.state.epoch)
+            usable = (len(loader) // accum) * accum
+            it = iter(loader)
+            try:
+                # Resume: the order of an epoch is fixed by (seed, epoch), so skipping the
+                # consumed batches puts the stream exactly where the checkpoint left it.
+                for _ in range(self.state.batch_in_epoch):
+                    next(it)
+                while self.state.batch_in_epoch + accum <= usable:
+                    group = [next(it) for _ in range(accum)]
+                    self.state.batch_in_epoch += accum
+                    yield group
+            finally:
+                del it
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        backend = self.backend
+        total = self.total_steps
+        log_every = cfg.logging.every_steps
+        ckpt_every = cfg.checkpoint.every_steps
+        progress = Progress(
+            total, self.state.step, self.stage, cfg.logging.progress and backend.is_main
+        )
+        for trainee in self.trainees:
+            trainee.model.train()
+        self.on_train_start()
+        interval_start = time.perf_counter()
+        data_time = 0.0
+        steps_in_interval = 0
+        images_in_interval = 0
+        batches = self._batches()
+        speed: float | None = None  # images/s on the progress bar (smoothed)
+        try:
+            while self.state.step < total:
+                t0 = time.perf_counter()
+                group = next(batches)
+                data_time += time.perf_counter() - t0
+                images = sum(int(b["image"].shape[0]) for b in group)
+                parts = self.train_step(group)
+                self.state.step += 1
+                self.state.samples += images * backend.world_size
+                steps_in_interval += 1
+                images_in_interval += images
+                if self.state.step % log_every == 0 or self.state.step == total:
+                    elapsed = time.perf_counter() - interval_start
+                    perf = {
+                        "perf/images_per_s": images_in_interval
+                        * backend.world_size
+                        / max(elapsed, 1e-9),
+                        "perf/data_wait_fraction": data_time / max(elapsed, 1e-9),
+                        "perf/step_s": elapsed / max(1, steps_in_interval),
+                        "perf/epoch": self.state.epoch
+                        + self.state.batch_in_epoch / max(1, len(self.loader)),
+                    }
+                    self._log(perf)
+                    interval_start = time.perf_counter()
+                    data_time = 0.0
+                    steps_in_interval = images_in_interval = 0
+                if progress.bar is not None:
+                    step_s = time.perf_counter() - t0
+                    rate = images * backend.world_size / max(step_s, 1e-9)
+                    speed = rate if speed is None else 0.8 * speed + 0.2 * rate
+                    postfix = {name[:12]: f"{p['loss'].item():.3f}" for name, p in parts.items()}
+                    progress.update(1, **postfix, **{"img/s": f"{speed:.1f}"})
+                if ckpt_every and self.state.step % ckpt_every == 0 and self.state.step < total:
+                    self.save_checkpoint()
+        finally:
+            batches.close()
+            progress.close()
+        self.save_checkpoint()
+
+    def on_train_start(self) -> None:  # noqa: B027 - optional hook
+        """Hook after models are in train mode (e.g. keep frozen parts in eval mode)."""
+
+    def train_step(self, group: list[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
+        """One optimizer step of every trainee over a group of micro-batches."""
+        backend = self.backend
+        accum = len(group)
+        # Buffers (batch-norm statistics) are restored when a trainee's update is skipped: a
+        # NaN forward must not leave NaN running statistics behind.
+        snapshots = {
+            t.name: [b.detach().clone() for b in t.module.buffers()] for t in self.trainees
+        }
+        totals: dict[str, dict[str, torch.Tensor]] = {}
+        for i, batch in enumerate(group):
+            parts = self.micro_step(batch, sync=i == accum - 1, scale=1.0 / accum)
+            for name, values in parts.items():
+                acc = totals.setdefault(name, {})
+                for key, value in values.items():
+                    acc[key] = acc.get(key, 0.0) + value.detach().float() / accum
+        clip = self.cfg.optim.clip_grad_norm
+        norms = []
+        flags = torch.zeros(len(self.trainees), device=self.device)
+        for k, trainee in enumerate(self.trainees):
+            norm = backend.clip_grad(trainee, clip)
+            norms.append(norm)
+            loss = totals[trainee.name]["loss"]
+            flags[k] = float(not (torch.isfinite(norm) and torch.isfinite(loss)))
+        backend.all_reduce(flags, "max")  # one collective: every rank skips the same updates
+        for k, trainee in enumerate(self.trainees):
+            name = trainee.name
+            if flags[k].item() > 0:
+                backend.skip(trainee)
+                for buf, saved in zip(trainee.module.buffers(), snapshots[name], strict=True):
+                    buf.copy_(saved)
+                self.state.counters[name]["skipped_steps"] += 1
+                logger.warning(
+                    "%s: non-finite loss or gradient at step %d; update skipped",
+                    name,
+                    self.state.step + 1,
+                )
+            else:
+                backend.step(trainee)
+                for key, value in totals[name].items():
+                    self.record(f"{name}/{_tag(key)}", value)
+                self.record(f"{name}/grad_norm", norms[k])
+            self.record(f"{name}/lr", self.schedulers[name].get_last_lr()[0])
+            self.schedulers[name].step()
+        return totals
+
+    # -- logging, checkpoints --------------------------------------------------------------
+
+    def _log(self, perf: dict[str, float]) -> None:
+        """All-reduce the interval's means and skip counters; rank 0 writes them."""
+        names = sorted(self._sums)
+        skipped = self.loader.skipped if self.loader is not None else {}
+        local = [self._sums[n] / self._counts[n] for n in names]
+        local += [torch.tensor(float(skipped.get(k, 0)), device=self.device) for k in SKIP_KINDS]
+        vec = torch.stack([v.reshape(()) for v in local]).to(self.device)
+        self.backend.all_reduce(vec, "sum")
+        world = self.backend.world_size
+        values = {n: float(vec[i]) / world for i, n in enumerate(names)}
+        # Per-rank running mean is averaged over ranks; skip counts are summed over ranks.
+        for j, kind in enumerate(SKIP_KINDS):
+            values[f"data/skipped_{kind}"] = float(vec[len(names) + j])
+        for trainee in self.trainees:
+            values[f"{trainee.name}/skipped_steps"] = self.state.counters[trainee.name][
+                "skipped_steps"
+            ]
+        values.update(perf)
+        if self.tb is not None:
+            self.tb.scalars(values, self.state.step)
+            self.tb.flush()
+        self._sums.clear()
+        self._counts.clear()
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the current state (collective)."""
+        return self.checkpointer.save(
+            self.stage,
+            self.state,
+            self.trainees,
+            self.schedulers,
+            to_dict(self.cfg),
+            dump_yaml(self.cfg),
+        )
+
+    def _write_summary(self) -> None:
+        if not self.backend.is_main:
+            return
+        summary = {
+            "stage": self.stage,
+            "steps": self.state.step,
+            "samples": self.state.samples,
+            "epoch": self.state.epoch,
+            "micro_batches": self.state.step * self.cfg.optim.grad_accum_steps,
+            "teacher_forwards": self.state.teacher_forwards,
+            "trainees": [t.name for t in self.trainees],
+            "counters": self.state.counters,
+            "skipped_samples": dict(self.loader.skipped) if self.loader is not None else {},
+            "world_size": self.backend.world_size,
+            **self.summary(),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _tag(part: str) -> str:
+    return "loss" if part == "loss" else part if part == "logit_scale" else f"loss_{part}"
