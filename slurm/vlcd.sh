@@ -1,0 +1,76 @@
+#!/bin/bash
+# Submit a vlcd-dist stage to SLURM:
+#
+#   VLCD_STAGE=distill VLCD_CONFIG=configs/paper.yaml sbatch slurm/vlcd.sh
+#
+# One task per node; each task runs `accelerate launch`, which starts one training process per
+# GPU of its node (or VLCD_PROCS_PER_NODE processes on CPU-only nodes, talking over gloo).
+#
+# ---- What you edit: the #SBATCH defaults below (or override them on the sbatch line) ----------
+#SBATCH --job-name=vlcd
+#SBATCH --nodes=2                   # nodes; every node runs one accelerate launcher
+#SBATCH --ntasks-per-node=1         # keep at 1: the launcher starts the per-GPU processes
+#SBATCH --gpus-per-node=8           # GPUs per node; CPU-only nodes: sbatch --gpus-per-node=0
+#SBATCH --cpus-per-task=32          # CPU cores per node, for data-loading workers
+#SBATCH --time=24:00:00             # wall-clock limit of one run (the job requeues itself)
+#SBATCH --requeue                   # allow requeue after preemption or the pre-timeout signal
+#SBATCH --open-mode=append          # a requeued run appends to the same log
+#SBATCH --signal=B:USR1@300         # SIGUSR1 to this script 5 minutes before the time limit
+#SBATCH --output=slurm-vlcd-%j.out  # log file (%j = job id)
+#
+# ---- What you set per submission (environment variables) ---------------------------------------
+#   VLCD_STAGE    train-teacher | predistill | distill | eval          (required)
+#   VLCD_CONFIG   the YAML recipe                                      (default configs/paper.yaml)
+#   VLCD_ARGS     more arguments for the stage, e.g. "--set optim.lr=3e-4 --resume"
+#   VLCD_VENV     the virtual environment to run from                  (default .venv)
+#   VLCD_PROCS_PER_NODE  processes per node on CPU-only nodes          (default 1)
+#   VLCD_PORT     rendezvous port                       (default: 20000 + job id modulo 20000)
+set -euo pipefail
+
+cd "${SLURM_SUBMIT_DIR:-.}"
+STAGE=${VLCD_STAGE:?set VLCD_STAGE to train-teacher, predistill, distill or eval}
+CONFIG=${VLCD_CONFIG:-configs/paper.yaml}
+VENV=${VLCD_VENV:-.venv}
+ARGS=${VLCD_ARGS:-}
+
+# The first host of the allocation hosts the rendezvous; the port is derived from the job id so
+# two jobs sharing a node do not collide.
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_PORT=${VLCD_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+GPUS=${SLURM_GPUS_ON_NODE:-0}
+# On CPU-only nodes the trainer finds no GPU and runs Accelerator(cpu=True): gloo instead of
+# NCCL, nothing else changes. (accelerate launch refuses --cpu together with --multi_gpu, and
+# --multi_gpu is what starts several processes.)
+if [ "$GPUS" -gt 0 ] 2>/dev/null; then
+  PROCS=$GPUS
+else
+  PROCS=${VLCD_PROCS_PER_NODE:-1}
+fi
+export MASTER_ADDR MASTER_PORT STAGE CONFIG VENV ARGS PROCS
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ${SLURM_CPUS_PER_TASK:-$(nproc)} / PROCS > 0 ? ${SLURM_CPUS_PER_TASK:-$(nproc)} / PROCS : 1 ))}
+
+echo "[vlcd] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): stage=$STAGE config=$CONFIG" \
+     "nodes=$SLURM_NNODES procs/node=$PROCS master=$MASTER_ADDR:$MASTER_PORT"
+
+# srun starts one launcher per node; SLURM_NODEID is that node's machine rank.
+srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '
+  exec "$VENV/bin/accelerate" launch --multi_gpu \
+    --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
+    --num_processes $((SLURM_NNODES * PROCS)) \
+    --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
+    --rdzv_backend static --same_network --mixed_precision no --dynamo_backend no \
+    -m vlcd_dist "$STAGE" --config "$CONFIG" $ARGS
+' &
+SRUN_PID=$!
+
+# The pre-timeout signal reaches this script (B: in --signal); pass it on to the training
+# processes through srun, which forwards it to every task.
+trap 'echo "[vlcd] SIGUSR1: forwarding to the training processes"; kill -USR1 "$SRUN_PID" 2>/dev/null || true' USR1
+while true; do
+  wait "$SRUN_PID" && STATUS=0 || STATUS=$?
+  # wait returns early (status > 128) when a trapped signal arrives; keep waiting for srun.
+  if kill -0 "$SRUN_PID" 2>/dev/null; then continue; fi
+  break
+done
+echo "[vlcd] stage $STAGE finished with status $STATUS"
+exit "$STATUS"
