@@ -119,8 +119,13 @@ def test_fixed_size_backbone_resizes_its_input() -> None:
     with torch.no_grad():
         # A paper-sized image is resized to the 224x224 the attention biases expect.
         assert student.eval()(torch.randn(1, 3, 384, 512)).shape == (1, 8)
-    with pytest.raises(ValueError, match=r"set image_size to \[224, 224\]"):
-        create_student("efficientformer_l1", embed_dim=8, image_size=(384, 512))
+    # Another size re-lays the attention grid instead (multiples of 32 only).
+    assert create_student("efficientformer_l1", embed_dim=8, image_size=(96, 128)).image_size == (
+        96,
+        128,
+    )
+    with pytest.raises(ValueError, match="multiples of 32"):
+        create_student("efficientformer_l1", embed_dim=8, image_size=(100, 128))
 
 
 def test_build_student_from_config_with_local_weights(tmp_path: Path) -> None:
