@@ -31,6 +31,8 @@ from torch import nn
 
 from vlcd_dist.errors import VlcdError
 
+from .argtypes import positive_int
+
 PAPER_STUDENTS = ("mobilenetv3_large_100", "efficientnet_b0", "efficientformer_l1")
 PAPER_TEACHER = "resnet50_bert"
 # Names on the command line -> autocast dtype (None: plain fp32, autocast off).
@@ -441,13 +443,6 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _hw(values: Sequence[int]) -> tuple[int, int]:
     """--image-size H [W] -> (H, W)."""
     if len(values) not in (1, 2) or min(values) < 8:
@@ -490,7 +485,7 @@ def add_bench_models_parser(kinds: argparse._SubParsersAction) -> argparse.Argum
         help="comma-separated students (registered names or timm models)",
     )
     p.add_argument(
-        "--embed-dim", type=_positive, default=None, help="projection d (default: the teacher's)"
+        "--embed-dim", type=positive_int, default=None, help="projection d (default: the teacher's)"
     )
     p.add_argument(
         "--image-size",
@@ -500,8 +495,10 @@ def add_bench_models_parser(kinds: argparse._SubParsersAction) -> argparse.Argum
         metavar="PX",
         help="input SIDE, or HEIGHT WIDTH, in pixels (the same for every model)",
     )
-    p.add_argument("--batch-size", type=_positive, default=32, help="batch of the throughput run")
-    p.add_argument("--repeats", type=_positive, default=5, help="timed calls per model; median")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="batch of the throughput run"
+    )
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed calls per model; median")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per model first")
     p.add_argument(
         "--dtypes",
@@ -517,7 +514,7 @@ def add_bench_models_parser(kinds: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         default=None,
         help=f"CPU threads (default: all available cores, {available_cores()} here)",
     )

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .argtypes import positive_int
 from .errors import VlcdError
 
 if TYPE_CHECKING:
@@ -35,13 +36,6 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -50,14 +44,14 @@ def _add_writer_options(p: argparse.ArgumentParser, shard_size: int) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write the shards into")
     p.add_argument(
         "--shard-size",
-        type=_positive,
+        type=positive_int,
         default=shard_size,
         help=f"samples per shard (default {shard_size})",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=_default_workers(),
         help="parallel writer processes (default: CPU count, at most 8)",
     )
@@ -100,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nat.add_argument(
         "--count",
-        type=_positive,
+        type=positive_int,
         default=5000,
         help="images to cut (skimage, synthetic); a folder source takes every image",
     )
@@ -129,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV/TSV/JSONL with columns image (path relative to --images), report, optional "
         "split (train/test) and study_id; every other column is a 0/1 task label",
     )
-    src.add_argument("--synthetic", type=_positive, metavar="N", help="write N synthetic samples")
+    src.add_argument(
+        "--synthetic", type=positive_int, metavar="N", help="write N synthetic samples"
+    )
     pla.add_argument("--images", type=Path, help="root folder of the manifest's image paths")
     pla.add_argument("--tasks", help="comma-separated task columns to keep (default: all)")
     pla.add_argument(

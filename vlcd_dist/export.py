@@ -30,6 +30,8 @@ from torch import nn
 
 from vlcd_dist.errors import VlcdError
 
+from .argtypes import positive_int
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
@@ -614,13 +616,6 @@ def export_student(
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``export`` to the top-level subparsers."""
     p = subparsers.add_parser(
@@ -644,7 +639,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         help="safetensors state dict of the whole student (default: random init, with a warning)",
     )
     p.add_argument(
-        "--embed-dim", type=_positive, default=None, help="d (default: config's, or 512)"
+        "--embed-dim", type=positive_int, default=None, help="d (default: config's, or 512)"
     )
     p.add_argument(
         "--image-size",
@@ -656,7 +651,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     p.add_argument("--format", choices=FORMATS, default="onnx", help="what to write")
     p.add_argument("--out", type=Path, required=True, help="folder for the model and sidecar")
-    p.add_argument("--opset", type=_positive, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset version")
     p.add_argument(
         "--images",
         type=Path,
@@ -664,10 +659,10 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         default=(),
         help="real images (files or folders) to verify on, besides the random ones",
     )
-    p.add_argument("--max-images", type=_positive, default=16, help="real images used at most")
+    p.add_argument("--max-images", type=positive_int, default=16, help="real images used at most")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - eager| allowed")
-    p.add_argument("--repeats", type=_positive, default=20, help="timed batch-1 calls; median")
-    p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: all)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed batch-1 calls; median")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_export)
     return p

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlcd_dist.argtypes import positive_int
+
 STAGES = {
     "train-teacher": "stage 0: contrastive (CLIP loss) pretraining of the teacher on placenta "
     "shards, then its text-anchor cache",
@@ -20,13 +22,6 @@ STAGES = {
     "eval": "linear probes (AUC per task, bootstrap CI), size and CPU latency of the teacher and "
     "every student; report.json, report.md, TensorBoard",
 }
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _recipe_options(p: argparse.ArgumentParser) -> None:
@@ -73,7 +68,7 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     demo.add_argument(
         "--nproc",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="processes (ranks); default: the GPU count, else 2 when 2 CPUs are present",
     )
