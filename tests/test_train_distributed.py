@@ -106,11 +106,6 @@ def test_two_rank_distill(clean_run, tiny_pipeline) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, issue 4 open: after a forced NaN in one student the other student's "
-    "final weights differ from the fault-free run (seen 2026-11-26); strict, so a fix shows up",
-)
 def test_nan_in_one_student_leaves_the_other_untouched(
     clean_run, tiny_recipe, sets, tmp_path
 ) -> None:

@@ -3,7 +3,7 @@
 Runs the same distill as the test's clean run, except that on rank 0 only, at one step, one
 student's loss is made NaN (a NaN constant added: its gradient stays finite, so only the all-
 reduced skip flag can make rank 1 skip too). Each rank then writes rank{r}.json: a hash of every
-student's weights and the skip counters, so the test can check that the ranks agree.
+student's parameters and the skip counters, so the test can check that the ranks agree.
 
     accelerate launch ... tests/workers/distill_fault_worker.py RECIPE OUT STUDENT STEP --set ...
 """
@@ -42,7 +42,12 @@ def main() -> None:
     try:
         state = trainer.run()
         result = {
-            "hashes": {t.name: state_dict_hash(t.module) for t in trainer.trainees},
+            # Parameters only: batch-norm statistics are per rank by design (DDP broadcasts
+            # rank 0's at the start of every forward), parameters must agree exactly.
+            "hashes": {
+                t.name: state_dict_hash(dict(t.module.named_parameters()))
+                for t in trainer.trainees
+            },
             "counters": state.counters,
         }
         out = Path(args.out) / f"rank{trainer.backend.rank}.json"

@@ -191,6 +191,11 @@ class Trainer(ABC):
         while True:
             loader.set_epoch(self.state.epoch)
             usable = (len(loader) // accum) * accum
+            if self.state.batch_in_epoch + accum > usable:
+                # Saved right after an epoch's last group: nothing of that epoch is left.
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                continue
             it = iter(loader)
             try:
                 # Resume: the order of an epoch is fixed by (seed, epoch), so skipping the
