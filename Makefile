@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= train,dev
+EXTRAS ?= train,dev,deepspeed
 
 .PHONY: install test demo demo-data lint bench clean
 

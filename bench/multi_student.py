@@ -15,6 +15,7 @@ The measured speed-up should come within 10% of the ideal (ratio >= 0.9).
 
     python bench/multi_student.py                      # demo architectures at 64x64, batch 16
     python bench/multi_student.py --size 96 128 --batch 32 --repeats 7
+    python bench/multi_student.py --size 224 224 --batch 64 --mixed-precision bf16   # a GPU
 """
 
 from __future__ import annotations
@@ -45,11 +46,18 @@ from vlcd_dist.train.stages import (  # noqa: E402
 STUDENTS = ("mobilenetv3_large_100", "efficientnet_b0", "efficientformer_l1")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -64,6 +72,12 @@ def main() -> int:
     ap.add_argument("--teacher", default="resnet50_minilm")
     ap.add_argument("--students", nargs="+", default=list(STUDENTS))
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default="no",
+        help="students' autocast (run.mixed_precision); the teacher runs in the same dtype",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -94,7 +108,9 @@ def main() -> int:
         cfg.data.num_workers = 0
         cfg.teacher.preset = args.teacher
         cfg.teacher.image_weights = "random"
-        cfg.teacher.autocast_dtype = "float32"
+        dtypes = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}
+        cfg.run.mixed_precision = args.mixed_precision
+        cfg.teacher.autocast_dtype = dtypes[args.mixed_precision]
         cfg.students = [StudentSpec(name) for name in args.students]
         cfg.logging.tensorboard = cfg.logging.progress = False
         # A teacher checkpoint and its anchors, as train-teacher would leave them.
@@ -163,7 +179,9 @@ def main() -> int:
     h, w = args.size
     print(
         f"multi-student step: teacher {args.teacher}, {k} students, batch {args.batch} at "
-        f"{h}x{w}, {torch.get_num_threads()} thread(s), median of {args.repeats}"
+        f"{h}x{w}, precision {args.mixed_precision}, on "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
+        f"({torch.get_num_threads()} CPU thread(s)), median of {args.repeats}"
     )
     print(f"  teacher forward T             {t_teacher * 1000:8.1f} ms")
     for name, value in t_students.items():

@@ -121,3 +121,52 @@ def tiny_pipeline(tmp_path_factory, tiny_recipe) -> dict[str, Path]:
         == 0
     )
     return {"root": root, "teacher": teacher, "predistill": root / "predistill"}
+
+
+DISTILL_STEPS = 3
+"""Optimizer steps of the 2-rank distill runs shared by the distributed tests."""
+
+
+def accelerate_launch(*args: object, timeout: int = 300, check: bool = True):
+    """Run ``accelerate launch`` with 2 CPU ranks (gloo) on a free port. With ``check``, fail
+    the test with the output unless it exits 0; returns the CompletedProcess."""
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+        *[str(a) for a in args],
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def distill_sets(tiny_pipeline) -> list[str]:
+    """--set overrides of a tiny distill from the session's teacher and predistilled students."""
+    return [
+        f"teacher.checkpoint={tiny_pipeline['teacher']}",
+        f"distill.init_from={tiny_pipeline['predistill']}",
+        f"distill.steps={DISTILL_STEPS}",
+    ]
+
+
+def distill_args(recipe: Path, out: Path, sets: list[str], *extra: object) -> list[object]:
+    """``-m vlcd_dist distill`` arguments for accelerate_launch."""
+    args: list[object] = ["-m", "vlcd_dist", "distill", "--config", recipe, "--out", out]
+    for s in sets:
+        args += ["--set", s]
+    return [*args, *extra]
+
+
+@pytest.fixture(scope="session")
+def accelerate_distill(tmp_path_factory, tiny_recipe, distill_sets) -> Path:
+    """The tiny distill on 2 gloo ranks with the Accelerate backend (the reference run)."""
+    out = tmp_path_factory.mktemp("dist") / "distill"
+    accelerate_launch(*distill_args(tiny_recipe, out, distill_sets))
+    return out

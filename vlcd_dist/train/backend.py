@@ -3,8 +3,8 @@
 The trainers never call Accelerate (or, later, DeepSpeed) directly. They hand each trained model
 and its optimizer to :meth:`Backend.prepare` and get a :class:`Trainee` back, then drive it with
 ``backward`` / ``clip_grad`` / ``step`` / ``skip``. Everything a second backend has to provide is
-in :class:`Backend`; DeepSpeed maps onto it as engine.backward / engine.step, with clipping and
-loss scaling configured in its JSON.
+in :class:`Backend`; :mod:`vlcd_dist.train.deepspeed_backend` maps DeepSpeed onto it
+(engine.backward / engine.step, with clipping and loss scaling configured in its JSON).
 
 Mixed precision is handled here rather than by ``Accelerator(mixed_precision=...)``: Accelerate
 keeps one GradScaler per Accelerator, but every student must have its own loss scaling so that
@@ -14,14 +14,17 @@ an fp16 overflow in one never changes another's scale or update (DESIGN.md secti
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlcd_dist.errors import VlcdError
@@ -99,9 +102,10 @@ class Backend(ABC):
             loss = trainee.scaler.scale(loss)
         loss.backward()
 
-    def clip_grad(self, trainee: Trainee, max_norm: float | None) -> torch.Tensor:
+    def clip_grad(self, trainee: Trainee, max_norm: float | None) -> torch.Tensor | None:
         """Unscale (fp16), clip to ``max_norm`` (None: measure only); returns the pre-clip
-        global gradient norm as a 0-dim fp32 tensor, identical on every rank."""
+        global gradient norm as a 0-dim fp32 tensor, identical on every rank. A backend whose
+        engine clips inside its step returns None and reports the norm by :meth:`grad_norm`."""
         if trainee.scaler is not None:
             trainee.scaler.unscale_(trainee.optimizer)
         params = [p for p in trainee.parameters() if p.grad is not None]
@@ -110,14 +114,21 @@ class Backend(ABC):
         limit = float("inf") if max_norm is None else float(max_norm)
         return torch.nn.utils.clip_grad_norm_(params, limit).detach().float()
 
-    def step(self, trainee: Trainee) -> None:
-        """Apply the optimizer update and clear the gradients."""
+    def step(self, trainee: Trainee) -> bool:
+        """Apply the optimizer update and clear the gradients. Returns False when the engine
+        itself dropped the update (a non-finite gradient it found, the same on every rank)."""
         if trainee.scaler is not None:
             trainee.scaler.step(trainee.optimizer)
             trainee.scaler.update()
         else:
             trainee.optimizer.step()
         trainee.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def grad_norm(self, trainee: Trainee) -> torch.Tensor | None:
+        """The pre-clip gradient norm of the last :meth:`step`, for backends whose
+        :meth:`clip_grad` returns None."""
+        return None
 
     def skip(self, trainee: Trainee) -> None:
         """Drop this step's gradients without an update (a non-finite loss or gradient)."""
@@ -133,6 +144,37 @@ class Backend(ABC):
     @abstractmethod
     def barrier(self) -> None:
         """Wait until every rank gets here."""
+
+    def save_trainee(self, trainee: Trainee, folder: Path) -> None:
+        """Write the trainee's model, optimizer and scaler state into ``folder`` (safetensors
+        and JSON). Collective: every rank calls it; here rank 0 writes (DDP replicas agree)."""
+        from vlcd_dist.train.checkpoint import save_state, write_text
+
+        state = self.state_dict(trainee)
+        if not self.is_main:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        model = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["model"].items()}
+        save_file(model, str(folder / "model.safetensors"))
+        save_state(state["optimizer"], folder, "optimizer")
+        if state.get("scaler"):
+            write_text(folder / "scaler.json", json.dumps(state["scaler"]))
+
+    def load_trainee(self, trainee: Trainee, folder: Path) -> None:
+        """Restore what :meth:`save_trainee` wrote (every rank reads the same files)."""
+        from vlcd_dist.train.checkpoint import load_state
+
+        scaler_file = folder / "scaler.json"
+        state = {
+            "model": load_file(str(folder / "model.safetensors")),
+            "optimizer": load_state(folder, "optimizer"),
+            "scaler": json.loads(scaler_file.read_text()) if scaler_file.exists() else None,
+        }
+        self.load_state_dict(trainee, state)
+
+    def export_state(self, trainee: Trainee) -> dict[str, torch.Tensor]:
+        """The trainee's full-precision weights (``module.state_dict()`` keys) for export."""
+        return trainee.module.state_dict()
 
     def state_dict(self, trainee: Trainee) -> dict[str, Any]:
         """What a checkpoint keeps of a trainee: model, optimizer and scaler states."""
@@ -224,10 +266,15 @@ class AccelerateBackend(Backend):
 
 
 def create_backend(name: str = "accelerate", **kwargs: Any) -> Backend:
-    """The backend called ``name`` (only "accelerate" for now; DeepSpeed comes next)."""
+    """The backend called ``name``: "accelerate" or "deepspeed" (see deepspeed_backend)."""
     if name == "accelerate":
+        kwargs.pop("deepspeed_settings", None)
         return AccelerateBackend(**kwargs)
-    raise VlcdError(f"unknown backend {name!r}: use 'accelerate'")
+    if name == "deepspeed":
+        from vlcd_dist.train.deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(**kwargs)
+    raise VlcdError(f"unknown backend {name!r}: use 'accelerate' or 'deepspeed'")
 
 
 def configure_threads(threads: int | None, flush_denormal: bool) -> None:

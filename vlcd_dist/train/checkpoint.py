@@ -129,7 +129,7 @@ def save_state(obj: Any, folder: Path, stem: str) -> None:
     structure = flatten_state(obj, tensors)
     if tensors:
         save_file(tensors, str(folder / f"{stem}.safetensors"))
-    _write_text(folder / f"{stem}.json", json.dumps(structure))
+    write_text(folder / f"{stem}.json", json.dumps(structure))
 
 
 def load_state(folder: Path, stem: str) -> Any:
@@ -140,7 +140,7 @@ def load_state(folder: Path, stem: str) -> Any:
     return unflatten_state(structure, tensors)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
@@ -254,24 +254,16 @@ class Checkpointer:
         tensors, rest = rng_state()
         rng_file = tmp / "rng" / f"rank{backend.rank:05d}.safetensors"
         save_file(tensors, str(rng_file), metadata={"rest": json.dumps(rest)})
-        # Model and optimizer states are gathered views: every rank must take part (ZeRO later).
-        states = {t.name: backend.state_dict(t) for t in trainees}
+        # Collective: a ZeRO backend writes one optimizer partition per rank.
+        for trainee in trainees:
+            backend.save_trainee(trainee, tmp / trainee.name)
         backend.barrier()
         if backend.is_main:
             for trainee in trainees:
-                sub = tmp / trainee.name
-                sub.mkdir()
-                st = states[trainee.name]
-                model = {
-                    k: v.detach().to("cpu").contiguous().clone() for k, v in st["model"].items()
-                }
-                save_file(model, str(sub / "model.safetensors"))
-                save_state(st["optimizer"], sub, "optimizer")
-                _write_text(
-                    sub / "scheduler.json", json.dumps(_scheduler_state(schedulers[trainee.name]))
+                write_text(
+                    tmp / trainee.name / "scheduler.json",
+                    json.dumps(_scheduler_state(schedulers[trainee.name])),
                 )
-                if st.get("scaler"):
-                    _write_text(sub / "scaler.json", json.dumps(st["scaler"]))
             meta = {
                 "format": FORMAT,
                 "stage": stage,
@@ -282,9 +274,9 @@ class Checkpointer:
                 "config": config,
                 "time": time.time(),
             }
-            _write_text(tmp / "meta.json", json.dumps(meta, indent=1))
-            _write_text(tmp / "config.yaml", config_yaml)
-            _write_text(tmp / MARKER, json.dumps({"step": state.step}))
+            write_text(tmp / "meta.json", json.dumps(meta, indent=1))
+            write_text(tmp / "config.yaml", config_yaml)
+            write_text(tmp / MARKER, json.dumps({"step": state.step}))
             _fsync_tree(tmp)
             if final.exists():
                 shutil.rmtree(final)
@@ -330,13 +322,7 @@ class Checkpointer:
             )
         for trainee in trainees:
             sub = path / trainee.name
-            scaler_file = sub / "scaler.json"
-            state = {
-                "model": load_file(str(sub / "model.safetensors")),
-                "optimizer": load_state(sub, "optimizer"),
-                "scaler": json.loads(scaler_file.read_text()) if scaler_file.exists() else None,
-            }
-            self.backend.load_state_dict(trainee, state)
+            self.backend.load_trainee(trainee, sub)
             sched = json.loads((sub / "scheduler.json").read_text())
             # The lambdas were not saved (they are rebuilt from the config); LambdaLR expects one
             # entry per group, None meaning "nothing to restore".
@@ -382,10 +368,15 @@ STUDENT_FORMAT = "vlcd-student/1"
 
 
 def export_student(
-    student: torch.nn.Module, folder: str | Path, spec: dict[str, Any], extra: dict[str, Any]
+    student: torch.nn.Module,
+    folder: str | Path,
+    spec: dict[str, Any],
+    extra: dict[str, Any],
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``folder/<name>.safetensors`` (plain Student state_dict) and ``<name>.json`` (what
-    rebuilds it: create_student(**build) then load the weights). Returns the weights path."""
+    """Write ``folder/<name>.safetensors`` (plain Student state_dict, or ``state`` when the
+    backend supplies full-precision weights) and ``<name>.json`` (what rebuilds it:
+    create_student(**build) then load the weights). Returns the weights path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = spec["name"]
@@ -395,12 +386,13 @@ def export_student(
         "image_size": list(student.image_size) if student.image_size else None,
     }
     info = {"format": STUDENT_FORMAT, "build": build, **extra}
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in student.state_dict().items()}
+    source = student.state_dict() if state is None else state
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
     path = folder / f"{name}.safetensors"
     tmp = folder / f".{name}.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": STUDENT_FORMAT, "info": json.dumps(info)})
     os.replace(tmp, path)
-    _write_text(folder / f"{name}.json", json.dumps(info, indent=1))
+    write_text(folder / f"{name}.json", json.dumps(info, indent=1))
     return path
 
 

@@ -56,6 +56,14 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
                 action="store_true",
                 help="continue from the newest complete checkpoint under OUT/checkpoints",
             )
+            p.add_argument(
+                "--backend",
+                choices=("accelerate", "deepspeed"),
+                default=None,
+                help="engine of the trained models (sets run.backend): accelerate (DDP, the "
+                "default) or deepspeed (ZeRO stage from run.zero_stage or run.deepspeed_config, "
+                "e.g. --set run.deepspeed_config=launchers/deepspeed/zero2.json)",
+            )
         p.set_defaults(func=cmd_stage)
 
     demo = sub.add_parser(
@@ -94,6 +102,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg.run.out = str(args.out)
     if getattr(args, "resume", False):
         cfg.checkpoint.resume = True
+    if getattr(args, "backend", None):
+        cfg.run.backend = args.backend
     if args.command == "eval":
         from .evaluate import Evaluator
 

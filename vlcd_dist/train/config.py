@@ -31,6 +31,7 @@ from vlcd_dist.errors import VlcdError
 from vlcd_dist.losses import LossConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+BACKENDS = ("accelerate", "deepspeed")
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -60,6 +61,13 @@ class RunConfig:
     """Flush subnormal floats to zero on CPU: tiny layer-scale weights otherwise crawl."""
     channels_last: bool = False
     """Channels-last images and conv weights: faster convolutions on CPU (oneDNN) and GPUs."""
+    backend: str = "accelerate"
+    """Engine of the trained models: "accelerate" (DDP) or "deepspeed" (ZeRO stage 0-2)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage (0, 1 or 2) when run.deepspeed_config is not given."""
+    deepspeed_config: str | None = None
+    """DeepSpeed JSON (e.g. launchers/deepspeed/zero2.json); its "auto" fields are filled from
+    this recipe (batch size, accumulation, clipping, precision). None: built from zero_stage."""
 
 
 @dataclass
@@ -315,6 +323,12 @@ class TrainConfig:
             "run.mixed_precision",
             self.run.mixed_precision,
             f"one of {MIXED_PRECISION}",
+        )
+        _check(
+            self.run.backend in BACKENDS, "run.backend", self.run.backend, f"one of {BACKENDS}"
+        )
+        _check(
+            self.run.zero_stage in (0, 1, 2), "run.zero_stage", self.run.zero_stage, "0, 1 or 2"
         )
         _check(
             self.run.threads is None or self.run.threads >= 1,

@@ -391,9 +391,11 @@ class DistillTrainer(Trainer):
         }
 
     def finish(self) -> None:
+        # Collective (a ZeRO backend gathers the fp32 masters); rank 0 writes.
+        weights = [self.backend.export_state(t) for t in self.trainees]
         if self.backend.is_main:
             export = self.out / "export"
-            for trainee, spec in zip(self.trainees, self.cfg.students, strict=True):
+            for trainee, spec, full in zip(self.trainees, self.cfg.students, weights, strict=True):
                 module: StudentModule = trainee.module  # type: ignore[assignment]
                 extra = {
                     "stage": self.stage,
@@ -405,7 +407,9 @@ class DistillTrainer(Trainer):
                     else float(self.teacher_scale),
                     "skipped_steps": self.state.counters[spec.name]["skipped_steps"],
                 }
-                path = export_student(module.student, export, {"name": spec.name}, extra)
+                prefix = "student."
+                state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+                path = export_student(module.student, export, {"name": spec.name}, extra, state)
                 logger.info("%s: %s exported to %s", self.stage, spec.name, path)
         self.backend.barrier()
 

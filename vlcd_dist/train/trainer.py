@@ -59,10 +59,11 @@ class Trainer(ABC):
         self.cfg = cfg
         configure_threads(cfg.run.threads, cfg.run.flush_denormal)
         self.backend = backend or create_backend(
-            "accelerate",
+            cfg.run.backend,
             mixed_precision=cfg.run.mixed_precision,
             cpu=cfg.run.cpu,
             channels_last=cfg.run.channels_last,
+            deepspeed_settings=self.deepspeed_settings(),
         )
         setup_console_logging(self.backend.is_main)
         self.out = Path(cfg.run.out)
@@ -75,6 +76,17 @@ class Trainer(ABC):
         self.tb: TBLogger | None = None
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
+
+    def deepspeed_settings(self) -> dict[str, Any]:
+        """What the DeepSpeed backend fills its JSON's "auto" fields from."""
+        r, o = self.cfg.run, self.cfg.optim
+        return {
+            "config": r.deepspeed_config,
+            "zero_stage": r.zero_stage,
+            "micro_batch": self.cfg.data.batch_size,
+            "grad_accum": o.grad_accum_steps,
+            "clip_grad_norm": o.clip_grad_norm,
+        }
 
     # -- what a stage provides -------------------------------------------------------------
 
@@ -291,15 +303,28 @@ class Trainer(ABC):
         norms = []
         flags = torch.zeros(len(self.trainees), device=self.device)
         for k, trainee in enumerate(self.trainees):
-            norm = backend.clip_grad(trainee, clip)
+            norm = backend.clip_grad(trainee, clip)  # None: the engine measures it in step()
             norms.append(norm)
-            loss = totals[trainee.name]["loss"]
-            flags[k] = float(not (torch.isfinite(norm) and torch.isfinite(loss)))
+            finite = bool(torch.isfinite(totals[trainee.name]["loss"]))
+            finite = finite and (norm is None or bool(torch.isfinite(norm)))
+            flags[k] = float(not finite)
         backend.all_reduce(flags, "max")  # one collective: every rank skips the same updates
         for k, trainee in enumerate(self.trainees):
             name = trainee.name
             if flags[k].item() > 0:
                 backend.skip(trainee)
+                applied = False
+            else:
+                # An engine that checks gradients itself (DeepSpeed) may still drop the update;
+                # its norm is global, so every rank drops it together.
+                applied = backend.step(trainee)
+            if applied:
+                for key, value in totals[name].items():
+                    self.record(f"{name}/{_tag(key)}", value)
+                norm = norms[k] if norms[k] is not None else backend.grad_norm(trainee)
+                if norm is not None:
+                    self.record(f"{name}/grad_norm", norm)
+            else:
                 for buf, saved in zip(trainee.module.buffers(), snapshots[name], strict=True):
                     buf.copy_(saved)
                 self.state.counters[name]["skipped_steps"] += 1
@@ -308,11 +333,6 @@ class Trainer(ABC):
                     name,
                     self.state.step + 1,
                 )
-            else:
-                backend.step(trainee)
-                for key, value in totals[name].items():
-                    self.record(f"{name}/{_tag(key)}", value)
-                self.record(f"{name}/grad_norm", norms[k])
             self.record(f"{name}/lr", self.schedulers[name].get_last_lr()[0])
             self.schedulers[name].step()
         return totals
@@ -368,6 +388,7 @@ class Trainer(ABC):
             "counters": self.state.counters,
             "skipped_samples": dict(self.loader.skipped) if self.loader is not None else {},
             "world_size": self.backend.world_size,
+            "backend": self.cfg.run.backend,
             **self.summary(),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1))

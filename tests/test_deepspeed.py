@@ -1,0 +1,139 @@
+"""The DeepSpeed backend on 2 real gloo ranks, against the Accelerate backend's run of the same
+tiny recipe (``accelerate_distill``): per-step losses, exported weights, exact resume, and
+checkpoints read back without a full unpickler."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DISTILL_STEPS as STEPS
+from conftest import accelerate_launch, distill_args
+from safetensors.torch import load_file
+from test_train_stages import STUDENTS, scalars
+
+pytest.importorskip("deepspeed")
+
+ZERO_STAGES = (0, 1)
+RESUME_FROM = 2  # the tiny recipe checkpoints every 2 steps
+
+
+def deepspeed_distill(recipe: Path, out: Path, sets: list[str], *extra: object, check=True):
+    return accelerate_launch(
+        *distill_args(recipe, out, sets, "--backend", "deepspeed", *extra), check=check
+    )
+
+
+@pytest.fixture(scope="module")
+def zero_runs(tmp_path_factory, tiny_recipe, distill_sets) -> dict[int, Path]:
+    runs = {}
+    for stage in ZERO_STAGES:
+        out = tmp_path_factory.mktemp(f"zero{stage}") / "distill"
+        deepspeed_distill(tiny_recipe, out, distill_sets, "--set", f"run.zero_stage={stage}")
+        runs[stage] = out
+    return runs
+
+
+def losses(run: Path) -> dict[str, list[tuple[int, float]]]:
+    tags = scalars(run / "tb")
+    return {name: tags[f"{name}/loss"] for name in STUDENTS}
+
+
+def features(weights: Path, images: torch.Tensor) -> torch.Tensor:
+    """Rebuild a student with plain create_student from its export and embed ``images``."""
+    from vlcd_dist.models import create_student
+
+    build = json.loads(weights.with_suffix(".json").read_text())["build"]
+    student = create_student(
+        build["name"], embed_dim=build["embed_dim"], image_size=build["image_size"]
+    )
+    student.load_state_dict(load_file(str(weights)), strict=True)
+    with torch.no_grad():
+        return student.eval()(images)
+
+
+@pytest.mark.parametrize("stage", ZERO_STAGES)
+def test_deepspeed_matches_accelerate(stage, zero_runs, accelerate_distill) -> None:
+    run = zero_runs[stage]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backend"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["steps"] == STEPS and summary["teacher_forwards"] == STEPS
+    reference, got = losses(accelerate_distill), losses(run)
+    for name in STUDENTS:
+        assert [s for s, _ in got[name]] == list(range(1, STEPS + 1))
+        np.testing.assert_allclose(
+            [v for _, v in got[name]], [v for _, v in reference[name]], rtol=0, atol=1e-4
+        )
+    # The export is the same plain safetensors: a fresh create_student loads it strictly and
+    # embeds like the Accelerate run's student (equal up to the optimizer's rounding).
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name in STUDENTS:
+        mine = features(run / "export" / f"{name}.safetensors", images)
+        theirs = features(accelerate_distill / "export" / f"{name}.safetensors", images)
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-3)
+    # DeepSpeed's own files sit inside our atomic checkpoint, one optimizer partition per rank.
+    engine = run / "checkpoints" / f"step_{STEPS:06d}" / STUDENTS[0] / "engine"
+    assert (engine / "mp_rank_00_model_states.pt").is_file()
+    if stage > 0:
+        assert sorted(p.name for p in engine.glob("zero_pp_rank_*_optim_states.pt")) == [
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        ]
+
+
+def resumed_copy(run: Path, out: Path) -> Path:
+    """A run folder holding only ``run``'s checkpoint at step RESUME_FROM."""
+    name = f"step_{RESUME_FROM:06d}"
+    shutil.copytree(run / "checkpoints" / name, out / "checkpoints" / name)
+    return out
+
+
+def test_deepspeed_resume_continues_the_curve(
+    zero_runs, tiny_recipe, distill_sets, tmp_path
+) -> None:
+    full = zero_runs[1]
+    out = resumed_copy(full, tmp_path / "resumed")
+    deepspeed_distill(tiny_recipe, out, distill_sets, "--set", "run.zero_stage=1", "--resume")
+    whole, resumed = losses(full), losses(out)
+    for name in STUDENTS:
+        after = [(s, v) for s, v in whole[name] if s > RESUME_FROM]
+        assert [s for s, _ in resumed[name]] == [s for s, _ in after]
+        np.testing.assert_allclose(
+            [v for _, v in resumed[name]], [v for _, v in after], rtol=0, atol=1e-5
+        )
+        a = load_file(str(full / "export" / f"{name}.safetensors"))
+        b = load_file(str(out / "export" / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
+
+
+class _Payload:
+    """Unpickling this calls Path.write_text: what a hostile checkpoint would do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (self.target, "written by a pickle payload"))
+
+
+def test_deepspeed_checkpoint_with_pickle_payload_is_refused(
+    zero_runs, tiny_recipe, distill_sets, tmp_path
+) -> None:
+    out = resumed_copy(zero_runs[1], tmp_path / "hostile")
+    target = tmp_path / "pwned.txt"
+    engine = out / "checkpoints" / f"step_{RESUME_FROM:06d}" / STUDENTS[0] / "engine"
+    torch.save({"module": _Payload(target)}, engine / "mp_rank_00_model_states.pt")
+    proc = deepspeed_distill(
+        tiny_recipe, out, distill_sets, "--set", "run.zero_stage=1", "--resume", check=False
+    )
+    assert proc.returncode != 0
+    assert not target.exists()
+    assert "weights_only" in proc.stdout + proc.stderr
