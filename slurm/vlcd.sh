@@ -2,6 +2,7 @@
 # Submit a vlcd-dist stage to SLURM:
 #
 #   VLCD_STAGE=distill VLCD_CONFIG=configs/paper.yaml sbatch slurm/vlcd.sh
+#   VLCD_STAGE=distill VLCD_CONFIG=configs/paper.yaml sbatch --gpus-per-node=0 slurm/vlcd.sh  # CPU nodes
 #
 # One task per node; each task runs `accelerate launch`, which starts one training process per
 # GPU of its node (or VLCD_PROCS_PER_NODE processes on CPU-only nodes, talking over gloo).
@@ -15,13 +16,14 @@
 #SBATCH --time=24:00:00             # wall-clock limit of one run (the job requeues itself)
 #SBATCH --requeue                   # allow requeue after preemption or the pre-timeout signal
 #SBATCH --open-mode=append          # a requeued run appends to the same log
-#SBATCH --signal=B:USR1@300         # SIGUSR1 to this script 5 minutes before the time limit
+#SBATCH --signal=B:USR1@300         # 5 minutes before the limit: requeue, then resume (below)
 #SBATCH --output=slurm-vlcd-%j.out  # log file (%j = job id)
 #
 # ---- What you set per submission (environment variables) ---------------------------------------
 #   VLCD_STAGE    train-teacher | predistill | distill | eval          (required)
 #   VLCD_CONFIG   the YAML recipe                                      (default configs/paper.yaml)
-#   VLCD_ARGS     more arguments for the stage, e.g. "--set optim.lr=3e-4 --resume"
+#   VLCD_ARGS     more arguments for the stage, e.g. "--out /shared/runs/exp/distill
+#                 --set optim.lr=3e-4"; --out must be on storage every node sees
 #   VLCD_VENV     the virtual environment to run from                  (default .venv)
 #   VLCD_PROCS_PER_NODE  processes per node on CPU-only nodes          (default 1)
 #   VLCD_PORT     rendezvous port                       (default: 20000 + job id modulo 20000)
@@ -49,11 +51,21 @@ fi
 export MASTER_ADDR MASTER_PORT STAGE CONFIG VENV ARGS PROCS
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ${SLURM_CPUS_PER_TASK:-$(nproc)} / PROCS > 0 ? ${SLURM_CPUS_PER_TASK:-$(nproc)} / PROCS : 1 ))}
 
+# A requeued run (pre-timeout signal below, or preemption) continues from the newest complete
+# checkpoint under --out instead of starting over. eval has no checkpoints.
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ "$STAGE" != eval ]; then
+  ARGS="$ARGS --resume"
+fi
+
 echo "[vlcd] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): stage=$STAGE config=$CONFIG" \
      "nodes=$SLURM_NNODES procs/node=$PROCS master=$MASTER_ADDR:$MASTER_PORT"
 
-# srun starts one launcher per node; SLURM_NODEID is that node's machine rank.
+# srun starts one launcher per node; SLURM_NODEID is that node's machine rank. accelerate's
+# static rendezvous numbers the ranks node by node, so node i holds ranks i*PROCS..i*PROCS+PROCS-1
+# (each rank also prints a "vlcd: rank R/W ... on NODE" line when it starts).
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '
+  echo "[vlcd] node $SLURMD_NODENAME ($(hostname -s)): machine rank $SLURM_NODEID," \
+       "ranks $((SLURM_NODEID * PROCS))-$((SLURM_NODEID * PROCS + PROCS - 1))"
   exec "$VENV/bin/accelerate" launch --multi_gpu \
     --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
     --num_processes $((SLURM_NNODES * PROCS)) \
@@ -63,9 +75,14 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '
 ' &
 SRUN_PID=$!
 
-# The pre-timeout signal reaches this script (B: in --signal); pass it on to the training
-# processes through srun, which forwards it to every task.
-trap 'echo "[vlcd] SIGUSR1: forwarding to the training processes"; kill -USR1 "$SRUN_PID" 2>/dev/null || true' USR1
+# The pre-timeout signal reaches this script (B: in --signal). Requeue the job: SLURM stops the
+# training processes (SIGTERM, then SIGKILL) and starts the script again, as restart 1, 2, ...,
+# which resumes (above). Work since the last checkpoint.every_steps checkpoint is redone.
+requeue() {
+  echo "[vlcd] time limit near (SIGUSR1): requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID" || echo "[vlcd] scontrol requeue failed; the job will time out"
+}
+trap requeue USR1
 while true; do
   wait "$SRUN_PID" && STATUS=0 || STATUS=$?
   # wait returns early (status > 128) when a trapped signal arrives; keep waiting for srun.

@@ -24,6 +24,9 @@ _WORLD = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
 _LOCAL_WORLD = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
 _NODE = ("GROUP_RANK", "NODE_RANK", "CROSS_RANK", "SLURM_NODEID")
 _NUM_NODES = ("NNODES", "CROSS_SIZE", "SLURM_NNODES")
+# The scheduler's name of this node. It can differ from the host name (and on a test cluster
+# that runs several nodes on one machine, it is the only thing that tells them apart).
+_NODE_NAME = ("SLURMD_NODENAME",)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class DistInfo:
     node_rank: index of this node, 0..num_nodes-1.
     num_nodes: nodes in the job.
     hostname: this machine's host name, for log lines.
+    node_name: the scheduler's name of this node (SLURMD_NODENAME under SLURM), else the host
+        name; for log lines.
     """
 
     rank: int = 0
@@ -46,6 +51,7 @@ class DistInfo:
     node_rank: int = 0
     num_nodes: int = 1
     hostname: str = ""
+    node_name: str = ""
 
     @property
     def is_main(self) -> bool:
@@ -94,6 +100,8 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
             f"rank {rank} is outside world size {world}; check RANK/WORLD_SIZE "
             "(or the SLURM/MPI equivalents) set by your launcher"
         )
+    hostname = socket.gethostname()
+    node_name = next((env[n].strip() for n in _NODE_NAME if env.get(n, "").strip()), hostname)
     return DistInfo(
         rank=rank,
         local_rank=local_rank,
@@ -101,7 +109,8 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
         local_world_size=local_world,
         node_rank=node,
         num_nodes=num_nodes,
-        hostname=socket.gethostname(),
+        hostname=hostname,
+        node_name=node_name,
     )
 
 

@@ -26,8 +26,17 @@ fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   say "installing slurm-wlm and munge (apt)"
   export DEBIAN_FRONTEND=noninteractive
+  # Keep the packages' maintainer scripts from starting the daemons (with the packaged
+  # defaults, and in a container without an init system): this script starts them itself.
+  POLICY=/usr/sbin/policy-rc.d
+  if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$POLICY" && chmod 0755 "$POLICY"
+    trap 'rm -f "$POLICY"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  command -v slurmctld >/dev/null && command -v munged >/dev/null \
+    || { echo "[slurm-up] slurm-wlm/munge installed but slurmctld or munged not found" >&2; exit 1; }
 fi
 
 if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
@@ -35,13 +44,28 @@ if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
   exit 1
 fi
 
-if command -v sinfo >/dev/null && sinfo -h -o '%T' 2>/dev/null | grep -q idle; then
-  say "cluster already up"; sinfo; exit 0
+# Up = the controller and both slurmd run, and both nodes answer (a trailing * in sinfo's state
+# means "not responding"); idle or busy with jobs does not matter.
+nodes_ready() {
+  [ "$(sinfo -h -N -o '%N %T' 2>/dev/null \
+        | awk '$2 ~ /^(idle|mixed|allocated|completing)$/ {print $1}' | sort -u | wc -l)" = 2 ]
+}
+cluster_up() {
+  pgrep -x slurmctld >/dev/null || return 1
+  pgrep -f "slurmd -N node1" >/dev/null || return 1
+  pgrep -f "slurmd -N node2" >/dev/null || return 1
+  nodes_ready
+}
+if [ -f "$CONF" ] && cluster_up; then
+  say "cluster already up"; sinfo -N; exit 0
 fi
 
 # Node names must resolve; both are this machine.
 for node in node1 node2; do
-  grep -qE "^127\.0\.0\.1\s.*\b$node\b" /etc/hosts || echo "127.0.0.1 $node" >> /etc/hosts
+  if ! getent hosts "$node" >/dev/null; then
+    echo "127.0.0.1 $node" >> /etc/hosts \
+      || { echo "[slurm-up] cannot add $node to /etc/hosts; make it resolve to 127.0.0.1" >&2; exit 1; }
+  fi
 done
 
 mkdir -p "$STATE"/{ctld,spool} /etc/slurm /run/munge /var/log/munge /var/lib/munge /etc/munge
@@ -104,18 +128,27 @@ for node in node1 node2; do
   pgrep -f "slurmd -N $node" >/dev/null || slurmd -N "$node"
 done
 
-say "waiting for both nodes to be idle"
+say "waiting for both nodes to answer"
 for _ in $(seq 1 60); do
-  if [ "$(sinfo -h -N -o '%N %T' 2>/dev/null | grep -c ' idle')" = 2 ]; then
-    sinfo -N
-    say "cluster up (logs in $STATE)"
-    exit 0
-  fi
+  nodes_ready && break
   # Nodes that registered before the controller knew them come up "down"; resume them.
   scontrol update nodename=node1,node2 state=resume >/dev/null 2>&1 || true
   sleep 1
 done
-echo "[slurm-up] nodes did not become idle; see $STATE/*.log" >&2
+# A node restored from saved state can look idle before its slurmd has registered: run one task
+# on each node to know the cluster really takes 2-node jobs.
+if nodes_ready && timeout 120 srun --nodes=2 --ntasks-per-node=1 --time=1 \
+    --job-name=slurm-up-check true >/dev/null 2>&1; then
+  # Let the check job finish completing, so the nodes read idle to whoever looks next.
+  for _ in $(seq 1 30); do
+    sinfo -h -N -o '%T' 2>/dev/null | grep -q '^completing' || break
+    sleep 1
+  done
+  sinfo -N
+  say "cluster up (logs in $STATE)"
+  exit 0
+fi
+echo "[slurm-up] nodes did not come up, or a 2-node test step failed; see $STATE/*.log" >&2
 sinfo -N -l >&2 || true
 tail -n 20 "$STATE"/*.log >&2 || true
 exit 1

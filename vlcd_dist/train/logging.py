@@ -15,19 +15,43 @@ from typing import Any
 
 import numpy as np
 
+from vlcd_dist.distributed import DistInfo, dist_info
+
 logger = logging.getLogger("vlcd_dist")
 
 
 def setup_console_logging(is_main: bool) -> None:
-    """INFO on rank 0, warnings only on the other ranks (one readable console)."""
+    """INFO on rank 0, warnings only on the other ranks (one readable console).
+
+    In a multi-process run every rank also prints one line saying where it runs (see
+    :func:`rank_line`), whatever its log level.
+    """
     level = logging.INFO if is_main else logging.WARNING
     root = logging.getLogger("vlcd_dist")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
+        _announce_rank()
     root.setLevel(level)
     root.propagate = False
+
+
+def rank_line(info: DistInfo) -> str:
+    """``vlcd: rank 1/4 (local rank 1, node 0/2) on node1 (host gpu-a17)``: in a cluster job
+    log, where every node's output is interleaved, this is what ties each rank to its node."""
+    return (
+        f"vlcd: rank {info.rank}/{info.world_size} (local rank {info.local_rank}, "
+        f"node {info.node_rank}/{info.num_nodes}) on {info.node_name} (host {info.hostname})"
+    )
+
+
+def _announce_rank() -> None:
+    # Printed rather than logged: ranks other than 0 log warnings only, and this line is
+    # wanted from every rank. Once per process (the first stage that sets up logging).
+    info = dist_info()
+    if info.world_size > 1:
+        print(rank_line(info), file=sys.stderr, flush=True)
 
 
 class TBLogger:

@@ -1,0 +1,273 @@
+"""slurm/vlcd.sh on a real (local, 2-node) SLURM cluster: a tiny distill over two nodes, one rank
+per node, computes what the same recipe computes under torchrun on one node.
+
+The cluster is the one scripts/slurm/up.sh starts (node1 and node2, both on this machine, which
+is why tmp_path is a folder "both nodes" see). Without a cluster the test is skipped, saying
+why; with the environment variable CI set it fails instead, so CI cannot pass without running
+it (.ci/run brings the cluster up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, free_port
+from safetensors.torch import load_file
+from test_train_stages import STUDENTS, scalars
+
+from vlcd_dist.distributed import dist_info
+from vlcd_dist.train.logging import rank_line
+
+STEPS = 3
+LOSS_TAGS = ("loss", "loss_contrastive", "loss_dist", "loss_gnd")
+JOB_TIMEOUT_S = 600
+# Job states in which the job may still change; anything else is final.
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+pytestmark = pytest.mark.slurm
+
+
+def _cluster_problem() -> str | None:
+    """Why a 2-node job cannot run here, or None when it can."""
+    missing = [c for c in ("sbatch", "sinfo", "scontrol") if shutil.which(c) is None]
+    if missing:
+        return (
+            f"no SLURM client ({', '.join(missing)} not found); "
+            "start a local cluster with scripts/slurm/up.sh (as root)"
+        )
+    proc = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode != 0:
+        return f"no SLURM controller answers sinfo ({proc.stderr.strip()}); run scripts/slurm/up.sh"
+    usable = set()
+    for line in proc.stdout.splitlines():
+        if len(line.split()) == 2:
+            node, state = line.split()
+            # sinfo appends flags to the state (idle*, mixed~, ...).
+            if state.rstrip("*~#!%$@^-+") in ("idle", "mixed"):
+                usable.add(node)
+    if len(usable) < 2:
+        return f"a 2-node job needs 2 idle nodes; sinfo -N shows: {proc.stdout.strip()!r}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skip (or, under CI, fail) before any fixture spends time training."""
+    problem = _cluster_problem()
+    # Nodes finishing a job (state "completing") are idle again within seconds.
+    deadline = time.monotonic() + 30
+    while problem is not None and "completing" in problem and time.monotonic() < deadline:
+        time.sleep(2)
+        problem = _cluster_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI must run the SLURM acceptance test, but: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def _env() -> dict[str, str]:
+    # One thread per process in both runs, so both do the same arithmetic.
+    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def _stage_args(tiny_pipeline: dict[str, Path], out: Path) -> list[str]:
+    """The distill command line after the recipe: both runs get exactly these."""
+    sets = [
+        f"teacher.checkpoint={tiny_pipeline['teacher']}",
+        f"distill.init_from={tiny_pipeline['predistill']}",
+        f"distill.steps={STEPS}",
+        "logging.every_steps=1",  # one TensorBoard point per step
+    ]
+    return ["--out", str(out), *[a for s in sets for a in ("--set", s)]]
+
+
+def _job_state(job: str) -> dict[str, str]:
+    """The job's fields (JobState, ExitCode, Reason, ...) from scontrol, else from sacct (a
+    finished job leaves scontrol after MinJobAge)."""
+    proc = subprocess.run(
+        ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode == 0 and "JobState=" in proc.stdout:
+        return dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
+    proc = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", job, "-o", "State,ExitCode"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode == 0 and proc.stdout.strip():
+        state, code = proc.stdout.strip().splitlines()[0].split("|")
+        return {"JobState": state.split()[0], "ExitCode": code}
+    return {}
+
+
+def _wait(job: str, log: Path) -> dict[str, str]:
+    """Poll until the job is final; cancel it and fail when it takes too long."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    fields: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        fields = _job_state(job)
+        if fields.get("JobState") and fields["JobState"] not in ACTIVE:
+            return fields
+        time.sleep(2)
+    subprocess.run(["scancel", job], timeout=60)
+    tail = log.read_text()[-6000:] if log.is_file() else "(no log)"
+    pytest.fail(
+        f"job {job} not finished after {JOB_TIMEOUT_S} s (cancelled): "
+        f"state {fields.get('JobState')}, reason {fields.get('Reason')}\n{tail}"
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> dict:
+    """`sbatch slurm/vlcd.sh` of a tiny distill on 2 nodes; its output folder and job log."""
+    root = tmp_path_factory.mktemp("slurm")
+    out = root / "distill"
+    env = dict(
+        _env(),
+        VLCD_STAGE="distill",
+        VLCD_CONFIG=str(tiny_recipe),
+        VLCD_ARGS=" ".join(_stage_args(tiny_pipeline, out)),  # test paths hold no spaces
+        VLCD_VENV=sys.prefix,
+    )
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--job-name=vlcd-test",
+        "--nodes=2",
+        "--gpus-per-node=0",  # CPU-only nodes
+        "--cpus-per-task=1",
+        "--time=15",
+        f"--output={root}/job-%j.out",
+        str(REPO / "slurm" / "vlcd.sh"),
+    ]
+    # Submitted from the repository: the script runs in the submit directory.
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout}\n{proc.stderr}"
+    job = proc.stdout.strip().split(";")[0]
+    log = root / f"job-{job}.out"
+    fields = _wait(job, log)
+    text = log.read_text()
+    assert (fields.get("JobState"), fields.get("ExitCode")) == ("COMPLETED", "0:0"), (
+        f"job {job}: {fields.get('JobState')} exit {fields.get('ExitCode')}\n{text[-8000:]}"
+    )
+    return {"root": root, "out": out, "log": text, "job": job}
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> Path:
+    """The same recipe under torchrun: 2 processes on one node."""
+    out = tmp_path_factory.mktemp("torchrun") / "distill"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--nnodes=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "vlcd_dist",
+        "distill",
+        "--config",
+        str(tiny_recipe),
+        *_stage_args(tiny_pipeline, out),
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return out
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_rank_line_names_the_slurm_node() -> None:
+    # What a rank of `srun accelerate launch` sees on the second node.
+    env = {
+        "RANK": "1",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "1",
+        "GROUP_RANK": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURMD_NODENAME": "node2",
+    }
+    info = dist_info(env)
+    assert info.node_name == "node2"
+    assert rank_line(info).startswith("vlcd: rank 1/2 (local rank 0, node 1/2) on node2 (host ")
+    # Outside SLURM the node is the host.
+    assert dist_info({}).node_name == dist_info({}).hostname
+
+
+@pytest.mark.timeout(1200)
+def test_one_rank_per_node(slurm_run) -> None:
+    log = slurm_run["log"]
+    # Printed by each launcher (the script) and by each training process (its real rank).
+    for node, rank in (("node1", 0), ("node2", 1)):
+        assert re.search(
+            rf"^\[vlcd\] node {node} \(.*\): machine rank {rank}, ranks {rank}-{rank}$", log, re.M
+        ), log[-6000:]
+        lines = re.findall(
+            rf"^vlcd: rank {rank}/2 \(local rank 0, node {rank}/2\) on (\S+) ", log, re.M
+        )
+        assert lines == [node], f"rank {rank}: {lines}\n{log[-6000:]}"
+    assert "[vlcd] stage distill finished with status 0" in log
+
+
+@pytest.mark.timeout(1200)
+def test_outputs_written_once_by_rank_0(slurm_run, torchrun_run) -> None:
+    out = slurm_run["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == STEPS
+    assert summary["trainees"] == STUDENTS
+    # One TensorBoard writer in the whole job (two would mean a second "main" process).
+    events = sorted(slurm_run["root"].rglob("events.out.tfevents.*"))
+    assert [p.parent for p in events] == [out / "tb"], events
+    # One set of checkpoints, the same files a one-node run writes: step folders (every 2 steps,
+    # and the last), each complete, with one RNG file per rank.
+    ckpts = out / "checkpoints"
+    steps = sorted(p.name for p in ckpts.iterdir())
+    assert steps == ["step_000002", f"step_{STEPS:06d}"], steps
+    for step in steps:
+        assert (ckpts / step / "COMPLETE").is_file()
+        meta = json.loads((ckpts / step / "meta.json").read_text())
+        assert meta["world_size"] == 2 and meta["trainees"] == STUDENTS
+        assert sorted(p.name for p in (ckpts / step / "rng").iterdir()) == [
+            "rank00000.safetensors",
+            "rank00001.safetensors",
+        ]
+    assert _tree(ckpts) == _tree(torchrun_run / "checkpoints")
+
+
+@pytest.mark.timeout(1200)
+def test_losses_match_torchrun(slurm_run, torchrun_run) -> None:
+    got = scalars(slurm_run["out"] / "tb")
+    want = scalars(torchrun_run / "tb")
+    for name in STUDENTS:
+        for part in LOSS_TAGS:
+            tag = f"{name}/{part}"
+            assert [s for s, _ in got[tag]] == list(range(1, STEPS + 1)), tag
+            assert [s for s, _ in want[tag]] == list(range(1, STEPS + 1)), tag
+            for (step, a), (_, b) in zip(got[tag], want[tag], strict=True):
+                assert abs(a - b) <= 1e-5, f"{tag} step {step}: slurm {a} vs torchrun {b}"
+    # Same losses, same updates: the exported students agree too.
+    for name in STUDENTS:
+        a = load_file(str(slurm_run["out"] / "export" / f"{name}.safetensors"))
+        b = load_file(str(torchrun_run / "export" / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
