@@ -258,6 +258,37 @@ class LoggingConfig:
 
 
 @dataclass
+class DegradeConfig:
+    """Robustness: the test split again under tablet-camera corruptions (vlcd_dist.data.degrade)."""
+
+    enabled: bool = False
+    """Run the robustness study (``vlcd eval --degrade`` sets it)."""
+    corruptions: list[str] = field(default_factory=lambda: ["tablet_camera"])
+    """Corruptions to apply, from vlcd_dist.data.degrade.CORRUPTIONS."""
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """Severities 0..5 per corruption (0 is the identity: it reproduces the clean AUCs)."""
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.severities if not 0 <= s <= 5]
+        if not self.severities or bad or len(set(self.severities)) != len(self.severities):
+            raise ConfigError(
+                f"severities={self.severities!r}: expected distinct severities in 0..5, "
+                "e.g. [1, 2, 3, 4, 5]"
+            )
+        if not self.corruptions:
+            raise ConfigError("corruptions=[]: name at least one, e.g. [tablet_camera]")
+        if self.enabled:
+            # Imported only when used: albumentations is slow to import.
+            from vlcd_dist.data.degrade import CORRUPTIONS
+
+            unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
+            if unknown:
+                raise ConfigError(
+                    f"corruptions: unknown {unknown}; choose from {', '.join(CORRUPTIONS)}"
+                )
+
+
+@dataclass
 class EvalConfig:
     """Linear probes, bootstrap intervals and latency of the teacher and every student."""
 
@@ -279,6 +310,30 @@ class EvalConfig:
     """Timed forwards per model (after 3 warm-up ones); the median is reported."""
     latency_threads: int = 1
     """CPU threads while timing."""
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    """Robustness study: probes trained on clean features, applied to corrupted test images."""
+    zero_shot_prompts: dict[str, list[str]] = field(default_factory=dict)
+    """{task: [positive prompt, negative prompt]}: zero-shot AUCs via the teacher's text tower."""
+
+    def __post_init__(self) -> None:
+        prompts = {} if self.zero_shot_prompts is None else self.zero_shot_prompts
+        if not isinstance(prompts, dict):
+            raise ConfigError(
+                f"zero_shot_prompts={prompts!r}: expected a mapping "
+                "{task: [positive prompt, negative prompt]}"
+            )
+        for task, pair in prompts.items():
+            ok = (
+                isinstance(pair, (list, tuple))
+                and len(pair) == 2
+                and all(isinstance(p, str) and p.strip() for p in pair)
+            )
+            if not ok:
+                raise ConfigError(
+                    f"zero_shot_prompts.{task}={pair!r}: expected [positive prompt, negative "
+                    'prompt], e.g. ["meconium staining of the membranes", "no meconium"]'
+                )
+        self.zero_shot_prompts = {str(t): [str(p) for p in pair] for t, pair in prompts.items()}
 
 
 @dataclass
@@ -324,12 +379,8 @@ class TrainConfig:
             self.run.mixed_precision,
             f"one of {MIXED_PRECISION}",
         )
-        _check(
-            self.run.backend in BACKENDS, "run.backend", self.run.backend, f"one of {BACKENDS}"
-        )
-        _check(
-            self.run.zero_stage in (0, 1, 2), "run.zero_stage", self.run.zero_stage, "0, 1 or 2"
-        )
+        _check(self.run.backend in BACKENDS, "run.backend", self.run.backend, f"one of {BACKENDS}")
+        _check(self.run.zero_stage in (0, 1, 2), "run.zero_stage", self.run.zero_stage, "0, 1 or 2")
         _check(
             self.run.threads is None or self.run.threads >= 1,
             "run.threads",
@@ -480,6 +531,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}={value!r}: expected a mapping, e.g. {{key: value}}")
+        key_tp, value_tp = args or (Any, Any)
+        return {
+            _convert(k, key_tp, path): _convert(v, value_tp, f"{path}.{k}")
+            for k, v in value.items()
+        }
     if origin in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}={value!r}: expected a list, e.g. [1, 2]")
@@ -604,6 +663,8 @@ def _schema_at(cls: Any, parts: list[str]) -> None:
                     f"{'.'.join(done)} is a list: address items by index, e.g. {'.'.join(done)}.0"
                 )
             tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
         else:
             raise ConfigError(f"{'.'.join(done)} is a value, it has no field {part!r}")
         done.append(part)

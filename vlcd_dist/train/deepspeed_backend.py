@@ -175,7 +175,6 @@ class DeepSpeedBackend(Backend):
 
     def prepare(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> Trainee:
         import deepspeed
-
         import torch.distributed as dist
 
         module.to(self.device, memory_format=self.memory_format)

@@ -5,7 +5,8 @@
 2. Runs ``train-teacher``, ``predistill``, ``distill`` and ``eval`` with the demo recipe, each
    as its own ``accelerate launch`` of ``python -m vlcd_dist`` (or a plain process for one rank),
    exactly the commands a user would type; each stage's output folder feeds the next.
-3. Prints the report table and where the TensorBoard logs are.
+3. Prints the report table, writes the HTML report (``vlcd report``) into ``OUT/report/`` and
+   says where it and the TensorBoard logs are.
 
 A stage whose output already holds a finished run of the same resolved recipe is not rerun, and
 an interrupted stage continues from its newest checkpoint (``--resume``).
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.train.config import TrainConfig, dump_yaml, load_config
@@ -109,10 +112,71 @@ def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
 
 
 def _finished(stage: str, folder: Path, resolved: str) -> bool:
-    """True when ``folder`` holds a finished ``stage`` run of this very recipe."""
+    """True when ``folder`` holds a finished ``stage`` run of this very recipe.
+
+    ``checkpoint.resume`` is left out of the comparison: ``--resume`` sets it in the recipe a
+    stage writes, and whether a run was resumed does not change what it computed."""
     done = folder / ("report.json" if stage == "eval" else "summary.json")
     written = folder / "config.yaml"
-    return done.is_file() and written.is_file() and written.read_text() == resolved
+    if not (done.is_file() and written.is_file()):
+        return False
+
+    def recipe(text: str) -> object:
+        data = yaml.safe_load(text)
+        if isinstance(data, dict) and isinstance(data.get("checkpoint"), dict):
+            data["checkpoint"].pop("resume", None)
+        return data
+
+    return recipe(written.read_text()) == recipe(resolved)
+
+
+def stage_env(nproc: int) -> dict[str, str]:
+    """The environment of the stage processes: offline hub, threads split between the ranks."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return env
+
+
+def execute(cmd: list[str], env: dict[str, str]) -> int:
+    """Run one stage command and return its exit status (tests swap in an in-process run)."""
+    return subprocess.run(cmd, env=env).returncode
+
+
+def run_stage(
+    stage: str,
+    folder: Path,
+    config: Path,
+    sets: list[str],
+    nproc: int,
+    env: dict[str, str],
+    rerun: str = "the demo",
+) -> bool:
+    """Run ``vlcd <stage>`` into ``folder`` under the launch prefix, unless ``folder`` already
+    holds a finished run of the same resolved recipe. Every stage but eval passes ``--resume``,
+    so an interrupted one continues from its newest checkpoint. Returns whether it ran; raises
+    VlcdError when the stage fails (``rerun`` names what to rerun in the message)."""
+    resolved = load_config(config, sets)
+    resolved.run.out = str(folder)
+    if _finished(stage, folder, dump_yaml(resolved)):
+        print(f"==> {stage}: already done in {folder} (delete it to rerun)", flush=True)
+        return False
+    cmd = [*launch_prefix(nproc), stage, "--config", str(config), "--out", str(folder)]
+    for item in sets:
+        cmd += ["--set", item]
+    if stage != "eval":
+        cmd.append("--resume")
+    print(f"==> {stage}: {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = execute(cmd, env)
+    if rc != 0:
+        raise VlcdError(
+            f"stage {stage} failed with exit status {rc}; fix the cause above and rerun "
+            f"{rerun} (finished stages are kept, this one resumes from its checkpoint)"
+        )
+    print(f"==> {stage}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return True
 
 
 def run_demo(
@@ -121,7 +185,10 @@ def run_demo(
     config: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> int:
-    """Run every stage on the built-in data and print the report. Returns an exit status."""
+    """Run every stage on the built-in data, print the report and write the HTML report.
+    Returns an exit status."""
+    from vlcd_dist.train.report import write_report
+
     config = Path(config) if config is not None else DEMO_RECIPE
     if not config.is_file():
         raise VlcdError(f"demo recipe {config} not found; pass --config configs/demo.yaml")
@@ -129,39 +196,19 @@ def run_demo(
     cfg = load_config(config, overrides)
     ensure_shards(cfg)
     nproc = nproc or default_nproc()
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env = stage_env(nproc)
     started = time.perf_counter()
     print(f"==> vlcd demo: {nproc} rank(s), recipe {config}, output {out}", flush=True)
     for stage, folder, extra in _stage_plan(out):
-        sets = [*overrides, *extra]
-        resolved = load_config(config, sets)
-        resolved.run.out = str(folder)
-        if _finished(stage, folder, dump_yaml(resolved)):
-            print(f"==> {stage}: already done in {folder} (delete it to rerun)", flush=True)
-            continue
-        cmd = [*launch_prefix(nproc), stage, "--config", str(config), "--out", str(folder)]
-        for item in sets:
-            cmd += ["--set", item]
-        if stage != "eval":
-            cmd.append("--resume")
-        print(f"==> {stage}: {shlex.join(cmd)}", flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.run(cmd, env=env).returncode
-        if rc != 0:
-            raise VlcdError(
-                f"stage {stage} failed with exit status {rc}; fix the cause above and rerun "
-                "the demo (finished stages are kept, this one resumes from its checkpoint)"
-            )
-        print(f"==> {stage}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+        run_stage(stage, folder, config, [*overrides, *extra], nproc, env)
     report_md = out / "eval" / "report.md"
     print()
     print(report_md.read_text())
     _print_verdict(out / "eval" / "report.json")
+    html = write_report(out)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     print(f"report: {report_md} (and report.json, auc.png, roc.png beside it)")
+    print(f"HTML report: {html} (open it in a browser; `vlcd report {out}` rewrites it)")
     print(f"TensorBoard: tensorboard --logdir {out}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Evaluation: linear probes on frozen features, bootstrap intervals, size and CPU latency.
+"""Evaluation: linear probes on frozen features, bootstrap intervals, size and CPU latency,
+robustness to tablet-camera degradations, and zero-shot scoring with the teacher's text tower.
 
 For the teacher's image tower and every student: features of the placenta train and test
 splits (eval transform), L2-normalised, standardised on the train split; per task a logistic
@@ -6,18 +7,32 @@ regression whose C is picked by stratified cross-validation on the train split (
 AUC-ROC per task and their mean, with a percentile bootstrap interval over test samples (the
 same resamples for every task, so the mean's interval accounts for their correlation).
 
+Robustness (``eval.degrade``, ``vlcd eval --degrade``): the test split is read again with every
+photograph corrupted (:mod:`vlcd_dist.data.degrade`) after decoding and before the eval
+transform, seeded by its key, so every model sees the same corrupted image. The probes trained
+on clean train features score the corrupted test features; severity 0 runs through the same
+path and reproduces the clean AUCs exactly.
+
+Zero-shot (``eval.zero_shot_prompts``): per task a positive and a negative prompt, embedded by
+the teacher's text tower like a report's anchor; an image's score is
+cos(z, positive) - cos(z, negative) on its raw features z, which live in the teacher's
+embedding space for the teacher and for every distilled student. No training.
+
 Feature extraction is spread over the ranks (each reads its own shards) and gathered; probes,
-timing and reports are rank 0's. The probe and bootstrap functions take plain arrays and need
-no launcher, so they are usable on their own.
+timing and reports are rank 0's. The probe, zero-shot and bootstrap functions take plain arrays
+and need no launcher, so they are usable on their own.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import statistics
 import time
-from collections.abc import Callable
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +41,11 @@ import numpy as np
 import torch
 
 from vlcd_dist import distributed as vdist
-from vlcd_dist.data.stream import ShardLoader
+from vlcd_dist.data.stream import Decoder, ShardLoader, ShardSet, ShardStream, StreamConfig
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.train.backend import Backend, configure_threads, create_backend
 from vlcd_dist.train.checkpoint import load_exported_student, resolve_student_file
-from vlcd_dist.train.config import TrainConfig, dump_yaml
+from vlcd_dist.train.config import ConfigError, TrainConfig, dump_yaml
 from vlcd_dist.train.logging import TBLogger, setup_console_logging
 
 logger = logging.getLogger("vlcd_dist.eval")
@@ -61,26 +76,35 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-def probe_scores(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    cs: list[float],
-    folds: int,
-    seed: int = 0,
-) -> tuple[np.ndarray, float]:
-    """Logistic-regression probe of one task.
+@dataclass
+class LinearProbe:
+    """A fitted probe of one task: a logistic regression, or a constant score when the train
+    split holds one class only (then ``c`` is NaN)."""
 
-    train_x [N, d], train_y [N] (0/1), test_x [M, d]: features (normalised by the caller).
-    Returns (test scores [M], chosen C). C maximises the mean cross-validated AUC on train.
-    """
+    model: Any | None
+    constant: float
+    c: float
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Decision values of features x [M, d] (normalised like the train features): [M]."""
+        if self.model is None:
+            return np.full(len(x), self.constant)
+        return self.model.decision_function(x)
+
+
+def fit_probe(
+    train_x: np.ndarray, train_y: np.ndarray, cs: list[float], folds: int, seed: int = 0
+) -> LinearProbe:
+    """Logistic-regression probe of one task on train_x [N, d], train_y [N] (0/1).
+
+    C maximises the mean cross-validated AUC on train (stratified folds, seeded)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     train_y = np.asarray(train_y).astype(int)
     minority = int(min(train_y.sum(), train_y.size - train_y.sum()))
     if minority == 0:
-        return np.full(len(test_x), float(train_y.mean())), float("nan")
+        return LinearProbe(None, float(train_y.mean()), float("nan"))
     best_c, best_auc = cs[0], -1.0
     k = min(folds, minority)
     if len(cs) > 1 and k >= 2:
@@ -96,7 +120,65 @@ def probe_scores(
             if score > best_auc:
                 best_c, best_auc = c, score
     model = LogisticRegression(C=best_c, max_iter=2000).fit(train_x, train_y)
-    return model.decision_function(test_x), float(best_c)
+    return LinearProbe(model, float("nan"), float(best_c))
+
+
+def probe_scores(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    cs: list[float],
+    folds: int,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """Logistic-regression probe of one task.
+
+    train_x [N, d], train_y [N] (0/1), test_x [M, d]: features (normalised by the caller).
+    Returns (test scores [M], chosen C). C maximises the mean cross-validated AUC on train.
+    """
+    probe = fit_probe(train_x, train_y, cs, folds, seed)
+    return probe.scores(test_x), probe.c
+
+
+def zero_shot_scores(
+    image_features: np.ndarray, positive: np.ndarray, negative: np.ndarray
+) -> np.ndarray:
+    """Zero-shot scores cos(z, positive) - cos(z, negative), no training.
+
+    image_features [N, d] (raw, in the teacher's embedding space); positive, negative [d] (one
+    task) or [T, d] (one row per task) prompt embeddings. Returns [N], or [N, T] for [T, d].
+    """
+    x = l2_normalize(np.asarray(image_features, dtype=np.float64))
+    pos = l2_normalize(np.atleast_2d(np.asarray(positive, dtype=np.float64)))
+    neg = l2_normalize(np.atleast_2d(np.asarray(negative, dtype=np.float64)))
+    scores = x @ pos.T - x @ neg.T
+    return scores[:, 0] if np.ndim(positive) == 1 else scores
+
+
+def prompt_tasks(prompts: dict[str, list[str]], tasks: list[str], shards: str) -> list[str]:
+    """The shard tasks that have zero-shot prompts, in shard order; [] (logged) when none.
+
+    A prompt for a task the shards do not have is a ConfigError naming it."""
+    unknown = [t for t in prompts if t not in tasks]
+    if unknown:
+        raise ConfigError(
+            f"eval.zero_shot_prompts has prompts for task(s) {unknown} that the shards "
+            f"{shards} do not have; their tasks are {tasks}. Key the prompts by those names, "
+            "or drop them (--set eval.zero_shot_prompts={} skips zero-shot)"
+        )
+    chosen = [t for t in tasks if t in prompts]
+    if not chosen:
+        logger.info(
+            "eval: zero-shot skipped: eval.zero_shot_prompts has no prompts for the tasks %s",
+            tasks,
+        )
+    elif len(chosen) < len(tasks):
+        logger.info(
+            "eval: zero-shot for %s; no prompts for %s",
+            chosen,
+            [t for t in tasks if t not in prompts],
+        )
+    return chosen
 
 
 def bootstrap_intervals(
@@ -167,6 +249,87 @@ def measure_latency(
 
 
 # ---------------------------------------------------------------------------------------------
+# Degraded test images
+
+
+def image_seed(key: str, seed: int) -> int:
+    """The degradation seed of one sample: a function of its key and the run seed only, so it
+    is the same for every model, rank count, worker count and severity."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
+
+
+class DegradedShardStream(ShardStream):
+    """The eval stream with every photograph corrupted between decoding and the eval transform.
+
+    Each raw sample is decoded exactly as the stream's decoder does it (same draft size),
+    degraded with ``degrade(image, corruption, severity, image_seed(key, seed))`` and handed on
+    as a lossless PPM, which the stream's decoder reads back pixel for pixel. Everything else
+    (rank and worker split, skips and refills, batching) is the stream's own, so at severity 0
+    the batches equal the clean ones exactly.
+    """
+
+    def __init__(
+        self,
+        shard_set: ShardSet,
+        cfg: StreamConfig,
+        rank: int,
+        world: int,
+        corruption: str,
+        severity: int,
+        seed: int,
+    ) -> None:
+        # Imported here, in the main process, so that forked DataLoader workers inherit it
+        # instead of each importing albumentations again.
+        from vlcd_dist.data.degrade import corruption as check_corruption
+
+        check_corruption(corruption, severity)  # unknown names and severities fail here
+        super().__init__(shard_set, cfg, rank, world)
+        self.corruption = corruption
+        self.severity = severity
+        self.degrade_seed = seed
+
+    def _raw(self, shard_ids: list[int], worker: int, counts: Counter) -> Iterator[dict]:
+        from PIL import Image
+
+        from vlcd_dist.data.degrade import degrade
+
+        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg.image_size, self.cfg.train)
+        for raw in super()._raw(shard_ids, worker, counts):
+            if "jpg" in raw:
+                try:
+                    image = np.asarray(decoder.decode_image(raw))
+                except Exception:
+                    # Left as it is: the stream's decoder meets the same failure and skips and
+                    # counts the sample (or raises, in strict mode).
+                    yield raw
+                    continue
+                seed = image_seed(raw["__key__"], self.degrade_seed)
+                out = degrade(image, self.corruption, self.severity, seed)
+                buf = io.BytesIO()
+                Image.fromarray(out).save(buf, format="PPM")
+                raw = {**raw, "jpg": buf.getvalue()}
+            yield raw
+
+
+class DegradedShardLoader(ShardLoader):
+    """A :class:`ShardLoader` whose photographs are corrupted; see :class:`DegradedShardStream`."""
+
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        rank: int,
+        world: int,
+        corruption: str,
+        severity: int,
+        seed: int,
+    ) -> None:
+        super().__init__(cfg, rank, world)
+        self.dataset = DegradedShardStream(
+            self.shard_set, cfg, self.rank, self.world, corruption, severity, seed
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # The evaluation stage
 
 
@@ -183,6 +346,39 @@ class EvalModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ZeroShotPrompts:
+    """Prompt embeddings of the tasks that have zero-shot prompts (in shard task order)."""
+
+    tasks: list[str]
+    texts: dict[str, list[str]]  # task -> [positive, negative]
+    positive: np.ndarray  # [T', d] fp32
+    negative: np.ndarray  # [T', d] fp32
+
+
+def apply_probes(probes: list[LinearProbe], scaler: Any, features: np.ndarray) -> np.ndarray:
+    """Scores [M, T] of raw features [M, d]: L2-normalised, standardised by ``scaler`` (fitted on
+    the clean train split), then each task's probe. Clean and degraded test features take this
+    same path, so identical features give identical scores."""
+    x = scaler.transform(l2_normalize(features))
+    if not probes:
+        return np.zeros((len(x), 0))
+    return np.stack([p.scores(x) for p in probes], axis=1)
+
+
+def _aucs(y: np.ndarray, scores: np.ndarray, tasks: list[str], columns: list[int]) -> dict:
+    """{task: AUC} of scores[:, i] against y[:, columns[i]]."""
+    return {
+        t: auc_roc(y[:, c], scores[:, i])
+        for i, (t, c) in enumerate(zip(tasks, columns, strict=True))
+    }
+
+
+def _mean(values: dict[str, float]) -> float:
+    finite = [v for v in values.values() if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 class Evaluator:
     """``vlcd eval``: report.json, report.md, plots and TensorBoard under run.out."""
 
@@ -195,6 +391,7 @@ class Evaluator:
         setup_console_logging(self.backend.is_main)
         self.out = Path(cfg.run.out)
         self.device = self.backend.device
+        self.frozen_teacher: torch.nn.Module | None = None
 
     # -- models ----------------------------------------------------------------------------
 
@@ -206,6 +403,7 @@ class Evaluator:
         out: list[EvalModel] = []
         if cfg.eval.include_teacher:
             frozen = load_frozen_teacher(cfg, self.device, self.backend.memory_format)
+            self.frozen_teacher = frozen
             image = frozen.teacher.image
             out.append(
                 EvalModel(
@@ -244,18 +442,40 @@ class Evaluator:
             )
         return out
 
+    def zero_shot_prompts(self, chosen: list[str]) -> ZeroShotPrompts:
+        """The recipe's prompts of the tasks ``chosen`` (see :func:`prompt_tasks`), embedded by
+        the teacher's text tower each like a report's anchor (mean over its sentences)."""
+        from vlcd_dist.anchors import compute_text_anchors
+        from vlcd_dist.train.stages import load_frozen_teacher
+
+        prompts = self.cfg.eval.zero_shot_prompts
+        teacher = self.frozen_teacher or load_frozen_teacher(self.cfg, self.device)
+        texts = [prompts[t][0] for t in chosen] + [prompts[t][1] for t in chosen]
+        emb = compute_text_anchors(teacher, texts).numpy()
+        n = len(chosen)
+        return ZeroShotPrompts(chosen, {t: list(prompts[t]) for t in chosen}, emb[:n], emb[n:])
+
     # -- features --------------------------------------------------------------------------
+
+    def loader(self, split: str, degradation: tuple[str, int] | None = None) -> ShardLoader:
+        """This rank's loader of one split, clean or with (corruption, severity) applied."""
+        cfg = self.cfg
+        stream = cfg.data.stream(cfg.data.placenta, split=split, train=False, seed=cfg.run.seed)
+        rank, world = self.backend.rank, self.backend.world_size
+        if degradation is None:
+            return ShardLoader(stream, rank, world)
+        name, severity = degradation
+        return DegradedShardLoader(stream, rank, world, name, severity, cfg.run.seed)
 
     @torch.no_grad()
     def extract(
-        self, models: list[EvalModel], split: str
+        self, models: list[EvalModel], split: str, degradation: tuple[str, int] | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-        """Features of every model and labels of one split, gathered from all ranks.
+        """Features of every model and labels of one split (optionally degraded), gathered from
+        all ranks.
 
         Returns ({model: [N, d] float32}, labels [N, T], task names)."""
-        cfg = self.cfg
-        stream = cfg.data.stream(cfg.data.placenta, split=split, train=False, seed=cfg.run.seed)
-        loader = ShardLoader(stream, self.backend.rank, self.backend.world_size)
+        loader = self.loader(split, degradation)
         feats: dict[str, list[torch.Tensor]] = {m.name: [] for m in models}
         labels: list[torch.Tensor] = []
         for batch in loader:
@@ -281,13 +501,44 @@ class Evaluator:
             )
         return gathered, y_all, loader.tasks
 
+    def extract_degraded(
+        self, models: list[EvalModel], test_y: np.ndarray
+    ) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+        """Test features of every model under each (corruption, severity) of eval.degrade."""
+        d = self.cfg.eval.degrade
+        out: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        for name in d.corruptions:
+            for severity in d.severities:
+                t0 = time.perf_counter()
+                feats, y, _ = self.extract(models, "test", (name, severity))
+                if not np.array_equal(y, test_y):
+                    raise VlcdError(
+                        f"eval: the degraded test split ({name}, severity {severity}) did not "
+                        "come back in the clean order; were the shards rewritten meanwhile?"
+                    )
+                out[(name, severity)] = feats
+                logger.info(
+                    "eval: %s severity %d: features of %d test samples in %.0f s",
+                    name,
+                    severity,
+                    len(y),
+                    time.perf_counter() - t0,
+                )
+        return out
+
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any] | None:
         """Extract, probe, time, report. Returns the report on rank 0 (None elsewhere)."""
         cfg = self.cfg
         torch.manual_seed(cfg.run.seed)
+        # Prompts are checked against the shards' tasks before any model is loaded.
+        chosen = prompt_tasks(
+            cfg.eval.zero_shot_prompts, self.loader("test").tasks, cfg.data.placenta
+        )
         models = self.models()
+        # Every rank embeds the prompts (a few sentences), so a failure stops all ranks alike.
+        prompts = self.zero_shot_prompts(chosen) if chosen else None
         t0 = time.perf_counter()
         train_f, train_y, tasks = self.extract(models, "train")
         test_f, test_y, _ = self.extract(models, "test")
@@ -297,9 +548,12 @@ class Evaluator:
             len(test_y),
             time.perf_counter() - t0,
         )
+        degraded = self.extract_degraded(models, test_y) if cfg.eval.degrade.enabled else {}
         report = None
         if self.backend.is_main:
-            report = self.report(models, tasks, train_f, train_y, test_f, test_y)
+            report = self.report(
+                models, tasks, train_f, train_y, test_f, test_y, degraded=degraded, prompts=prompts
+            )
         self.backend.barrier()
         return report
 
@@ -311,27 +565,33 @@ class Evaluator:
         train_y: np.ndarray,
         test_f: dict[str, np.ndarray],
         test_y: np.ndarray,
+        degraded: dict[tuple[str, int], dict[str, np.ndarray]] | None = None,
+        prompts: ZeroShotPrompts | None = None,
     ) -> dict[str, Any]:
-        """Probes, intervals, latency; writes report.json/.md, plots and TensorBoard."""
+        """Probes, intervals, latency, robustness, zero-shot; writes report.json/.md, plots and
+        TensorBoard."""
         from sklearn.preprocessing import StandardScaler
 
         cfg, e = self.cfg, self.cfg.eval
+        degraded = degraded or {}
         h, w = cfg.data.image_size
+        columns = list(range(len(tasks)))
         results: dict[str, Any] = {}
+        robust: dict[str, dict[str, dict[str, Any]]] = {}
+        zero_shot: dict[str, dict[str, Any]] = {}
         rocs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        zs_columns = [tasks.index(t) for t in prompts.tasks] if prompts else []
         for m in models:
             t0 = time.perf_counter()
             scaler = StandardScaler().fit(l2_normalize(train_f[m.name]))
             xtr = scaler.transform(l2_normalize(train_f[m.name]))
-            xte = scaler.transform(l2_normalize(test_f[m.name]))
-            scores = np.zeros_like(test_y, dtype=np.float64)
-            chosen = {}
-            for j, task in enumerate(tasks):
-                scores[:, j], chosen[task] = probe_scores(
-                    xtr, train_y[:, j], xte, e.probe_cs, e.cv_folds, cfg.run.seed
-                )
-            aucs = {task: auc_roc(test_y[:, j], scores[:, j]) for j, task in enumerate(tasks)}
-            rocs[m.name] = [roc_points(test_y[:, j], scores[:, j]) for j in range(len(tasks))]
+            probes = [
+                fit_probe(xtr, train_y[:, j], e.probe_cs, e.cv_folds, cfg.run.seed) for j in columns
+            ]
+            chosen = {task: probes[j].c for j, task in enumerate(tasks)}
+            scores = apply_probes(probes, scaler, test_f[m.name])
+            aucs = _aucs(test_y, scores, tasks, columns)
+            rocs[m.name] = [roc_points(test_y[:, j], scores[:, j]) for j in columns]
             ci = (
                 bootstrap_intervals(test_y, scores, e.bootstrap, e.confidence, cfg.run.seed)
                 if e.bootstrap
@@ -347,17 +607,34 @@ class Evaluator:
                 self.backend.memory_format,
             )
             module.to(self.device)
+            clean_mean = _mean(aucs)
             results[m.name] = {
                 "kind": m.kind,
                 "arch": m.arch,
                 "auc": aucs,
-                "auc_mean": float(np.nanmean(list(aucs.values()))),
+                "auc_mean": clean_mean,
                 "ci": {"mean": ci.get("mean"), **{t: ci.get(str(j)) for j, t in enumerate(tasks)}},
                 "probe_c": chosen,
                 "params": int(m.params),
                 "latency_ms": latency,
                 **m.info,
             }
+            if prompts:
+                zs = zero_shot_scores(test_f[m.name], prompts.positive, prompts.negative)
+                zs_aucs = _aucs(test_y, zs, prompts.tasks, zs_columns)
+                zero_shot[m.name] = {"auc": zs_aucs, "auc_mean": _mean(zs_aucs)}
+            for (name, severity), feats in degraded.items():
+                d_aucs = _aucs(test_y, apply_probes(probes, scaler, feats[m.name]), tasks, columns)
+                entry: dict[str, Any] = {
+                    "auc": d_aucs,
+                    "auc_mean": _mean(d_aucs),
+                    "drop": _mean(d_aucs) - clean_mean,
+                }
+                if prompts:
+                    zs = zero_shot_scores(feats[m.name], prompts.positive, prompts.negative)
+                    zs_aucs = _aucs(test_y, zs, prompts.tasks, zs_columns)
+                    entry["zero_shot"] = {"auc": zs_aucs, "auc_mean": _mean(zs_aucs)}
+                robust.setdefault(m.name, {}).setdefault(name, {})[str(severity)] = entry
             logger.info(
                 "eval: %s mean AUC %.3f (%.0f s)",
                 m.name,
@@ -368,7 +645,7 @@ class Evaluator:
         for r in results.values():
             r["speedup"] = reference["latency_ms"] / r["latency_ms"] if reference else None
             r["delta_vs_teacher"] = r["auc_mean"] - reference["auc_mean"] if reference else None
-        report = {
+        report: dict[str, Any] = {
             "tasks": tasks,
             "samples": {"train": int(len(train_y)), "test": int(len(test_y))},
             "image_size": [h, w],
@@ -376,12 +653,30 @@ class Evaluator:
             "bootstrap": {"resamples": e.bootstrap, "confidence": e.confidence},
             "models": results,
         }
+        if degraded:
+            names = list(dict.fromkeys(name for name, _ in degraded))
+            severities = list(dict.fromkeys(s for _, s in degraded))
+            report["degrade"] = {
+                "corruption": names[0] if len(names) == 1 else {n: severities for n in names},
+                "corruptions": names,
+                "severities": severities,
+                "seed": cfg.run.seed,
+                "models": robust,
+            }
+        if prompts:
+            report["zero_shot"] = {
+                "prompts": prompts.texts,
+                "tasks": prompts.tasks,
+                "models": zero_shot,
+            }
         self.write(report, rocs)
         return report
 
     def write(self, report: dict[str, Any], rocs: dict[str, list]) -> None:
-        """report.json, report.md, auc.png, roc.png, and the same into TensorBoard."""
-        from vlcd_dist.train.plots import auc_bars, roc_grid
+        """report.json, report.md, auc.png, roc.png (robustness.png), and TensorBoard."""
+        from PIL import Image
+
+        from vlcd_dist.train.plots import auc_bars, robustness_curves, roc_grid
 
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(dump_yaml(self.cfg))
@@ -401,17 +696,32 @@ class Evaluator:
         roc = roc_grid(
             tasks, {n: rocs[n] for n in names}, {n: report["models"][n]["auc"] for n in names}
         )
-        from PIL import Image
-
         Image.fromarray(bars).save(self.out / "auc.png")
         Image.fromarray(roc).save(self.out / "roc.png")
+        robust = None
+        if "degrade" in report:
+            robust = robustness_curves(robustness_points(report))
+            Image.fromarray(robust).save(self.out / "robustness.png")
         tb = TBLogger(self.out / "tb", self.cfg.logging.tensorboard)
         try:
             for name, r in report["models"].items():
                 values = {f"eval/{name}/auc_{t}": v for t, v in r["auc"].items()}
                 values[f"eval/{name}/auc_mean"] = r["auc_mean"]
                 values[f"eval/{name}/latency_ms"] = r["latency_ms"]
+                zs = report.get("zero_shot", {}).get("models", {}).get(name)
+                if zs:
+                    values.update(
+                        {f"eval/{name}/zero_shot_auc_{t}": v for t, v in zs["auc"].items()}
+                    )
+                    values[f"eval/{name}/zero_shot_auc_mean"] = zs["auc_mean"]
                 tb.scalars(values, 0)
+            if robust is not None:
+                # Severity as the step: TensorBoard draws mean AUC against severity.
+                for corruption, curves in robustness_points(report).items():
+                    for name, points in curves.items():
+                        for severity, auc in points:
+                            tb.scalars({f"eval/{name}/{corruption}/auc_mean": auc}, int(severity))
+                tb.image("eval/robustness", robust)
             tb.image("eval/auc_bars", bars)
             tb.image("eval/roc_curves", roc)
             tb.text("eval/report", table)
@@ -420,8 +730,29 @@ class Evaluator:
             tb.close()
 
 
+def robustness_points(report: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{corruption: {model: [(severity, mean AUC), ...]}} from a report, with the clean mean AUC
+    as severity 0 when severity 0 was not evaluated."""
+    d = report["degrade"]
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for name, r in report["models"].items():
+        for corruption, by_severity in d["models"].get(name, {}).items():
+            points = {int(s): v["auc_mean"] for s, v in by_severity.items()}
+            points.setdefault(0, r["auc_mean"])
+            out.setdefault(corruption, {})[name] = sorted(points.items())
+    return out
+
+
+def _f(v: float | None, sign: bool = False) -> str:
+    if v is None or not np.isfinite(v):
+        return "-"
+    return f"{v:+.3f}" if sign else f"{v:.3f}"
+
+
 def markdown_report(report: dict[str, Any]) -> str:
-    """The report as a Markdown table: model x task AUC, mean [CI], params, latency, speed-up."""
+    """The report as Markdown: model x task AUC, mean [CI], params, latency, speed-up; then,
+    when run, the robustness table (mean AUC per severity, change from clean) and the zero-shot
+    table (zero-shot AUC / linear-probe AUC per task)."""
     tasks = report["tasks"]
     level = int(round(report["bootstrap"]["confidence"] * 100))
     head = ["model", *tasks, f"mean AUC [{level}% CI]", "params (M)", "latency (ms)", "speed-up"]
@@ -450,4 +781,65 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{h}x{w} px). Latency: median CPU forward of a batch of {lat['batch']} with "
         f"{lat['threads']} thread(s); the teacher's is its image tower's.\n"
     )
-    return "\n".join(lines) + "\n" + notes
+    text = "\n".join(lines) + "\n" + notes
+    if "degrade" in report:
+        text += "\n" + _robustness_markdown(report)
+    if "zero_shot" in report:
+        text += "\n" + _zero_shot_markdown(report)
+    return text
+
+
+def _robustness_markdown(report: dict[str, Any]) -> str:
+    d = report["degrade"]
+    severities = [str(s) for s in d["severities"]]
+    out = []
+    for corruption in d["corruptions"]:
+        head = ["model", "clean", *(f"severity {s}" for s in severities)]
+        lines = [
+            f"### Robustness: {corruption}",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+        ]
+        for name, r in report["models"].items():
+            by_severity = d["models"].get(name, {}).get(corruption, {})
+            cells = [
+                f"{_f(by_severity[s]['auc_mean'])} ({_f(by_severity[s]['drop'], sign=True)})"
+                if s in by_severity
+                else "-"
+                for s in severities
+            ]
+            lines.append("| " + " | ".join([name, _f(r["auc_mean"]), *cells]) + " |")
+        out.append("\n".join(lines))
+    note = (
+        "\nMean test AUC of the probes trained on clean features, applied to test images "
+        "corrupted after decoding (change from clean in brackets).\n"
+    )
+    return "\n\n".join(out) + "\n" + note
+
+
+def _zero_shot_markdown(report: dict[str, Any]) -> str:
+    z = report["zero_shot"]
+    tasks = z["tasks"]
+    head = ["model", *tasks, "mean"]
+    lines = [
+        "### Zero-shot",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for name, r in report["models"].items():
+        zs = z["models"].get(name)
+        if zs is None:
+            continue
+        probe_mean = _mean({t: r["auc"][t] for t in tasks})
+        cells = [f"{_f(zs['auc'][t])} / {_f(r['auc'][t])}" for t in tasks]
+        cells.append(f"{_f(zs['auc_mean'])} / {_f(probe_mean)}")
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    prompts = "\n".join(f'- {t}: "{p}" vs "{n}"' for t, (p, n) in z["prompts"].items())
+    note = (
+        "\nTest AUC of the zero-shot score cos(z, positive) - cos(z, negative), prompts embedded "
+        "by the teacher's text tower, no training; the linear-probe AUC after the slash. "
+        f"Prompts:\n\n{prompts}\n"
+    )
+    return "\n".join(lines) + "\n" + note

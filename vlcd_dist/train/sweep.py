@@ -1,0 +1,575 @@
+"""``vlcd sweep``: one ``distill`` (every student at once) and one ``eval`` per point of a grid.
+
+    vlcd sweep --config configs/demo.yaml --out runs/sweep \\
+        --grid loss.distill_lambda=0,0.01,0.1,1,10 --grid distill.init=predistilled,scratch
+
+Each ``--grid KEY=V1,V2,...`` is an axis; the points are their cartesian product (the first
+axis varies slowest). KEY is any recipe field, as for ``--set`` (values are YAML; a value
+holding commas goes in brackets, ``[96,128]``), or ``distill.init``, which takes
+``predistilled`` (the students start from the predistillation, ``distill.init_from``) or
+``scratch`` (``distill.init_from`` and every ``students.N.init_from`` null: the students start
+from their configured initialisation). Without a ``distill.init`` axis every point is
+predistilled, as in ``vlcd demo``.
+
+The teacher and the predistillation do not depend on the swept values: they are trained once,
+in ``OUT/teacher`` and ``OUT/predistill``, unless the recipe already names them
+(``teacher.checkpoint``, ``distill.init_from``) or ``--from RUN`` points at a run holding
+``teacher/`` and ``predistill/`` (a ``vlcd demo`` folder). Grid values therefore reach the
+distill and eval stages only; keys of ``train_teacher`` and ``predistill`` are refused.
+
+Every stage is the command a user would type, started like the demo's
+(:func:`vlcd_dist.train.demo.run_stage`): a finished stage of the same resolved recipe is not
+rerun, an interrupted one resumes, so rerunning the sweep continues where it stopped. Point
+``P`` lives in ``OUT/<P>/distill`` and ``OUT/<P>/eval``; at the end the sweep writes
+``OUT/sweep.json`` (every point's values, overrides and AUCs), ``OUT/sweep.md`` (a table: point
+x student mean AUC, clean and, when the eval ran ``--degrade``, degraded), ``OUT/sweep.png``
+(mean AUC against the swept value, a line per student and predistillation setting) and
+TensorBoard logs in ``OUT/tb`` (one hparams run per point).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlcd_dist.errors import VlcdError
+from vlcd_dist.train.config import ConfigError, TrainConfig, load_config
+from vlcd_dist.train.report import (
+    DASH,
+    Table,
+    degrade_description,
+    degraded_mean,
+    fmt,
+)
+
+INIT_KEY = "distill.init"
+INIT_VALUES = ("predistilled", "scratch")
+LAMBDA_KEY = "loss.distill_lambda"
+# Sections read only by the stages the sweep runs once (the teacher, the predistillation), and
+# fields the sweep sets itself.
+SHARED_PREFIXES = ("teacher", "train_teacher", "predistill")
+OWN_KEYS = ("run.out", "eval.students_from")
+
+
+@dataclass
+class Axis:
+    """One ``--grid`` flag: a recipe key and the values it takes (YAML texts, as typed)."""
+
+    key: str
+    values: list[str]
+
+
+@dataclass
+class Point:
+    """One grid point: its folder name and {key: value text} over every axis."""
+
+    name: str
+    values: dict[str, str]
+    overrides: list[str] = field(default_factory=list)
+    """The --set items of its distill and eval stages, after the sweep's own --set items."""
+
+
+def split_values(text: str) -> list[str]:
+    """'0,0.1,[96,128]' -> ['0', '0.1', '[96,128]']: commas inside brackets or braces stay."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur).strip())
+    return out
+
+
+def parse_grid(items: list[str]) -> list[Axis]:
+    """The axes of ``--grid KEY=V1,V2,...`` flags; ConfigError says what is wrong with one."""
+    axes: list[Axis] = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(
+                f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid loss.distill_lambda=0,0.1,1"
+            )
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        values = split_values(raw)
+        if not key:
+            raise ConfigError(f"--grid {item!r}: the key is empty")
+        if any(v == "" for v in values):
+            raise ConfigError(f"--grid {item!r}: an empty value; separate values by single commas")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {item!r}: a value is repeated")
+        if any(a.key == key for a in axes):
+            raise ConfigError(f"--grid {key}: given twice; put every value in one --grid flag")
+        if key.split(".")[0] in SHARED_PREFIXES or key == "data.natural":
+            raise ConfigError(
+                f"--grid {key}: the sweep trains the teacher and the predistillation once and "
+                "shares them between the points, so this cannot vary; set it with --set, or run "
+                "one sweep per value"
+            )
+        if key in OWN_KEYS:
+            raise ConfigError(f"--grid {key}: the sweep sets {key} itself (one folder per point)")
+        if key == INIT_KEY:
+            bad = [v for v in values if v not in INIT_VALUES]
+            if bad:
+                raise ConfigError(
+                    f"--grid {INIT_KEY}={','.join(values)}: {bad} not understood; use "
+                    f"{' and/or '.join(INIT_VALUES)} (with or without predistillation)"
+                )
+        axes.append(Axis(key, values))
+    keys = {a.key for a in axes}
+    if INIT_KEY in keys and "distill.init_from" in keys:
+        raise ConfigError(
+            f"--grid {INIT_KEY} and --grid distill.init_from both choose where the students "
+            "start; keep one"
+        )
+    return axes
+
+
+def _short(key: str, axes: list[Axis]) -> str:
+    last = key.split(".")[-1]
+    if key == INIT_KEY:
+        return "init"
+    clash = sum(1 for a in axes if a.key.split(".")[-1] == last) > 1
+    return key if clash else last
+
+
+def _clean(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", value).strip("_") or "empty"
+
+
+def grid_points(axes: list[Axis]) -> list[Point]:
+    """The cartesian product of the axes, first axis slowest, each with a distinct folder name
+    such as ``distill_lambda-0.1__init-scratch``."""
+    points, seen = [], set()
+    for combo in itertools.product(*(a.values for a in axes)):
+        values = {a.key: v for a, v in zip(axes, combo, strict=True)}
+        name = "__".join(f"{_short(k, axes)}-{_clean(v)}" for k, v in values.items())
+        base, n = name, 2
+        while name in seen:
+            name, n = f"{base}_{n}", n + 1
+        seen.add(name)
+        points.append(Point(name, values))
+    return points
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass
+class Plan:
+    """What the sweep runs: the upstream folders, the points and their overrides."""
+
+    config: Path
+    out: Path
+    sets: list[str]
+    axes: list[Axis]
+    points: list[Point]
+    teacher: str
+    """teacher.checkpoint of every point (the recipe's, or trained by the sweep, or --from's)."""
+    predistill: str | None
+    """Folder of the predistilled students (None when no point needs it)."""
+    train_teacher: bool
+    train_predistill: bool
+
+
+def plan_sweep(
+    config: Path,
+    out: Path,
+    grid: list[str],
+    sets: list[str] | tuple[str, ...] = (),
+    source: Path | None = None,
+) -> Plan:
+    """Validate the grid against the recipe and work out every stage's overrides, before
+    anything runs (a bad key or value fails here, naming the --grid flag)."""
+    config, out, sets = Path(config), Path(out), list(sets)
+    if not config.is_file():
+        raise ConfigError(f"sweep: recipe {config} not found; see configs/ for examples")
+    axes = parse_grid(grid)
+    if not axes:
+        raise ConfigError("sweep: give at least one --grid KEY=V1,V2,...")
+    base = load_config(config, sets)
+    for axis in axes:
+        if axis.key == INIT_KEY:
+            continue
+        for value in axis.values:
+            try:
+                load_config(config, [*sets, f"{axis.key}={value}"])
+            except ConfigError as exn:
+                raise ConfigError(f"--grid {axis.key}={value}: {exn}") from exn
+
+    source = Path(source) if source is not None else None
+    teacher = base.teacher.checkpoint or str(
+        (source or out) / "teacher" / "export" / "teacher.safetensors"
+    )
+    predistill_dir = base.distill.init_from or str((source or out) / "predistill")
+
+    points = grid_points(axes)
+    needs_teacher = needs_predistill = False
+    for point in points:
+        grid_sets = [f"{k}={v}" for k, v in point.values.items() if k != INIT_KEY]
+        resolved = load_config(config, [*sets, *grid_sets])
+        extra: list[str] = []
+        if resolved.teacher.checkpoint is None:
+            extra.append(f"teacher.checkpoint={teacher}")
+            needs_teacher = True
+        if point.values.get(INIT_KEY, "predistilled") == "scratch":
+            extra.append("distill.init_from=null")
+            extra += [
+                f"students.{i}.init_from=null"
+                for i, s in enumerate(resolved.students)
+                if s.init_from is not None
+            ]
+        elif resolved.distill.init_from is None:
+            extra.append(f"distill.init_from={predistill_dir}")
+            needs_predistill = True
+        point.overrides = [*grid_sets, *extra]
+        try:
+            load_config(config, [*sets, *point.overrides])
+        except ConfigError as exn:
+            raise ConfigError(f"sweep point {point.name}: {exn}") from exn
+    if source is not None:
+        if needs_teacher and not Path(teacher).is_file():
+            raise VlcdError(f"sweep --from {source}: no teacher at {teacher}")
+        if needs_predistill and not (Path(predistill_dir) / "export").is_dir():
+            raise VlcdError(
+                f"sweep --from {source}: no predistilled students in {predistill_dir}/export"
+            )
+    return Plan(
+        config=config,
+        out=out,
+        sets=sets,
+        axes=axes,
+        points=points,
+        teacher=teacher,
+        predistill=predistill_dir if needs_predistill else None,
+        train_teacher=source is None and needs_teacher,
+        train_predistill=source is None and base.distill.init_from is None and needs_predistill,
+    )
+
+
+def _ensure_builtin_shards(cfg: TrainConfig) -> None:
+    """Write the demo's shard sets when the recipe points at them and they are missing."""
+    from vlcd_dist.train.demo import REPO, ensure_shards
+
+    builtin = {(REPO / "shards" / "demo" / n).resolve() for n in ("placenta", "natural")}
+    if {Path(cfg.data.placenta).resolve(), Path(cfg.data.natural).resolve()} <= builtin:
+        ensure_shards(cfg)
+
+
+def run_sweep(
+    config: Path,
+    out: Path,
+    grid: list[str],
+    sets: list[str] | tuple[str, ...] = (),
+    nproc: int | None = None,
+    source: Path | None = None,
+    dry_run: bool = False,
+    eval_sets: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any] | None:
+    """Run (or, with ``dry_run``, print) the sweep and write its summary. ``eval_sets`` are
+    overrides of the eval stages only (``--degrade``). Returns sweep.json's content (None on a
+    dry run)."""
+    from vlcd_dist.train.demo import default_nproc, run_stage, stage_env
+
+    plan = plan_sweep(config, out, grid, sets, source)
+    if eval_sets:
+        load_config(plan.config, [*plan.sets, *eval_sets])
+    print(
+        f"==> vlcd sweep: {len(plan.points)} point(s) "
+        f"({' x '.join(f'{a.key}: {len(a.values)}' for a in plan.axes)}), output {plan.out}",
+        flush=True,
+    )
+    if dry_run:
+        print(f"teacher: {plan.teacher}" + (" (trained first)" if plan.train_teacher else ""))
+        if plan.predistill:
+            print(
+                f"predistill: {plan.predistill}" + (" (run first)" if plan.train_predistill else "")
+            )
+        for p in plan.points:
+            print(f"{plan.out / p.name}: " + " ".join(f"--set {s}" for s in p.overrides))
+        if eval_sets:
+            print("eval stages also: " + " ".join(f"--set {s}" for s in eval_sets))
+        return None
+    _ensure_builtin_shards(load_config(plan.config, plan.sets))
+    nproc = nproc or default_nproc()
+    env = stage_env(nproc)
+    rerun = "the same vlcd sweep command"
+    if plan.train_teacher:
+        run_stage("train-teacher", plan.out / "teacher", plan.config, plan.sets, nproc, env, rerun)
+    if plan.train_predistill:
+        sets = [*plan.sets]
+        if load_config(plan.config, plan.sets).teacher.checkpoint is None:
+            sets.append(f"teacher.checkpoint={plan.teacher}")
+        run_stage("predistill", plan.out / "predistill", plan.config, sets, nproc, env, rerun)
+    for i, point in enumerate(plan.points, 1):
+        folder = plan.out / point.name
+        print(f"==> point {i}/{len(plan.points)}: {point.name}", flush=True)
+        sets = [*plan.sets, *point.overrides]
+        run_stage("distill", folder / "distill", plan.config, sets, nproc, env, rerun)
+        sets += [f"eval.students_from={folder / 'distill'}", *eval_sets]
+        run_stage("eval", folder / "eval", plan.config, sets, nproc, env, rerun)
+    summary = summarize(plan)
+    write_outputs(plan.out, summary)
+    print()
+    print(sweep_table(summary).markdown())
+    print(f"sweep: {plan.out / 'sweep.md'}, {plan.out / 'sweep.png'}, {plan.out / 'sweep.json'}")
+    print(f"TensorBoard: tensorboard --logdir {plan.out / 'tb'} (HPARAMS tab)")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, table and plot
+
+
+def summarize(plan: Plan) -> dict[str, Any]:
+    """sweep.json: the grid, and per point its values, overrides and AUCs (from eval)."""
+    points, students, tasks, degrade = [], [], [], None
+    for p in plan.points:
+        path = plan.out / p.name / "eval" / "report.json"
+        entry: dict[str, Any] = {
+            "name": p.name,
+            "values": p.values,
+            "overrides": p.overrides,
+            "report": f"{p.name}/eval/report.json" if path.is_file() else None,
+        }
+        if path.is_file():
+            report = json.loads(path.read_text())
+            models = report["models"]
+            tasks = tasks or list(report["tasks"])
+            names = [n for n, r in models.items() if r.get("kind") == "student"]
+            students += [n for n in names if n not in students]
+            entry["auc_mean"] = {n: models[n]["auc_mean"] for n in names}
+            entry["auc"] = {n: models[n]["auc"] for n in names}
+            entry["latency_ms"] = {n: models[n].get("latency_ms") for n in names}
+            teacher = models.get("teacher")
+            entry["teacher_auc_mean"] = teacher["auc_mean"] if teacher else None
+            if report.get("degrade"):
+                entry["degraded_auc_mean"] = {n: degraded_mean(report, n) for n in names}
+                entry["teacher_degraded_auc_mean"] = degraded_mean(report, "teacher")
+                degrade = degrade or degrade_description(report)
+        points.append(entry)
+    return {
+        "recipe": str(plan.config),
+        "overrides": plan.sets,
+        "grid": [{"key": a.key, "values": a.values} for a in plan.axes],
+        "teacher": plan.teacher,
+        "predistill": plan.predistill,
+        "tasks": tasks,
+        "students": students,
+        "degrade": degrade,
+        "points": points,
+    }
+
+
+def _label(key: str) -> str:
+    return "init" if key == INIT_KEY else key.split(".")[-1]
+
+
+def sweep_table(summary: dict[str, Any]) -> Table:
+    """Grid point x student mean AUC (and degraded mean AUC); the best of a column in bold."""
+    keys = [g["key"] for g in summary["grid"]]
+    students = summary["students"]
+    degraded = summary.get("degrade") is not None
+    teachers = {p.get("teacher_auc_mean") for p in summary["points"] if p.get("report")}
+    teacher_col = len(teachers) > 1
+    header = [_label(k) for k in keys]
+    cols: list[tuple[str, str, bool]] = []  # (model, field, degraded)
+    for s in students:
+        cols.append((s, "auc_mean", False))
+        if degraded:
+            cols.append((s, "degraded_auc_mean", True))
+    if teacher_col:
+        cols.append(("teacher", "teacher_auc_mean", False))
+        if degraded:
+            cols.append(("teacher", "teacher_degraded_auc_mean", True))
+    first = len(header)
+    header += [f"{m} degraded" if d else m for m, _, d in cols]
+    rows, values = [], []
+    for p in summary["points"]:
+        row = [p["values"][k] for k in keys]
+        vals: list[Any] = [None] * len(row)
+        for model, key, _ in cols:
+            got = p.get(key)
+            v = got.get(model) if isinstance(got, dict) else got
+            row.append(fmt(v) if p.get("report") else "not run")
+            vals.append(v)
+        rows.append(row)
+        values.append(vals)
+    numeric_keys = {
+        i for i, g in enumerate(summary["grid"]) if all(_number(v) is not None for v in g["values"])
+    }
+    table = Table(header, rows, numeric=numeric_keys | set(range(first, len(header))))
+    table.bold_best(range(first, len(header)), values)
+    if degraded:
+        models = list(dict.fromkeys(m for m, _, _ in cols))
+        table.groups = [("", first), *((m, 2) for m in models)]
+        table.short_header = header[:first] + ["degraded" if d else "clean" for _, _, d in cols]
+    return table
+
+
+def sweep_notes(summary: dict[str, Any]) -> str:
+    """What the sweep table shows, in one paragraph."""
+    points = summary["points"]
+    done = sum(1 for p in points if p.get("report"))
+    grid = " x ".join(f"{g['key']} in {{{', '.join(g['values'])}}}" for g in summary["grid"])
+    text = (
+        f"Recipe {summary['recipe']}, {len(points)} points ({grid}), {done} evaluated; each "
+        "point is one distill of every student and one eval. Cells: mean test AUC-ROC over the "
+        f"{len(summary['tasks']) or '?'} tasks (linear probes); bold: the best of a column. "
+        "Each point's folder is named after its values, e.g. "
+        f"{points[0]['name'] if points else 'distill_lambda-0.1'}/."
+    )
+    teachers = {p.get("teacher_auc_mean") for p in points if p.get("report")}
+    if len(teachers) == 1 and None not in teachers:
+        text += f" The teacher (the same in every point) has mean AUC {fmt(next(iter(teachers)))}."
+    if summary.get("degrade"):
+        text += (
+            f" Degraded: the mean AUC averaged over {summary['degrade']} (probes fitted on clean "
+            "images)."
+        )
+    if any(g["key"] == INIT_KEY for g in summary["grid"]):
+        text += (
+            " init: predistilled students start from the predistillation; scratch ones from "
+            "their configured initialisation."
+        )
+    return text
+
+
+def sweep_chart(summary: dict[str, Any]) -> Any:
+    """Mean AUC against the swept value: lambda when it is an axis, else the first numeric
+    axis, else the points in order; a colour per student, a line style per combination of the
+    other axes (e.g. predistilled / scratch). Two panels (clean, degraded) when degraded AUCs
+    exist. Returns a uint8 RGB array."""
+    import numpy as np
+
+    from vlcd_dist.train.plots import Series, line_chart
+
+    grid = summary["grid"]
+    keys = [g["key"] for g in grid]
+    numeric = [g["key"] for g in grid if all(_number(v) is not None for v in g["values"])]
+    x_key = LAMBDA_KEY if LAMBDA_KEY in keys else (numeric[0] if numeric else None)
+    points = [p for p in summary["points"] if p.get("report")]
+    if x_key is not None:
+        others = [k for k in keys if k != x_key]
+        tick_labels = None
+        x_of = {p["name"]: _number(p["values"][x_key]) for p in points}
+        x_label = f"{x_key}" + (" (0: no distillation terms)" if x_key == LAMBDA_KEY else "")
+    else:
+        others = keys[1:]
+        firsts = list(dict.fromkeys(p["values"][keys[0]] for p in points))
+        x_of = {p["name"]: float(firsts.index(p["values"][keys[0]])) for p in points}
+        tick_labels = {float(i): v for i, v in enumerate(firsts)}
+        x_label = keys[0]
+    combos = list(dict.fromkeys(tuple(p["values"][k] for k in others) for p in points))
+
+    def combo_label(combo: tuple[str, ...]) -> str:
+        parts = []
+        for k, v in zip(others, combo, strict=True):
+            if k == INIT_KEY:
+                parts.append("predistilled" if v == "predistilled" else "from scratch")
+            else:
+                parts.append(f"{_label(k)}={v}")
+        return ", ".join(parts)
+
+    students = summary["students"]
+
+    def panel(field_name: str, title: str) -> np.ndarray:
+        series = []
+        for si, student in enumerate(students):
+            for ci, combo in enumerate(combos):
+                chosen = [p for p in points if tuple(p["values"][k] for k in others) == combo]
+                xs = [x_of[p["name"]] for p in chosen]
+                ys = [
+                    float(v)
+                    if isinstance(v := (p.get(field_name) or {}).get(student), (int, float))
+                    else float("nan")
+                    for p in chosen
+                ]
+                series.append(Series(f"{student} {combo_label(combo)}", xs, ys, si, ci))
+        legend: list[tuple[str, int | None, int | None]] = [
+            (s, i, None) for i, s in enumerate(students)
+        ]
+        if len(combos) > 1:
+            legend += [(combo_label(c), None, i) for i, c in enumerate(combos)]
+        return line_chart(
+            series, title=title, x_label=x_label, legend=legend, x_tick_labels=tick_labels
+        )
+
+    images = [panel("auc_mean", "students' mean test AUC (clean test images)")]
+    if summary.get("degrade"):
+        images.append(panel("degraded_auc_mean", f"mean test AUC, degraded: {summary['degrade']}"))
+    width = max(im.shape[1] for im in images)
+    padded = [
+        np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0)), constant_values=255) for im in images
+    ]
+    return np.concatenate(padded, axis=0)
+
+
+def write_outputs(out: Path, summary: dict[str, Any]) -> None:
+    """sweep.json, sweep.md, sweep.png and TensorBoard (OUT/tb, rewritten each time)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(summary, indent=1))
+    table = sweep_table(summary)
+    md = f"# VLCD sweep\n\n{table.markdown()}\n{sweep_notes(summary)}\n\n![sweep](sweep.png)\n"
+    (out / "sweep.md").write_text(md)
+    done = [p for p in summary["points"] if p.get("report")]
+    (out / "sweep.png").unlink(missing_ok=True)
+    chart = sweep_chart(summary) if done and summary["students"] else None
+    if chart is not None:
+        Image.fromarray(chart).save(out / "sweep.png")
+    else:
+        (out / "sweep.md").write_text(md.replace("\n![sweep](sweep.png)\n", ""))
+    _tensorboard(out / "tb", summary, chart, table.markdown())
+
+
+def _tensorboard(folder: Path, summary: dict[str, Any], chart: Any, table: str) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for p in summary["points"]:
+            if not p.get("report"):
+                continue
+            hparams: dict[str, Any] = {}
+            for key, value in p["values"].items():
+                number = _number(value)
+                hparams[key] = number if number is not None else value
+            metrics = {f"auc_mean/{s}": v for s, v in p["auc_mean"].items() if v is not None}
+            for s, v in (p.get("degraded_auc_mean") or {}).items():
+                if v is not None:
+                    metrics[f"degraded_auc_mean/{s}"] = v
+            writer.add_hparams(hparams, metrics, run_name=p["name"])
+        if chart is not None:
+            writer.add_image("sweep/mean_auc", chart, 0, dataformats="HWC")
+        writer.add_text("sweep/table", table.replace(DASH, "-"), 0)
+    finally:
+        writer.close()
