@@ -45,8 +45,7 @@ def main() -> None:
             # Parameters only: batch-norm statistics are per rank by design (DDP broadcasts
             # rank 0's at the start of every forward), parameters must agree exactly.
             "hashes": {
-                t.name: state_dict_hash(dict(t.module.named_parameters()))
-                for t in trainer.trainees
+                t.name: state_dict_hash(dict(t.module.named_parameters())) for t in trainer.trainees
             },
             "counters": state.counters,
         }
