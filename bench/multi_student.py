@@ -87,7 +87,7 @@ def main() -> int:
                 "shards",
                 "placenta",
                 "--synthetic",
-                "64",
+                str(max(64, 4 * args.batch)),  # the train split must hold 2 batches
                 "--image-size",
                 "128x96",
                 "--shard-size",
