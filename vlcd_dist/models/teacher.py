@@ -287,8 +287,13 @@ def create_teacher(cfg: TeacherConfig | str, **overrides: object) -> VisionLangu
     return teacher
 
 
-def save_teacher(teacher: VisionLanguageTeacher, path: str | Path) -> Path:
-    """Write the teacher's weights as safetensors, its config in the metadata. Returns the path.
+def save_teacher(
+    teacher: VisionLanguageTeacher,
+    path: str | Path,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the teacher's weights (or ``state``, full-precision weights a training backend
+    supplies) as safetensors, its config in the metadata. Returns the path.
 
     Reload with ``create_teacher(dataclasses.replace(cfg, checkpoint=str(path)))``.
     """
@@ -296,7 +301,8 @@ def save_teacher(teacher: VisionLanguageTeacher, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}
+    source = teacher.state_dict() if state is None else state
+    state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
     metadata = {"teacher_config": json.dumps(teacher.cfg.to_dict()), "format": "vlcd-teacher/1"}
     save_file(state, str(path), metadata=metadata)
     return path

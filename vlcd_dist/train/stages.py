@@ -211,8 +211,9 @@ class TeacherTrainer(Trainer):
         cfg, backend = self.cfg, self.backend
         export = self.out / "export"
         teacher_path = export / TEACHER_FILE
+        weights = backend.export_state(self.trainee)  # collective under ZeRO
         if backend.is_main:
-            save_teacher(self.teacher, teacher_path)
+            save_teacher(self.teacher, teacher_path, weights)
             info = {
                 "teacher_config": self.teacher.cfg.to_dict(),
                 "stage": self.stage,
