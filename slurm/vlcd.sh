@@ -16,7 +16,7 @@
 #SBATCH --time=24:00:00             # wall-clock limit of one run (the job requeues itself)
 #SBATCH --requeue                   # allow requeue after preemption or the pre-timeout signal
 #SBATCH --open-mode=append          # a requeued run appends to the same log
-#SBATCH --signal=B:USR1@300         # 5 minutes before the limit: requeue, then resume (below)
+#SBATCH --signal=B:USR1@300         # 5 minutes before the limit: checkpoint, requeue, resume
 #SBATCH --output=slurm-vlcd-%j.out  # log file (%j = job id)
 #
 # ---- What you set per submission (environment variables) ---------------------------------------
@@ -60,12 +60,36 @@ fi
 echo "[vlcd] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): stage=$STAGE config=$CONFIG" \
      "nodes=$SLURM_NNODES procs/node=$PROCS master=$MASTER_ADDR:$MASTER_PORT"
 
+# The pre-timeout signal (B: in --signal) reaches this script only. Training stages: forward it
+# to the training processes (every process of the job's steps); they agree on a step, save a
+# checkpoint, and rank 0 runs `scontrol requeue` itself, after the checkpoint is complete.
+# SLURM then starts the script again, as restart 1, 2, ..., which resumes (above): nothing is
+# redone. eval has no checkpoints: the script requeues it directly and it starts over.
+# Either way exactly one requeue per signal. (The training processes handle run.preempt_signal,
+# SIGUSR1 by default: change both together.)
+JOB_FOR_REQUEUE=$SLURM_JOB_ID
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+  JOB_FOR_REQUEUE=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+fi
+on_usr1() {
+  if [ "$STAGE" = eval ]; then
+    echo "[vlcd] time limit near (SIGUSR1): requeueing job $JOB_FOR_REQUEUE"
+    scontrol requeue "$JOB_FOR_REQUEUE" || echo "[vlcd] scontrol requeue failed; the job will time out"
+  else
+    echo "[vlcd] time limit near (SIGUSR1): asking the training processes to checkpoint and requeue"
+    scancel --signal=USR1 "$SLURM_JOB_ID" || echo "[vlcd] could not signal the job steps"
+  fi
+}
+trap on_usr1 USR1
+
 # srun starts one launcher per node; SLURM_NODEID is that node's machine rank. accelerate's
 # static rendezvous numbers the ranks node by node, so node i holds ranks i*PROCS..i*PROCS+PROCS-1
 # (each rank also prints a "vlcd: rank R/W ... on NODE" line when it starts).
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '
   echo "[vlcd] node $SLURMD_NODENAME ($(hostname -s)): machine rank $SLURM_NODEID," \
        "ranks $((SLURM_NODEID * PROCS))-$((SLURM_NODEID * PROCS + PROCS - 1))"
+  # The launcher does not handle USR1 (it would die of it); the training processes do.
+  trap "" USR1
   exec "$VENV/bin/accelerate" launch --multi_gpu \
     --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
     --num_processes $((SLURM_NNODES * PROCS)) \
@@ -75,14 +99,6 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '
 ' &
 SRUN_PID=$!
 
-# The pre-timeout signal reaches this script (B: in --signal). Requeue the job: SLURM stops the
-# training processes (SIGTERM, then SIGKILL) and starts the script again, as restart 1, 2, ...,
-# which resumes (above). Work since the last checkpoint.every_steps checkpoint is redone.
-requeue() {
-  echo "[vlcd] time limit near (SIGUSR1): requeueing job $SLURM_JOB_ID"
-  scontrol requeue "$SLURM_JOB_ID" || echo "[vlcd] scontrol requeue failed; the job will time out"
-}
-trap requeue USR1
 while true; do
   wait "$SRUN_PID" && STATUS=0 || STATUS=$?
   # wait returns early (status > 128) when a trapped signal arrives; keep waiting for srun.

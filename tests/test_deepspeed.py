@@ -124,6 +124,20 @@ class _Payload:
         return (pathlib.Path.write_text, (self.target, "written by a pickle payload"))
 
 
+def _reseal(checkpoint: Path) -> None:
+    """Make meta.json's file list and COMPLETE match the files as they are now."""
+    import hashlib
+
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    for rel in meta["files"]:
+        data = (checkpoint / rel).read_bytes()
+        meta["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    text = json.dumps(meta, indent=1)
+    (checkpoint / "meta.json").write_text(text)
+    seal = {"step": meta["step"], "meta_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (checkpoint / "COMPLETE").write_text(json.dumps(seal))
+
+
 def test_deepspeed_checkpoint_with_pickle_payload_is_refused(
     zero_runs, tiny_recipe, distill_sets, tmp_path
 ) -> None:
@@ -131,6 +145,9 @@ def test_deepspeed_checkpoint_with_pickle_payload_is_refused(
     target = tmp_path / "pwned.txt"
     engine = out / "checkpoints" / f"step_{RESUME_FROM:06d}" / STUDENTS[0] / "engine"
     torch.save({"module": _Payload(target)}, engine / "mp_rank_00_model_states.pt")
+    # As planted, the checkpoint no longer matches its own file list and is refused before any
+    # engine file is opened; a crafted one lists the new file, and the loader itself refuses it.
+    _reseal(engine.parents[1])
     proc = deepspeed_distill(
         tiny_recipe, out, distill_sets, "--set", "run.zero_stage=1", "--resume", check=False
     )

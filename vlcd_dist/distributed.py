@@ -114,6 +114,23 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
     )
 
 
+def slurm_requeue_id(env: dict[str, str] | None = None) -> str | None:
+    """The id ``scontrol requeue`` takes for this SLURM batch job, or None outside one.
+
+    An array task is named ``ARRAYJOB_TASK`` (SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID), which
+    requeues that task only; any other job by SLURM_JOB_ID. ``env`` defaults to the process
+    environment.
+    """
+    env = dict(os.environ) if env is None else env
+    job = env.get("SLURM_JOB_ID", "").strip()
+    if not job:
+        return None
+    array, task = env.get("SLURM_ARRAY_JOB_ID", "").strip(), env.get("SLURM_ARRAY_TASK_ID", "")
+    if array and task.strip():
+        return f"{array}_{task.strip()}"
+    return job
+
+
 # ---------------------------------------------------------------------------------------------
 # Collectives. Every function degrades to the identity for a world of one (torch.distributed not
 # available or not initialised) so that library code calls them unconditionally. The losses call
@@ -135,6 +152,27 @@ def rank_and_world() -> tuple[int, int]:
     if not is_distributed():
         return 0, 1
     return torch_dist.get_rank(), torch_dist.get_world_size()
+
+
+# gloo raises plain RuntimeErrors, e.g. "[.../gloo/transport/tcp/pair.cc:545] Read error ...:
+# Connection reset by peer" when a peer process is gone and "[.../gloo/transport/tcp/
+# unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation to complete" past the
+# process-group timeout (measured with torch 2.14); NCCL's errors are DistBackendErrors.
+_PEER_FAILURE_TEXT = (
+    "gloo/transport",
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Timed out waiting",
+)
+
+
+def is_collective_failure(exn: BaseException) -> bool:
+    """True when ``exn`` comes from a collective that failed because another rank exited,
+    lost its connection, or did not answer within the process-group timeout."""
+    dist_error = getattr(torch_dist, "DistError", None)
+    if dist_error is not None and isinstance(exn, dist_error):
+        return True
+    return isinstance(exn, RuntimeError) and any(t in str(exn) for t in _PEER_FAILURE_TEXT)
 
 
 def _collective_device(like: torch.Tensor | None = None) -> torch.device:

@@ -454,18 +454,49 @@ class ShardLoader:
         generator = torch.Generator().manual_seed(
             int(np.random.default_rng([self.cfg.seed, self.epoch, self.rank]).integers(2**62))
         )
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,
-            num_workers=self.cfg.num_workers,
-            generator=generator,
-            persistent_workers=False,
-            prefetch_factor=4 if self.cfg.num_workers > 0 else None,
-        )
-        for n, batch in enumerate(loader):
-            if n >= self.plan.batches:
-                break
-            self.skipped.update(batch["skipped"])
+        if self.cfg.num_workers == 0:
+            batches: Iterator[dict[str, Any]] = self._in_process(generator)
+        else:
+            batches = iter(
+                DataLoader(
+                    self.dataset,
+                    batch_size=None,
+                    num_workers=self.cfg.num_workers,
+                    generator=generator,
+                    persistent_workers=False,
+                    prefetch_factor=4,
+                )
+            )
+        try:
+            for n, batch in enumerate(batches):
+                if n >= self.plan.batches:
+                    break
+                self.skipped.update(batch["skipped"])
+                yield batch
+        except DataError as exn:
+            # From a worker, the message starts with the worker's traceback; keep the cause.
+            text = str(exn)
+            if "Traceback" not in text:
+                raise
+            raise DataError(text.rsplit("DataError: ", 1)[-1].strip()) from None
+
+    def _in_process(self, generator: torch.Generator) -> Iterator[dict[str, Any]]:
+        """Batches made in this process (num_workers=0) with the torch RNG stream DataLoader
+        worker 0 would have. Augmentation then neither draws from nor disturbs the training
+        process's RNG: a resumed run, which re-reads the consumed batches of its epoch, goes on
+        with the same random numbers as a run that never stopped (and 0 workers give the same
+        batches as 1)."""
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+        state = torch.Generator().manual_seed(seed).get_state()
+        it = iter(self.dataset)
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                state = torch.get_rng_state()
             yield batch
 
 

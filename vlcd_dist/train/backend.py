@@ -203,7 +203,11 @@ class AccelerateBackend(Backend):
     """
 
     def __init__(
-        self, mixed_precision: str = "no", cpu: bool = False, channels_last: bool = False
+        self,
+        mixed_precision: str = "no",
+        cpu: bool = False,
+        channels_last: bool = False,
+        collective_timeout_s: float | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -213,7 +217,12 @@ class AccelerateBackend(Backend):
                 "run.mixed_precision=fp16 needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
             )
         # Precision is ours (per-trainee scalers), so Accelerate itself runs in fp32 mode.
-        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision="no")
+        handlers = []
+        if collective_timeout_s is not None:
+            handlers.append(process_group_timeout(collective_timeout_s))
+        self.accelerator = Accelerator(
+            cpu=use_cpu, mixed_precision="no", kwargs_handlers=handlers or None
+        )
         state = self.accelerator.state
         self.device = self.accelerator.device
         self.rank = int(state.process_index)
@@ -275,6 +284,21 @@ def create_backend(name: str = "accelerate", **kwargs: Any) -> Backend:
 
         return DeepSpeedBackend(**kwargs)
     raise VlcdError(f"unknown backend {name!r}: use 'accelerate' or 'deepspeed'")
+
+
+def process_group_timeout(seconds: float) -> Any:
+    """Accelerate's InitProcessGroupKwargs with this collective timeout: a collective that
+    waits longer than ``seconds`` for another rank raises instead of hanging."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    timeout = timedelta(seconds=seconds)
+    # Accelerate passes on only the fields that differ from its defaults (600 s), and torch's
+    # own default would then apply: nudge an exact 600 s by a microsecond so it is kept.
+    if timeout == InitProcessGroupKwargs().timeout:
+        timeout += timedelta(microseconds=1)
+    return InitProcessGroupKwargs(timeout=timeout)
 
 
 def configure_threads(threads: int | None, flush_denormal: bool) -> None:

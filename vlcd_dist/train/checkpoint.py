@@ -15,6 +15,13 @@ The folder is assembled under ``.tmp_step_NNNNNN``, every file fsynced, then ren
 and the parent fsynced, so a crash at any point leaves either the whole checkpoint or none.
 Nothing is unpickled on load: tensors come from safetensors, everything else from JSON.
 
+meta.json lists every file with its size and sha256, and COMPLETE holds the sha256 of meta.json,
+so a checkpoint damaged after it was written (a truncated or altered file, a deleted student
+folder) is recognised: :meth:`Checkpointer.latest` reports it and passes over it to the newest
+intact one, and refuses to pick anything (rather than start from step 0) when only damaged ones
+are left. A save of a step that already has a checkpoint moves the old one aside
+(``.old_step_NNNNNN``) until the new one is in place, and ``keep_last`` prunes only after.
+
 Designed for the later reliability issues: the data position (epoch, batches consumed in it)
 makes an exact resume possible (ShardLoader's order is a pure function of seed and epoch); the
 per-trainee counters carry NaN-skip counts; a checkpoint is self-describing (meta.json), so a
@@ -23,6 +30,7 @@ preemption handler only needs to call :meth:`Checkpointer.save`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +57,11 @@ logger = logging.getLogger(__name__)
 FORMAT = "vlcd-checkpoint/1"
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 MARKER = "COMPLETE"
+OLD_PREFIX = ".old_"
+TMP_PREFIX = ".tmp_"
+PAUSE_ENV = "VLCD_TEST_SAVE_PAUSE"
+"""Tests only: "STEP:SECONDS" (or "SECONDS": every save) sleeps between two trainees' files of
+that step's save, so a test can kill the process in the middle of a checkpoint."""
 
 
 class CheckpointError(VlcdError):
@@ -62,6 +75,7 @@ class TrainState:
     step: optimizer steps done. epoch: current epoch of the loader. batch_in_epoch: batches of
     that epoch already consumed. samples: samples seen on all ranks. counters: per trainee,
     e.g. {"skipped_steps": 0}. teacher_forwards: frozen-teacher batches run (distill stages).
+    skipped_samples: bad samples skipped so far on all ranks, per kind (data.SKIP_KINDS).
     """
 
     step: int = 0
@@ -70,6 +84,7 @@ class TrainState:
     samples: int = 0
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     teacher_forwards: int = 0
+    skipped_samples: dict[str, int] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +171,67 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest(root: Path) -> dict[str, dict[str, Any]]:
+    """{path relative to root: {"size": bytes, "sha256": hex}} of every file under root."""
+    files = {}
+    for file in sorted(root.rglob("*")):
+        if file.is_file():
+            rel = file.relative_to(root).as_posix()
+            files[rel] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+    return files
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """None when ``path`` is a readable safetensors file (its header parses and the tensors it
+    describes end exactly at the end of the file); otherwise what is wrong. Reads the header
+    only."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, too short for a safetensors file"
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if length > size - 8:
+            return f"{size} bytes, shorter than its header says (truncated, or not safetensors)"
+        try:
+            header = json.loads(f.read(length))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exn:
+            return f"unreadable safetensors header ({type(exn).__name__})"
+    expected = 8 + length + max(ends, default=0)
+    if expected != size:
+        return f"{size} bytes, its header describes {expected} (truncated or altered)"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as exn:
+        return f"unreadable JSON ({exn})"
+    return None
+
+
+def _save_pause(step: int) -> None:
+    """Tests only: sleep as :data:`PAUSE_ENV` says (see there)."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    at, _, seconds = spec.rpartition(":")
+    if at and int(at) != step:
+        return
+    logger.warning("%s: pausing %s s inside the save of step %d", PAUSE_ENV, seconds, step)
+    time.sleep(float(seconds))
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
@@ -216,19 +292,111 @@ class Checkpointer:
     # -- finding ---------------------------------------------------------------------------
 
     def complete(self) -> list[tuple[int, Path]]:
-        """(step, folder) of every complete checkpoint, oldest first."""
-        found = []
+        """(step, folder) of every checkpoint with its COMPLETE marker, oldest first (intact or
+        not: see :meth:`problems`). ``.old_step_N`` counts only when ``step_N`` is absent (a
+        crash between the two renames of a save that replaced step N)."""
+        found: dict[int, Path] = {}
         if self.folder.is_dir():
             for path in self.folder.iterdir():
-                match = STEP_DIR.match(path.name)
-                if match and path.is_dir() and (path / MARKER).is_file():
-                    found.append((int(match.group(1)), path))
-        return sorted(found)
+                old = path.name.startswith(OLD_PREFIX)
+                match = STEP_DIR.match(path.name[len(OLD_PREFIX) :] if old else path.name)
+                if not (match and path.is_dir() and (path / MARKER).is_file()):
+                    continue
+                step = int(match.group(1))
+                if not old or step not in found:
+                    found[step] = path
+        return sorted(found.items())
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint, or None."""
-        found = self.complete()
-        return found[-1][1] if found else None
+        """The newest complete and intact checkpoint; None when there is no complete one at all.
+
+        A damaged checkpoint is logged (folder and what is wrong) and passed over in favour of
+        the previous one; when every complete checkpoint is damaged this raises
+        :class:`CheckpointError` instead of letting the run start again from step 0."""
+        damaged: list[tuple[Path, list[str]]] = []
+        for _, path in reversed(self.complete()):
+            problems = self.problems(path)
+            if not problems:
+                if damaged:
+                    logger.warning("resuming from %s, the newest intact checkpoint", path)
+                return path
+            logger.warning("checkpoint %s is damaged and is skipped: %s", path, "; ".join(problems))
+            damaged.append((path, problems))
+        if damaged:
+            listing = "; ".join(f"{p} ({', '.join(pr)})" for p, pr in damaged)
+            raise CheckpointError(
+                f"no intact checkpoint to resume from in {self.folder}: {listing}. Restore the "
+                "damaged files, or move the folder(s) away to start this stage from step 0"
+            )
+        return None
+
+    def problems(self, path: str | Path) -> list[str]:
+        """What is wrong with the checkpoint in ``path``; empty when it is complete and intact.
+
+        Checks: the COMPLETE marker; meta.json (readable, its sha256 as recorded in COMPLETE);
+        every trainee's folder with its weights, schedule and optimizer state (ours, or
+        DeepSpeed's ``engine/`` folder); every file listed in meta.json present with its size and
+        sha256; every safetensors header readable and matching the file's length; every JSON
+        file parsable. Checkpoints written before files were listed get all but the listing."""
+        from vlcd_dist.train.deepspeed_backend import ENGINE_TAG
+
+        path = Path(path)
+        if not (path / MARKER).is_file():
+            return [f"no {MARKER} marker (an interrupted save)"]
+        try:
+            marker = json.loads((path / MARKER).read_text() or "{}")
+            meta_bytes = (path / "meta.json").read_bytes()
+            meta = json.loads(meta_bytes)
+        except (OSError, ValueError) as exn:
+            return [f"meta.json or {MARKER} unreadable ({exn})"]
+        expected = marker.get("meta_sha256") if isinstance(marker, dict) else None
+        if expected and hashlib.sha256(meta_bytes).hexdigest() != expected:
+            return ["meta.json differs from what was written (sha256)"]
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            return [f"meta.json is not a {FORMAT} description"]
+        found: list[str] = []
+        bad: set[str] = set()
+        gone: set[str] = set()  # missing trainee folders: one message, not one per file
+        for name in meta.get("trainees", []):
+            sub = path / name
+            if not sub.is_dir():
+                found.append(f"student folder {name}/ is missing")
+                gone.add(name)
+                continue
+            for file in ("model.safetensors", "scheduler.json"):
+                if not (sub / file).is_file():
+                    found.append(f"{name}/{file} is missing")
+                    bad.add(f"{name}/{file}")
+            if not ((sub / "optimizer.json").is_file() or (sub / ENGINE_TAG).is_dir()):
+                found.append(f"{name}/ has no optimizer state (optimizer.json or {ENGINE_TAG}/)")
+        for rel, info in (meta.get("files") or {}).items():
+            file = path / rel
+            if rel in bad or rel.split("/", 1)[0] in gone:
+                continue
+            if not file.is_file():
+                found.append(f"{rel} is missing")
+                bad.add(rel)
+                continue
+            size = file.stat().st_size
+            if size != info.get("size"):
+                found.append(f"{rel} is {size} bytes, {info.get('size')} were written")
+                bad.add(rel)
+            elif info.get("sha256") and _sha256(file) != info["sha256"]:
+                found.append(f"{rel} differs from what was written (sha256)")
+                bad.add(rel)
+        for file in sorted(path.rglob("*")):
+            rel = file.relative_to(path).as_posix()
+            if rel in bad or not file.is_file():
+                continue
+            if file.suffix == ".safetensors":
+                problem = safetensors_problem(file)
+            elif file.suffix == ".json" and ENGINE_TAG not in file.relative_to(path).parts:
+                problem = _json_problem(file)
+            else:
+                continue
+            if problem:
+                found.append(f"{rel}: {problem}")
+        return found
 
     # -- saving ----------------------------------------------------------------------------
 
@@ -245,8 +413,9 @@ class Checkpointer:
         backend = self.backend
         name = f"step_{state.step:06d}"
         final = self.folder / name
-        tmp = self.folder / f".tmp_{name}"
+        tmp = self.folder / f"{TMP_PREFIX}{name}"
         if backend.is_main:
+            self._clear_leftovers()
             if tmp.exists():
                 shutil.rmtree(tmp)
             (tmp / "rng").mkdir(parents=True)
@@ -255,7 +424,9 @@ class Checkpointer:
         rng_file = tmp / "rng" / f"rank{backend.rank:05d}.safetensors"
         save_file(tensors, str(rng_file), metadata={"rest": json.dumps(rest)})
         # Collective: a ZeRO backend writes one optimizer partition per rank.
-        for trainee in trainees:
+        for i, trainee in enumerate(trainees):
+            if i:
+                _save_pause(state.step)
             backend.save_trainee(trainee, tmp / trainee.name)
         backend.barrier()
         if backend.is_main:
@@ -274,24 +445,52 @@ class Checkpointer:
                 "config": config,
                 "time": time.time(),
             }
-            write_text(tmp / "meta.json", json.dumps(meta, indent=1))
             write_text(tmp / "config.yaml", config_yaml)
-            write_text(tmp / MARKER, json.dumps({"step": state.step}))
+            meta["files"] = _manifest(tmp)  # every file above, so damage can be recognised
+            meta_text = json.dumps(meta, indent=1)
+            write_text(tmp / "meta.json", meta_text)
+            meta_sha = hashlib.sha256(meta_text.encode()).hexdigest()
+            write_text(tmp / MARKER, json.dumps({"step": state.step, "meta_sha256": meta_sha}))
             _fsync_tree(tmp)
+            old = None
             if final.exists():
-                shutil.rmtree(final)
+                # Keep the previous checkpoint of this step whole until the new one is in place.
+                old = self.folder / f"{OLD_PREFIX}{name}"
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(final, old)
             os.replace(tmp, final)
             _fsync_dir(self.folder)
-            self._prune()
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            self._prune(state.step)
             logger.info("checkpoint %s written", final)
         backend.barrier()
         return final
 
-    def _prune(self) -> None:
+    def _prune(self, step: int) -> None:
+        """Delete the oldest checkpoints so that ``keep_last`` remain with the one of ``step``
+        (just completed) among them. Later steps (left from before a resume) are not touched:
+        the run overwrites them when it gets there."""
         if self.keep_last <= 0:
             return
-        for _, path in self.complete()[: -self.keep_last]:
+        older = [path for s, path in self.complete() if s < step]
+        for path in older[: max(0, len(older) - (self.keep_last - 1))]:
             shutil.rmtree(path, ignore_errors=True)
+
+    def _clear_leftovers(self) -> None:
+        """Remove what crashed saves left: temporary folders, and old copies whose
+        replacement is in place (rank 0, before a save; one save runs at a time)."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.name.startswith(TMP_PREFIX) and STEP_DIR.match(path.name[len(TMP_PREFIX) :]):
+                shutil.rmtree(path, ignore_errors=True)
+            elif (
+                path.name.startswith(OLD_PREFIX)
+                and (self.folder / path.name[len(OLD_PREFIX) :] / MARKER).is_file()
+            ):
+                shutil.rmtree(path, ignore_errors=True)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -306,6 +505,9 @@ class Checkpointer:
         path = Path(path)
         if not (path / MARKER).is_file():
             raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+        problems = self.problems(path)
+        if problems:
+            raise CheckpointError(f"checkpoint {path} is damaged: {'; '.join(problems)}")
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")

@@ -227,7 +227,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
         runner.run()
     finally:
         runner.backend.close()
-    return 0
+    # A preempted stage checkpointed and stopped early: 0 (requeued, or rerun with --resume),
+    # or preemption.EXIT_NOT_REQUEUED on rank 0 when a SLURM requeue failed.
+    return int(getattr(runner, "exit_status", 0))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -68,6 +68,12 @@ class RunConfig:
     deepspeed_config: str | None = None
     """DeepSpeed JSON (e.g. launchers/deepspeed/zero2.json); its "auto" fields are filled from
     this recipe (batch size, accumulation, clipping, precision). None: built from zero_stage."""
+    preempt_signal: str | None = "SIGUSR1"
+    """Signal that makes every rank checkpoint and stop at the same step, then rank 0 requeue
+    the SLURM job (slurm/vlcd.sh forwards its --signal); None: not handled."""
+    collective_timeout_s: float = 1800.0
+    """Seconds a collective waits for a missing rank before this rank stops with an error
+    (process-group timeout): a rank that hangs cannot stall the others longer."""
 
 
 @dataclass
@@ -190,6 +196,9 @@ class OptimConfig:
     """Clip each model's gradient to this global L2 norm; None: no clipping (norm still logged)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step."""
+    max_consecutive_skips: int = 25
+    """Stop the run when one model's update is skipped (non-finite loss or gradient, fp16
+    overflows included) this many steps in a row; 0: never stop."""
 
 
 @dataclass
@@ -382,6 +391,19 @@ class TrainConfig:
         _check(self.run.backend in BACKENDS, "run.backend", self.run.backend, f"one of {BACKENDS}")
         _check(self.run.zero_stage in (0, 1, 2), "run.zero_stage", self.run.zero_stage, "0, 1 or 2")
         _check(
+            self.run.collective_timeout_s > 0,
+            "run.collective_timeout_s",
+            self.run.collective_timeout_s,
+            "> 0 seconds",
+        )
+        if self.run.preempt_signal:
+            from vlcd_dist.train.preemption import signal_number
+
+            try:
+                signal_number(self.run.preempt_signal)
+            except ValueError as exn:
+                raise ConfigError(f"run.preempt_signal={self.run.preempt_signal!r}: {exn}") from exn
+        _check(
             self.run.threads is None or self.run.threads >= 1,
             "run.threads",
             self.run.threads,
@@ -422,6 +444,12 @@ class TrainConfig:
             "null or > 0",
         )
         _check(o.grad_accum_steps >= 1, "optim.grad_accum_steps", o.grad_accum_steps, ">= 1")
+        _check(
+            o.max_consecutive_skips >= 0,
+            "optim.max_consecutive_skips",
+            o.max_consecutive_skips,
+            ">= 0 (0: never stop)",
+        )
         for stage in ("train_teacher", "predistill", "distill"):
             s: StageConfig = getattr(self, stage)
             _check(s.epochs > 0 or s.steps, f"{stage}.epochs", s.epochs, "> 0 (or set steps)")

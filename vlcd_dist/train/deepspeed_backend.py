@@ -73,11 +73,15 @@ class DeepSpeedBackend(Backend):
         cpu: bool = False,
         channels_last: bool = False,
         deepspeed_settings: dict[str, Any] | None = None,
+        collective_timeout_s: float | None = None,
     ) -> None:
         use_cpu = cpu or not torch.cuda.is_available()
-        if mixed_precision == "fp16" and use_cpu:
+        if mixed_precision != "no" and use_cpu:
+            # DeepSpeed keeps the whole module in the low precision; on CPU, batch norm then
+            # fails on autocast's fp32 activations (seen with DeepSpeed 0.19.8).
             raise VlcdError(
-                "run.mixed_precision=fp16 needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
+                f"run.mixed_precision={mixed_precision} with run.backend=deepspeed needs a GPU; "
+                "on CPU use run.mixed_precision=no, or the accelerate backend for bf16"
             )
         if use_cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -96,8 +100,13 @@ class DeepSpeedBackend(Backend):
         import torch.distributed as dist
 
         if not dist.is_initialized():
+            extra: dict[str, Any] = {}
+            if collective_timeout_s is not None:
+                from datetime import timedelta
+
+                extra["timeout"] = timedelta(seconds=collective_timeout_s)
             deepspeed.init_distributed(
-                dist_backend="gloo" if use_cpu else "nccl", auto_mpi_discovery=False
+                dist_backend="gloo" if use_cpu else "nccl", auto_mpi_discovery=False, **extra
             )
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()

@@ -386,7 +386,11 @@ class Evaluator:
         self.cfg = cfg
         configure_threads(cfg.run.threads, cfg.run.flush_denormal)
         self.backend = backend or create_backend(
-            "accelerate", mixed_precision="no", cpu=cfg.run.cpu, channels_last=cfg.run.channels_last
+            "accelerate",
+            mixed_precision="no",
+            cpu=cfg.run.cpu,
+            channels_last=cfg.run.channels_last,
+            collective_timeout_s=cfg.run.collective_timeout_s,
         )
         setup_console_logging(self.backend.is_main)
         self.out = Path(cfg.run.out)

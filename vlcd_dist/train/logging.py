@@ -73,6 +73,20 @@ class TBLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), step)
 
+    def purge_from(self, step: int) -> None:
+        """Hide events of earlier writers in this folder at ``step`` and later: TensorBoard
+        drops them on reading this marker (a session restart, what SummaryWriter's
+        ``purge_step`` writes), so steps redone after a resume appear once."""
+        if self.writer is None:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        self.writer.flush()
+        self.writer.file_writer.add_event(
+            Event(step=step, session_log=SessionLog(status=SessionLog.START))
+        )
+        self.writer.flush()
+
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Markdown text (TensorBoard renders it in the TEXT tab)."""
         if self.writer is not None:

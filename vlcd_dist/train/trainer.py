@@ -31,16 +31,27 @@ from typing import Any
 import torch
 
 from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader
+from vlcd_dist.distributed import is_collective_failure
+from vlcd_dist.errors import VlcdError
 from vlcd_dist.train.backend import Backend, Trainee, configure_threads, create_backend
 from vlcd_dist.train.checkpoint import Checkpointer, TrainState
 from vlcd_dist.train.config import StageConfig, TrainConfig, dump_yaml, to_dict
 from vlcd_dist.train.logging import Progress, TBLogger, setup_console_logging
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
+from vlcd_dist.train.preemption import Preemption
 
 logger = logging.getLogger("vlcd_dist.train")
 
 # (trainee name, optimizer step, loss) -> loss; tests use it to inject faults.
 LossHook = Callable[[str, int, torch.Tensor], torch.Tensor]
+
+
+class TooManySkipsError(VlcdError):
+    """A model's update was skipped optim.max_consecutive_skips steps in a row."""
+
+
+class RankFailureError(VlcdError):
+    """A collective failed: another rank exited, or hung past run.collective_timeout_s."""
 
 
 def seed_everything(seed: int) -> None:
@@ -64,6 +75,7 @@ class Trainer(ABC):
             cpu=cfg.run.cpu,
             channels_last=cfg.run.channels_last,
             deepspeed_settings=self.deepspeed_settings(),
+            collective_timeout_s=cfg.run.collective_timeout_s,
         )
         setup_console_logging(self.backend.is_main)
         self.out = Path(cfg.run.out)
@@ -76,6 +88,14 @@ class Trainer(ABC):
         self.tb: TBLogger | None = None
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
+        self.preemption = Preemption(cfg.run.preempt_signal)
+        self.preempted = False
+        """True when the run stopped early for a preemption signal (checkpoint saved)."""
+        self.exit_status = 0
+        """Exit status the CLI returns: 0, or preemption.EXIT_NOT_REQUEUED."""
+        # Bad samples skipped on all ranks before this process started (from the checkpoint);
+        # the loaders count only what this process reads.
+        self._skip_base: dict[str, int] = {}
 
     def deepspeed_settings(self) -> dict[str, Any]:
         """What the DeepSpeed backend fills its JSON's "auto" fields from."""
@@ -128,7 +148,7 @@ class Trainer(ABC):
             optimizer, self.total_steps, warmup, o.min_lr_ratio
         )
         self.trainees.append(trainee)
-        self.state.counters.setdefault(name, {"skipped_steps": 0})
+        self.state.counters.setdefault(name, {"skipped_steps": 0, "consecutive_skips": 0})
         return trainee
 
     def plan_steps(self, batches_per_epoch: int) -> int:
@@ -158,7 +178,36 @@ class Trainer(ABC):
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> TrainState:
-        """Build, resume if asked, train to the last step, checkpoint and export."""
+        """Build, resume if asked, train to the last step, checkpoint and export; or, on the
+        preemption signal, checkpoint at the step every rank agrees on and stop early
+        (self.preempted; rank 0 requeues a SLURM job, see vlcd_dist.train.preemption)."""
+        # Installed before the build, so that data-loader workers (forked) inherit the handler
+        # and a signal during start-up is not lost.
+        self.preemption.install()
+        try:
+            return self._run()
+        except Exception as exn:
+            if self.backend.world_size > 1 and is_collective_failure(exn):
+                raise RankFailureError(self._rank_failure_message(exn)) from exn
+            raise
+        finally:
+            self.preemption.uninstall()
+
+    def _rank_failure_message(self, exn: BaseException) -> str:
+        detail = next((line.strip() for line in str(exn).splitlines() if line.strip()), "")
+        checkpointer = getattr(self, "checkpointer", None)
+        latest = checkpointer.latest() if checkpointer is not None else None
+        where = f"the newest complete checkpoint is {latest}" if latest else "no checkpoint yet"
+        return (
+            f"rank {self.backend.rank}/{self.backend.world_size}: {self.stage} stopped at step "
+            f"{self.state.step + 1}: another rank exited or stopped responding (a collective "
+            f"failed or waited longer than run.collective_timeout_s="
+            f"{self.cfg.run.collective_timeout_s:g} s): {type(exn).__name__}: {detail}. Look "
+            f"for the first error in the other ranks' output; {where}: restart with --resume "
+            "(torchrun --max-restarts and a requeued SLURM job do)"
+        )
+
+    def _run(self) -> TrainState:
         cfg = self.cfg
         seed_everything(cfg.run.seed)
         if self.backend.is_main:
@@ -184,11 +233,19 @@ class Trainer(ABC):
                     self.stage,
                     self.checkpointer.folder,
                 )
+        # A stopped run may have logged steps after its last checkpoint; they are redone now,
+        # so TensorBoard drops the old events from here on instead of showing both.
+        self.tb.purge_from(self.state.step + 1)
+        self._skip_base = dict(self.state.skipped_samples)
         try:
             self._loop()
         finally:
             if self.tb is not None:
                 self.tb.close()
+        if self.preempted:
+            # Not finished: no export, no summary.json; the requeued run resumes.
+            self.exit_status = self.preemption.requeue(self.backend.is_main)
+            return self.state
         self.finish()
         self._write_summary()
         return self.state
@@ -212,8 +269,11 @@ class Trainer(ABC):
             try:
                 # Resume: the order of an epoch is fixed by (seed, epoch), so skipping the
                 # consumed batches puts the stream exactly where the checkpoint left it.
+                counted = loader.skipped.copy()
                 for _ in range(self.state.batch_in_epoch):
                     next(it)
+                # Their bad samples are already in the checkpoint's skip counts.
+                loader.skipped = counted
                 while self.state.batch_in_epoch + accum <= usable:
                     group = [next(it) for _ in range(accum)]
                     self.state.batch_in_epoch += accum
@@ -273,6 +333,14 @@ class Trainer(ABC):
                     speed = rate if speed is None else 0.8 * speed + 0.2 * rate
                     postfix = {name[:12]: f"{p['loss'].item():.3f}" for name, p in parts.items()}
                     progress.update(1, **postfix, **{"img/s": f"{speed:.1f}"})
+                if self.preemption.agreed and self.state.step < total:
+                    logger.warning(
+                        "%s: preemption signal; checkpointing step %d and stopping",
+                        self.stage,
+                        self.state.step,
+                    )
+                    self.preempted = True
+                    break  # the checkpoint below saves this step
                 if ckpt_every and self.state.step % ckpt_every == 0 and self.state.step < total:
                     self.save_checkpoint()
         finally:
@@ -301,7 +369,10 @@ class Trainer(ABC):
                     acc[key] = acc.get(key, 0.0) + value.detach().float() / accum
         clip = self.cfg.optim.clip_grad_norm
         norms = []
-        flags = torch.zeros(len(self.trainees), device=self.device)
+        # One flag per trainee, plus this rank's preemption flag last: the same all-reduce
+        # tells every rank whether any rank was signalled, so all stop after the same step.
+        flags = torch.zeros(len(self.trainees) + 1, device=self.device)
+        flags[-1] = float(self.preemption.requested)
         for k, trainee in enumerate(self.trainees):
             norm = backend.clip_grad(trainee, clip)  # None: the engine measures it in step()
             norms.append(norm)
@@ -309,6 +380,7 @@ class Trainer(ABC):
             finite = finite and (norm is None or bool(torch.isfinite(norm)))
             flags[k] = float(not finite)
         backend.all_reduce(flags, "max")  # one collective: every rank skips the same updates
+        self.preemption.agreed = bool(flags[-1].item() > 0)
         for k, trainee in enumerate(self.trainees):
             name = trainee.name
             if flags[k].item() > 0:
@@ -333,9 +405,36 @@ class Trainer(ABC):
                     name,
                     self.state.step + 1,
                 )
+            counters = self.state.counters[name]
+            counters["consecutive_skips"] = (
+                0 if applied else counters.get("consecutive_skips", 0) + 1
+            )
             self.record(f"{name}/lr", self.schedulers[name].get_last_lr()[0])
             self.schedulers[name].step()
+        self._check_skips()
         return totals
+
+    def _check_skips(self) -> None:
+        """Stop when a trainee was skipped max_consecutive_skips steps in a row. The skip
+        decisions are all-reduced, so every rank raises at the same step."""
+        limit = self.cfg.optim.max_consecutive_skips
+        if limit <= 0:
+            return
+        stuck = [
+            name
+            for name, c in self.state.counters.items()
+            if c.get("consecutive_skips", 0) >= limit
+        ]
+        if stuck:
+            step = self.state.step + 1
+            label = "student" if self.stage in ("predistill", "distill") else "model"
+            raise TooManySkipsError(
+                f"{self.stage}: {label} {', '.join(map(repr, stuck))} had a non-finite loss or "
+                f"gradient {limit} steps in a row (steps {step - limit + 1}-{step}); stopping at "
+                f"step {step} (checkpoints so far: {self.out / 'checkpoints'}). Lower the "
+                "learning rate, check the data, or raise optim.max_consecutive_skips (0: never "
+                "stop)"
+            )
 
     # -- logging, checkpoints --------------------------------------------------------------
 
@@ -351,7 +450,9 @@ class Trainer(ABC):
         values = {n: float(vec[i]) / world for i, n in enumerate(names)}
         # Per-rank running mean is averaged over ranks; skip counts are summed over ranks.
         for j, kind in enumerate(SKIP_KINDS):
-            values[f"data/skipped_{kind}"] = float(vec[len(names) + j])
+            total = self._skip_base.get(kind, 0) + int(vec[len(names) + j])
+            self.state.skipped_samples[kind] = total
+            values[f"data/skipped_{kind}"] = total
         for trainee in self.trainees:
             values[f"{trainee.name}/skipped_steps"] = self.state.counters[trainee.name][
                 "skipped_steps"
@@ -363,8 +464,18 @@ class Trainer(ABC):
         self._sums.clear()
         self._counts.clear()
 
+    def global_skipped(self) -> dict[str, int]:
+        """Bad samples skipped so far on all ranks, per kind (collective)."""
+        skipped = self.loader.skipped if self.loader is not None else {}
+        vec = torch.tensor(
+            [float(skipped.get(k, 0)) for k in SKIP_KINDS], dtype=torch.float64, device=self.device
+        )
+        self.backend.all_reduce(vec, "sum")
+        return {k: self._skip_base.get(k, 0) + int(vec[j]) for j, k in enumerate(SKIP_KINDS)}
+
     def save_checkpoint(self) -> Path:
         """Checkpoint the current state (collective)."""
+        self.state.skipped_samples = self.global_skipped()
         return self.checkpointer.save(
             self.stage,
             self.state,
@@ -386,7 +497,8 @@ class Trainer(ABC):
             "teacher_forwards": self.state.teacher_forwards,
             "trainees": [t.name for t in self.trainees],
             "counters": self.state.counters,
-            "skipped_samples": dict(self.loader.skipped) if self.loader is not None else {},
+            # Summed over ranks (by the last save_checkpoint), not rank 0's alone.
+            "skipped_samples": dict(self.state.skipped_samples),
             "world_size": self.backend.world_size,
             "backend": self.cfg.run.backend,
             **self.summary(),

@@ -1,0 +1,86 @@
+"""Numeric faults: a student whose update is skipped (non-finite loss or gradient)
+optim.max_consecutive_skips steps in a row stops the run on every rank at the same step, with a
+message naming the student and the step; isolated skips are counted and the run goes on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO, accelerate_launch
+
+from vlcd_dist.errors import VlcdError
+from vlcd_dist.train.checkpoint import TrainState
+from vlcd_dist.train.config import ConfigError, TrainConfig, load_config
+from vlcd_dist.train.stages import create_stage
+from vlcd_dist.train.trainer import TooManySkipsError, Trainer
+
+WORKER = REPO / "tests" / "workers" / "skip_limit_worker.py"
+FAULTY, HEALTHY = "tiny_mobilenetv3", "tiny_resnet"  # the tiny recipe's students
+
+
+def test_nan_every_step_stops_both_ranks_at_the_same_step(tiny_recipe, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = accelerate_launch(
+        WORKER, out, FAULTY, "--",
+        "predistill", "--config", tiny_recipe, "--out", out,
+        "--set", "predistill.steps=4", "--set", "optim.max_consecutive_skips=2",
+        check=False,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    # The NaN was on rank 0 only; the all-reduced flags make both ranks skip and stop together.
+    assert ranks[0] == ranks[1], ranks
+    assert ranks[0]["rc"] == 2 and ranks[0]["step"] == 1  # step 2 raised before completing
+    counters = ranks[0]["counters"]
+    assert counters[FAULTY] == {"skipped_steps": 2, "consecutive_skips": 2}
+    assert counters[HEALTHY] == {"skipped_steps": 0, "consecutive_skips": 0}
+    message = next(line for line in output.splitlines() if "vlcd: error:" in line)
+    assert f"student '{FAULTY}'" in message and HEALTHY not in message
+    assert "2 steps in a row (steps 1-2); stopping at step 2" in message
+    assert "optim.max_consecutive_skips" in message
+    assert not (out / "export").exists()  # stopped: nothing exported as if finished
+
+
+def test_isolated_skips_are_counted_and_the_run_goes_on(tiny_recipe, tmp_path) -> None:
+    cfg = load_config(tiny_recipe, ["predistill.steps=3", "optim.max_consecutive_skips=2"])
+    cfg.run.out = str(tmp_path / "run")
+    trainer = create_stage(cfg, "predistill")
+
+    def nan_at_steps_1_and_3(name: str, step: int, loss: torch.Tensor) -> torch.Tensor:
+        return loss + float("nan") if name == FAULTY and step in (0, 2) else loss
+
+    trainer.loss_hook = nan_at_steps_1_and_3
+    try:
+        state = trainer.run()
+    finally:
+        trainer.backend.close()
+    assert state.step == 3
+    assert state.counters[FAULTY] == {"skipped_steps": 2, "consecutive_skips": 1}
+    assert state.counters[HEALTHY] == {"skipped_steps": 0, "consecutive_skips": 0}
+    summary = json.loads((Path(cfg.run.out) / "summary.json").read_text())
+    assert summary["counters"][FAULTY]["skipped_steps"] == 2
+
+
+def _stub(limit: int, consecutive: int) -> SimpleNamespace:
+    cfg = TrainConfig()
+    cfg.optim.max_consecutive_skips = limit
+    counters = {"a": {"skipped_steps": 9, "consecutive_skips": consecutive}}
+    return SimpleNamespace(
+        cfg=cfg, state=TrainState(step=6, counters=counters), stage="distill", out=Path("o")
+    )
+
+
+def test_the_limit_and_its_setting() -> None:
+    Trainer._check_skips(_stub(limit=3, consecutive=2))  # under the limit
+    Trainer._check_skips(_stub(limit=0, consecutive=1000))  # 0: never stop
+    with pytest.raises(TooManySkipsError, match=r"student 'a' .* 3 steps in a row \(steps 5-7\)"):
+        Trainer._check_skips(_stub(limit=3, consecutive=3))
+    assert issubclass(TooManySkipsError, VlcdError)  # the CLI prints it and exits with 2
+    assert TrainConfig().optim.max_consecutive_skips > 0
+    with pytest.raises(ConfigError, match="optim.max_consecutive_skips=-1"):
+        load_config(None, ["optim.max_consecutive_skips=-1"])

@@ -1,0 +1,149 @@
+"""Rank failure: when one rank dies or hangs, the others stop with a clear error instead of
+waiting forever (run.collective_timeout_s); a restarted group (``torchrun --max-restarts``,
+``--resume`` always given) is meant to resume from the newest checkpoint and end like an
+uninterrupted run.
+
+The two "nodes" of the first tests are two torchrun launchers on this machine (one rank each,
+static rendezvous), as srun starts them: a launcher watches only its own node's processes, so
+the surviving rank has to find out by itself. The faults come from tests/workers/faulthook.
+
+The torchrun restart test is marked as an expected failure for now, because it fails more often
+than not (see its xfail reason); the restart that is tested end to end is the SLURM requeue
+(tests/test_reliability_preemption.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import DISTILL_STEPS, free_port
+from faults import (
+    assert_same_exports,
+    complete_checkpoints,
+    fault_env,
+    start,
+    stop,
+    wait_for_file,
+)
+
+from vlcd_dist.train.backend import process_group_timeout
+
+TIMEOUT_S = 20
+"""run.collective_timeout_s of the faulty runs."""
+# Tests assert no speed; these only bound "does not hang": the time from the fault to the end
+# of the surviving rank, for the collective timeout plus start-up/shut-down of a process.
+SLACK_S = 90
+CLEAR = "another rank exited or stopped responding"
+
+
+def _node_cmds(recipe: Path, out: Path, sets: list[str], *extra: str) -> list[list[str]]:
+    """Two single-rank torchrun launchers forming one 2-rank job, like 2 SLURM nodes."""
+    port = str(free_port())
+    args = ["-m", "vlcd_dist", "distill", "--config", str(recipe), "--out", str(out)]
+    for s in [*sets, f"run.collective_timeout_s={TIMEOUT_S}"]:
+        args += ["--set", s]
+    return [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            f"--node-rank={node}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            *args,
+            *extra,
+        ]
+        for node in (0, 1)
+    ]
+
+
+def _run_with_fault(kind: str, recipe: Path, sets: list[str], tmp_path: Path) -> dict:
+    """The 2-node distill with rank 1 failing (``kind``) after 1 step; rank 0's outcome."""
+    out, ready = tmp_path / "distill", tmp_path / "fault"
+    env = fault_env(VLCD_TEST_FAULT=f"{kind}:1:1", VLCD_TEST_FAULT_READY=str(ready))
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    cmds = _node_cmds(recipe, out, sets)
+    procs = [start(cmd, env, log) for cmd, log in zip(cmds, logs, strict=True)]
+    try:
+        fault = wait_for_file(ready, procs, logs[1], timeout=600)
+        try:
+            code = procs[0].wait(timeout=TIMEOUT_S + SLACK_S)
+        except subprocess.TimeoutExpired:
+            stop(procs)
+            raise AssertionError(
+                f"rank 0 still running {TIMEOUT_S + SLACK_S} s after rank 1 {kind}\n"
+                + logs[0].read_text()[-6000:]
+            ) from None
+        took = time.monotonic() - fault
+    finally:
+        # A hung rank is left to its own launcher; srun --kill-on-bad-exit ends it on SLURM.
+        stop(procs)
+    return {"code": code, "took": took, "log": logs[0].read_text(), "out": out}
+
+
+def test_timeout_reaches_the_process_group() -> None:
+    # Accelerate passes on only the fields that differ from its defaults: 600 s is one of them.
+    for seconds in (20, 600, 1800):
+        kwargs = process_group_timeout(seconds).to_kwargs()
+        assert abs(kwargs["timeout"] - timedelta(seconds=seconds)) < timedelta(milliseconds=1)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kind", ["exit", "hang"])
+def test_surviving_rank_stops_with_a_clear_error(kind, tiny_recipe, distill_sets, tmp_path):
+    result = _run_with_fault(kind, tiny_recipe, distill_sets, tmp_path)
+    log = result["log"]
+    assert result["code"] != 0, log[-6000:]
+    assert result["took"] < TIMEOUT_S + SLACK_S
+    # One line that says what happened and what to do, instead of a bare transport error.
+    assert re.search(rf"rank 0/2: .*step 2.*{CLEAR}.*collective_timeout_s={TIMEOUT_S}", log), log[
+        -6000:
+    ]
+    assert "--resume" in log
+    # Nothing half-written: no checkpoint was due yet (every 2 steps), none is there.
+    assert not (result["out"] / "checkpoints").is_dir() or not complete_checkpoints(result["out"])
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xfail(
+    strict=False,
+    reason="flaky, measured with torch 2.14 + accelerate 1.15: after torchrun restarts the "
+    "group, the process group that Accelerator(cpu=True) creates often fails to connect (gloo "
+    "connectFullMesh: connection refused / connect timeout; 3 of 4 runs here, with "
+    "--standalone and with the static rendezvous), while a plain torch.distributed group "
+    "restarted fine with --standalone",
+)
+def test_torchrun_restart_resumes_from_the_last_checkpoint(
+    accelerate_distill, tiny_recipe, distill_sets, tmp_path
+) -> None:
+    out, ready = tmp_path / "distill", tmp_path / "fault"
+    # Rank 1 dies after step 2, whose checkpoint is written; the restart must redo step 3 only.
+    env = fault_env(VLCD_TEST_FAULT="exit:1:2", VLCD_TEST_FAULT_READY=str(ready))
+    args = ["-m", "vlcd_dist", "distill", "--config", str(tiny_recipe), "--out", str(out)]
+    for s in [*distill_sets, f"run.collective_timeout_s={TIMEOUT_S}"]:
+        args += ["--set", s]
+    # --standalone: torchrun's c10d rendezvous on a free local port.
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--standalone", "--nproc-per-node=2", "--max-restarts=1",
+        *args, "--resume",  # always: without a checkpoint it starts fresh
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    assert ready.exists() and "[faulthook] rank 1: exiting (status 17)" in text
+    assert "no complete checkpoint" in text  # the first attempt started fresh
+    assert "resumed from" in text and "(step 2)" in text, text[-6000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == DISTILL_STEPS and summary["world_size"] == 2
+    assert complete_checkpoints(out) == ["step_000002", f"step_{DISTILL_STEPS:06d}"]
+    assert_same_exports(out, accelerate_distill)

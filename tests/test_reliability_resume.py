@@ -1,0 +1,239 @@
+"""Exact resume on 2 gloo ranks with 3 students: a run that is SIGKILLed, resumed, stopped
+cleanly, and resumed again ends bit for bit where an uninterrupted run ends (weights, optimizer
+states, RNG, per-step losses in TensorBoard), and every rank trains on exactly the same samples
+at every step, even when stopped in the middle of an epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, free_port
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_train_stages import scalars
+
+from vlcd_dist.data.stream import ShardLoader, StreamConfig, plan_epoch, resolve_shards
+
+WORKER = REPO / "tests" / "workers" / "resume_worker.py"
+STUDENTS = ["tiny_mobilenetv3", "tiny_resnet", "test_efficientnet"]
+STEPS = 8  # two epochs of the session's placenta train shards (4 steps each on 2 ranks)
+PAUSE_BEFORE = 4  # the SIGKILL: steps 1-3 done and logged, last checkpoint at step 2
+STOP_AFTER = 6  # the clean stop, right after the checkpoint of step 6 (epoch 1, batch 2)
+
+
+def _launch_cmd(*args: object) -> list[str]:
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+        *[str(a) for a in args],
+    ]  # fmt: skip
+
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def _worker(recipe: Path, out: Path, tag: str, sets: list[str], *extra: object) -> list[str]:
+    args: list[object] = [WORKER, recipe, out, tag, *extra]
+    for s in sets:
+        args += ["--set", s]
+    return _launch_cmd(*args)
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, env=ENV, stdout=f, stderr=subprocess.STDOUT, timeout=400)
+    assert proc.returncode == 0, f"{cmd}\n{log.read_text()[-6000:]}"
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # not a group leader after all
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _run_and_kill(cmd: list[str], out: Path, log: Path) -> None:
+    """Start the job, wait until both ranks are about to train step PAUSE_BEFORE, then SIGKILL
+    both ranks (with their data workers) and the launcher."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            cmd, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 400
+            markers = [out / f"paused.rank{r}" for r in range(2)]
+            while not all(m.exists() for m in markers):
+                assert proc.poll() is None, f"ended before the kill\n{log.read_text()[-6000:]}"
+                assert time.monotonic() < deadline, "the job never reached the kill point"
+                time.sleep(0.2)
+        finally:
+            # Each rank leads its own process group (torch's launcher starts it in a session).
+            for marker in markers:
+                if marker.exists():
+                    _kill_group(int(marker.read_text()))
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _keys(out: Path, rank: int, tag: str) -> dict[int, list[str]]:
+    """step -> the sample keys that rank trained on at that step, in order."""
+    steps: dict[int, list[str]] = defaultdict(list)
+    path = out / "keys" / f"rank{rank}.{tag}.txt"
+    for line in path.read_text().splitlines():
+        step, key = line.split(" ", 1)
+        steps[int(step)].append(key)
+    return dict(steps)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert sorted(ta) == sorted(tb), a
+    for k in ta:
+        assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), f"{a}: {k}"
+
+
+def _rng(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    with safe_open(str(path), framework="pt") as f:
+        rest = (f.metadata() or {})["rest"]
+    return _tensors(path), rest
+
+
+@pytest.fixture(scope="module")
+def resume_sets(tiny_pipeline) -> list[str]:
+    # The session's predistillation has two students; the third starts from its initialisation,
+    # so all three do (distill.init_from=null).
+    return [
+        f"teacher.checkpoint={tiny_pipeline['teacher']}",
+        "distill.init_from=null",
+        f"students=[{', '.join(STUDENTS)}]",
+        f"distill.steps={STEPS}",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=2",
+        "logging.every_steps=1",
+    ]
+
+
+def test_epoch_plan_puts_the_stops_mid_epoch(placenta_shards) -> None:
+    """The stops below are inside epochs 0 and 1 (not at their ends), and some samples of each
+    epoch are left out by the equal-batches cap: the skip-ahead must not get them wrong."""
+    sizes = resolve_shards(str(placenta_shards), "train").sizes
+    cfg = StreamConfig(batch_size=4, num_workers=1, drop_last=True, shuffle=True, seed=0)
+    plans = [plan_epoch(sizes, cfg, e, 2) for e in range(2)]
+    assert [p.batches for p in plans] == [4, 4]
+    assert all(sum(map(sum, p.quota)) > p.batches * 4 * 2 for p in plans)
+
+
+def test_killed_and_stopped_runs_resume_bit_for_bit(tiny_recipe, resume_sets, tmp_path) -> None:
+    ref, run = tmp_path / "reference", tmp_path / "interrupted"
+    _run(_worker(tiny_recipe, ref, "a", resume_sets), tmp_path / "reference.log")
+    # SIGKILL (launcher and both ranks) before step 4: steps 1-3 were trained and logged, the
+    # newest checkpoint is step 2, in the middle of epoch 0.
+    _run_and_kill(
+        _worker(tiny_recipe, run, "b1", resume_sets, "--pause-before", PAUSE_BEFORE),
+        run,
+        tmp_path / "b1.log",
+    )
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002"]
+    # Resume from step 2, redo step 3, stop cleanly after the checkpoint of step 6 (epoch 1).
+    _run(
+        _worker(tiny_recipe, run, "b2", resume_sets, "--resume", "--stop-after", STOP_AFTER),
+        tmp_path / "b2.log",
+    )
+    assert not (run / "summary.json").exists()
+    meta = json.loads((run / "checkpoints" / "step_000006" / "meta.json").read_text())
+    assert (meta["state"]["epoch"], meta["state"]["batch_in_epoch"]) == (1, 2)
+    # Resume from step 6 to the end.
+    _run(_worker(tiny_recipe, run, "b3", resume_sets, "--resume"), tmp_path / "b3.log")
+
+    # Same samples at every step on every rank; the redone step 3 saw what the killed run saw.
+    for rank in range(2):
+        a = _keys(ref, rank, "a")
+        b1, b2, b3 = (_keys(run, rank, t) for t in ("b1", "b2", "b3"))
+        assert sorted(a) == list(range(1, STEPS + 1))
+        assert sorted(b1) == [1, 2, 3] and sorted(b2) == [3, 4, 5, 6] and sorted(b3) == [7, 8]
+        assert b1[3] == b2[3]
+        assert {**b1, **b2, **b3} == a, f"rank {rank}"
+    # Within an epoch no sample is trained on twice (across ranks and steps) or dropped.
+    for epoch in range(2):
+        steps = range(1 + 4 * epoch, 5 + 4 * epoch)
+        merged = [
+            {**_keys(run, r, "b1"), **_keys(run, r, "b2"), **_keys(run, r, "b3")} for r in (0, 1)
+        ]
+        seen = [k for r in (0, 1) for s in steps for k in merged[r][s]]
+        assert len(seen) == 4 * 4 * 2 and len(set(seen)) == len(seen), f"epoch {epoch}"
+
+    # TensorBoard: one value per step and tag (the killed run's step 3 is hidden), all equal.
+    ta, tb = scalars(ref / "tb"), scalars(run / "tb")
+    tags = sorted(t for t in ta if not t.startswith("perf/"))
+    assert tags == sorted(t for t in tb if not t.startswith("perf/"))
+    for name in STUDENTS:
+        assert f"{name}/loss" in tags and f"{name}/loss_contrastive" in tags
+    for tag in tags:
+        assert [s for s, _ in tb[tag]] == list(range(1, STEPS + 1)), tag
+        assert tb[tag] == ta[tag], tag
+
+    # Final checkpoint: weights, optimizer and scheduler of every student, data position,
+    # counters and both ranks' RNG, bit for bit.
+    fa, fb = ref / "checkpoints" / f"step_{STEPS:06d}", run / "checkpoints" / f"step_{STEPS:06d}"
+    for name in STUDENTS:
+        _assert_same_tensors(fa / name / "model.safetensors", fb / name / "model.safetensors")
+        _assert_same_tensors(
+            fa / name / "optimizer.safetensors", fb / name / "optimizer.safetensors"
+        )
+        for f in ("optimizer.json", "scheduler.json"):
+            assert (fa / name / f).read_text() == (fb / name / f).read_text(), f"{name}/{f}"
+        _assert_same_tensors(
+            ref / "export" / f"{name}.safetensors", run / "export" / f"{name}.safetensors"
+        )
+    state_a = json.loads((fa / "meta.json").read_text())["state"]
+    state_b = json.loads((fb / "meta.json").read_text())["state"]
+    assert state_a == state_b
+    assert state_a["step"] == STEPS and state_a["teacher_forwards"] == STEPS
+    for rank in range(2):
+        ra, rb = (_rng(f / "rng" / f"rank{rank:05d}.safetensors") for f in (fa, fb))
+        assert ra[1] == rb[1] and all(torch.equal(ra[0][k], rb[0][k]) for k in ra[0])
+    sa = json.loads((ref / "summary.json").read_text())
+    sb = json.loads((run / "summary.json").read_text())
+    for key in ("steps", "samples", "epoch", "counters", "skipped_samples", "teacher_forwards"):
+        assert sa[key] == sb[key], key
+
+
+def test_in_process_loading_uses_its_own_rng(placenta_shards) -> None:
+    """num_workers=0 augments with the RNG stream worker 0 would have: the same batches as one
+    worker, and the training process's RNG is left alone (else a resume, which re-reads the
+    consumed batches of its epoch, would go on with other random numbers)."""
+
+    def epoch(workers: int) -> list[dict]:
+        cfg = StreamConfig(
+            shards=str(placenta_shards), split="train", batch_size=4, image_size=(32, 32),
+            num_workers=workers, shuffle_buffer=8, drop_last=True, seed=0,
+        )  # fmt: skip
+        loader = ShardLoader(cfg, 1, 2)
+        loader.set_epoch(1)
+        return list(loader)
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    in_process = epoch(0)
+    assert torch.equal(torch.get_rng_state(), before)
+    one_worker = epoch(1)
+    assert [b["key"] for b in in_process] == [b["key"] for b in one_worker]
+    for a, b in zip(in_process, one_worker, strict=True):
+        assert torch.equal(a["image"], b["image"])
