@@ -127,18 +127,23 @@ DISTILL_STEPS = 3
 """Optimizer steps of the 2-rank distill runs shared by the distributed tests."""
 
 
-def accelerate_launch(*args: object, timeout: int = 300, check: bool = True):
-    """Run ``accelerate launch`` with 2 CPU ranks (gloo) on a free port. With ``check``, fail
-    the test with the output unless it exits 0; returns the CompletedProcess."""
-    import subprocess
-
-    cmd = [
+def accelerate_cmd(*args: object) -> list[str]:
+    """The ``accelerate launch`` command line of 2 CPU ranks (gloo) on a free port."""
+    return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
         *[str(a) for a in args],
     ]  # fmt: skip
+
+
+def accelerate_launch(*args: object, timeout: int = 300, check: bool = True):
+    """Run ``accelerate launch`` with 2 CPU ranks (gloo) on a free port. With ``check``, fail
+    the test with the output unless it exits 0; returns the CompletedProcess."""
+    import subprocess
+
+    cmd = accelerate_cmd(*args)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if check:

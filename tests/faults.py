@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from conftest import REPO, free_port
+from conftest import REPO
 from safetensors.torch import load_file
 from test_train_stages import STUDENTS
 
@@ -30,17 +29,6 @@ def fault_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def accelerate_cmd(*args: object) -> list[str]:
-    """``accelerate launch`` of 2 CPU ranks on a free port (as conftest.accelerate_launch)."""
-    return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        *[str(a) for a in args],
-    ]  # fmt: skip
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

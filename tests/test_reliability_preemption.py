@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DISTILL_STEPS, REPO, accelerate_launch, distill_args
+from conftest import DISTILL_STEPS, REPO, accelerate_cmd, accelerate_launch, distill_args
 from faults import (
-    accelerate_cmd,
     assert_same_exports,
     complete_checkpoints,
     fault_env,

@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, free_port
+from conftest import REPO, accelerate_cmd
 from safetensors import safe_open
 from safetensors.torch import load_file
 from test_train_stages import scalars
@@ -31,16 +30,6 @@ PAUSE_BEFORE = 4  # the SIGKILL: steps 1-3 done and logged, last checkpoint at s
 STOP_AFTER = 6  # the clean stop, right after the checkpoint of step 6 (epoch 1, batch 2)
 
 
-def _launch_cmd(*args: object) -> list[str]:
-    return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        *[str(a) for a in args],
-    ]  # fmt: skip
-
-
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
@@ -48,7 +37,7 @@ def _worker(recipe: Path, out: Path, tag: str, sets: list[str], *extra: object) 
     args: list[object] = [WORKER, recipe, out, tag, *extra]
     for s in sets:
         args += ["--set", s]
-    return _launch_cmd(*args)
+    return accelerate_cmd(*args)
 
 
 def _run(cmd: list[str], log: Path) -> None:
