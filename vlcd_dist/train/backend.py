@@ -20,6 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,7 @@ class AccelerateBackend(Backend):
             raise VlcdError(
                 "run.mixed_precision=fp16 needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
             )
+        init_restartable_group("gloo" if use_cpu else "nccl", collective_timeout_s)
         # Precision is ours (per-trainee scalers), so Accelerate itself runs in fp32 mode.
         handlers = []
         if collective_timeout_s is not None:
@@ -289,8 +291,6 @@ def create_backend(name: str = "accelerate", **kwargs: Any) -> Backend:
 def process_group_timeout(seconds: float) -> Any:
     """Accelerate's InitProcessGroupKwargs with this collective timeout: a collective that
     waits longer than ``seconds`` for another rank raises instead of hanging."""
-    from datetime import timedelta
-
     from accelerate.utils import InitProcessGroupKwargs
 
     timeout = timedelta(seconds=seconds)
@@ -299,6 +299,78 @@ def process_group_timeout(seconds: float) -> Any:
     if timeout == InitProcessGroupKwargs().timeout:
         timeout += timedelta(microseconds=1)
     return InitProcessGroupKwargs(timeout=timeout)
+
+
+def init_restartable_group(dist_backend: str, timeout_s: float | None) -> bool:
+    """Create the default process group for a torchrun worker group that may be restarted.
+
+    torchrun (``--max-restarts N``; ``accelerate launch --max_restarts N`` too) hands its
+    workers the rendezvous store of its agent (``TORCHELASTIC_USE_AGENT_STORE=True``), and
+    that store outlives a restart with the previous attempt's keys still in it. A restarted
+    rank that reaches the group set-up first then reads the address a dead rank of the
+    previous attempt had published, and gloo fails with "connectFullMesh ... Connection
+    refused" (NCCL the same way; pytorch/pytorch issue 135712). The group made here keeps its
+    keys in :func:`attempt_store`, fresh for every attempt.
+
+    Returns True when the group was created here; otherwise (no restarts, several nodes, a
+    group already there) the backend's own set-up (Accelerate, DeepSpeed) creates it as usual.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    timeout = dist.default_pg_timeout if timeout_s is None else timedelta(seconds=timeout_s)
+    store = attempt_store(timeout)
+    if store is None:
+        return False
+    dist.init_process_group(
+        dist_backend,
+        store=store,
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=timeout,
+    )
+    logger.info(
+        "process group of torchrun attempt %s", os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    )
+    return True
+
+
+def attempt_store(timeout: timedelta) -> Any:
+    """The torchrun agent's store under a prefix of this restart attempt
+    (``TORCHELASTIC_RESTART_COUNT``), or None when torchrun will not restart this worker group
+    or does not share its store with it.
+
+    That count is per agent, so the prefix is used only when one agent runs all ranks (one
+    node). With several nodes the counts can differ between them (a node whose own worker did
+    not fail restarts without counting); there, each launcher's environment needs
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a fresh store every rendezvous round), and rank 0
+    warns.
+    """
+    import torch.distributed as dist
+
+    env = os.environ
+    if (
+        env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) < 1
+    ):
+        return None
+    if int(env.get("GROUP_WORLD_SIZE", "1")) > 1:
+        if env.get("RANK") == "0":
+            logger.warning(
+                "torchrun may restart this %s-node group (--max-restarts %s), but its "
+                "launchers share one rendezvous store across restarts, so a restarted group can "
+                "connect to addresses of the previous attempt and fail. Set "
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in every node's environment and use "
+                "--rdzv-backend c10d, which then gives every attempt a fresh store.",
+                env["GROUP_WORLD_SIZE"],
+                env["TORCHELASTIC_MAX_RESTARTS"],
+            )
+        return None
+    agent = dist.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"vlcd/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
 
 
 def configure_threads(threads: int | None, flush_denormal: bool) -> None:

@@ -46,7 +46,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train.backend import Backend, Trainee
+from vlcd_dist.train.backend import Backend, Trainee, init_restartable_group
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class DeepSpeedBackend(Backend):
             ) from e
         import torch.distributed as dist
 
+        init_restartable_group("gloo" if use_cpu else "nccl", collective_timeout_s)
         if not dist.is_initialized():
             extra: dict[str, Any] = {}
             if collective_timeout_s is not None:
