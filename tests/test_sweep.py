@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import run_cli
 
+from vlcd_dist.errors import VlcdError
 from vlcd_dist.train import demo
 from vlcd_dist.train.config import ConfigError
 from vlcd_dist.train.sweep import grid_points, parse_grid, plan_sweep, split_values, sweep_table
@@ -177,3 +178,12 @@ def test_a_finished_stage_is_recognised_whether_or_not_it_was_resumed(tmp_path) 
     (folder / "config.yaml").write_text("checkpoint: {every_steps: 2, resume: true}\n")
     assert demo._finished("distill", folder, "checkpoint: {every_steps: 2, resume: false}\n")
     assert not demo._finished("distill", folder, "checkpoint: {every_steps: 3, resume: false}\n")
+
+
+def test_a_stage_stopped_before_finishing_stops_the_pipeline(tiny_recipe, tmp_path, monkeypatch):
+    # A preempted stage exits with status 0 after its checkpoint, without summary.json.
+    ran: list[str] = []
+    monkeypatch.setattr(demo, "execute", lambda cmd, env: ran.append(cmd[-1]) or 0)
+    with pytest.raises(VlcdError, match=r"stage distill stopped before finishing .*summary.json"):
+        demo.run_stage("distill", tmp_path / "distill", tiny_recipe, [], 1, {}, "the sweep")
+    assert ran == ["--resume"]

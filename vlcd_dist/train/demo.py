@@ -111,12 +111,17 @@ def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
     ]
 
 
+def _done_file(stage: str, folder: Path) -> Path:
+    """The file a stage writes last, when it has finished (not after a preemption stop)."""
+    return folder / ("report.json" if stage == "eval" else "summary.json")
+
+
 def _finished(stage: str, folder: Path, resolved: str) -> bool:
     """True when ``folder`` holds a finished ``stage`` run of this very recipe.
 
     ``checkpoint.resume`` is left out of the comparison: ``--resume`` sets it in the recipe a
     stage writes, and whether a run was resumed does not change what it computed."""
-    done = folder / ("report.json" if stage == "eval" else "summary.json")
+    done = _done_file(stage, folder)
     written = folder / "config.yaml"
     if not (done.is_file() and written.is_file()):
         return False
@@ -174,6 +179,14 @@ def run_stage(
         raise VlcdError(
             f"stage {stage} failed with exit status {rc}; fix the cause above and rerun "
             f"{rerun} (finished stages are kept, this one resumes from its checkpoint)"
+        )
+    done = _done_file(stage, folder)
+    if not done.is_file():
+        # Exit status 0 without it: the stage was preempted (run.preempt_signal) and saved a
+        # checkpoint to resume from; the next stage must not start without its input.
+        raise VlcdError(
+            f"stage {stage} stopped before finishing (no {done.name} in {folder}; a preemption "
+            f"signal stops a stage after a checkpoint): rerun {rerun} to resume it"
         )
     print(f"==> {stage}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     return True
