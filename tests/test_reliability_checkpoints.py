@@ -23,7 +23,14 @@ from conftest import run_cli
 from safetensors.torch import save_file
 
 from vlcd_dist.train.backend import AccelerateBackend
-from vlcd_dist.train.checkpoint import MARKER, PAUSE_ENV, Checkpointer, CheckpointError, TrainState
+from vlcd_dist.train.checkpoint import (
+    MARKER,
+    PAUSE_ENV,
+    Checkpointer,
+    CheckpointError,
+    TrainState,
+    write_text,
+)
 from vlcd_dist.train.config import load_config
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
 from vlcd_dist.train.stages import create_stage
@@ -276,3 +283,19 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
     err = capsys.readouterr().err
     assert "no intact checkpoint" in err and f"{SECOND}/model.safetensors" in err
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000004"]
+
+
+def test_small_files_are_replaced_whole(tmp_path, monkeypatch) -> None:
+    # summary.json / report.json mark a finished stage: a failed write must not leave part of one.
+    path = tmp_path / "summary.json"
+    write_text(path, '{"steps": 4}')
+    assert path.read_text() == '{"steps": 4}'
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="killed"):
+        write_text(path, '{"steps": 8, "long": "' + "x" * 100_000 + '"}')
+    assert path.read_text() == '{"steps": 4}'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left

@@ -156,7 +156,14 @@ def load_state(folder: Path, stem: str) -> Any:
 
 
 def write_text(path: Path, text: str) -> None:
-    path.write_text(text)
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
+    file or the new one, never part of one (a finished stage's summary.json is its marker)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_tree(root: Path) -> None:

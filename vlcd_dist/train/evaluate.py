@@ -44,7 +44,11 @@ from vlcd_dist import distributed as vdist
 from vlcd_dist.data.stream import Decoder, ShardLoader, ShardSet, ShardStream, StreamConfig
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.train.backend import Backend, configure_threads, create_backend
-from vlcd_dist.train.checkpoint import load_exported_student, resolve_student_file
+from vlcd_dist.train.checkpoint import (
+    load_exported_student,
+    resolve_student_file,
+    write_text,
+)
 from vlcd_dist.train.config import ConfigError, TrainConfig, dump_yaml
 from vlcd_dist.train.logging import TBLogger, setup_console_logging
 
@@ -684,7 +688,7 @@ class Evaluator:
 
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(dump_yaml(self.cfg))
-        (self.out / "report.json").write_text(json.dumps(report, indent=1))
+        write_text(self.out / "report.json", json.dumps(report, indent=1))
         table = markdown_report(report)
         (self.out / "report.md").write_text(table)
         tasks = report["tasks"]

@@ -34,7 +34,7 @@ from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader
 from vlcd_dist.distributed import is_collective_failure
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.train.backend import Backend, Trainee, configure_threads, create_backend
-from vlcd_dist.train.checkpoint import Checkpointer, TrainState
+from vlcd_dist.train.checkpoint import Checkpointer, TrainState, write_text
 from vlcd_dist.train.config import StageConfig, TrainConfig, dump_yaml, to_dict
 from vlcd_dist.train.logging import Progress, TBLogger, setup_console_logging
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
@@ -503,7 +503,7 @@ class Trainer(ABC):
             "backend": self.cfg.run.backend,
             **self.summary(),
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_text(self.out / "summary.json", json.dumps(summary, indent=1))
 
 
 def _tag(part: str) -> str:
