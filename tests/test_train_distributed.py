@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import DISTILL_STEPS as STEPS
-from conftest import REPO
+from conftest import REPO, run_cli
 from conftest import accelerate_launch as accelerate
 from safetensors.torch import load_file
 from test_train_stages import STUDENTS, scalars
@@ -82,16 +83,42 @@ def test_nan_in_one_student_leaves_the_other_untouched(
     assert any(not torch.equal(fault[faulty][k], clean[faulty][k]) for k in clean[faulty])
 
 
-def test_two_rank_eval_sees_every_sample_once(
+def test_two_rank_eval_sees_every_sample_once_and_matches_one_rank(
     accelerate_distill, tiny_recipe, tiny_pipeline, placenta_shards, tmp_path
 ) -> None:
+    sets = [
+        f"teacher.checkpoint={tiny_pipeline['teacher']}",
+        f"eval.students_from={accelerate_distill}",
+    ]
     out = tmp_path / "eval"
     accelerate(
         "-m", "vlcd_dist", "eval", "--config", tiny_recipe, "--out", out,
-        "--set", f"teacher.checkpoint={tiny_pipeline['teacher']}",
-        "--set", f"eval.students_from={accelerate_distill}",
+        *[arg for s in sets for arg in ("--set", s)],
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     splits = json.loads((placenta_shards / "info.json").read_text())["splits"]
     assert report["samples"] == {"train": splits["train"], "test": splits["test"]}
     assert list(report["models"]) == ["teacher", *STUDENTS]
+
+    # One rank, same models and data: the rows are put in key order after the gather, so the
+    # probes' folds and the bootstrap see the same samples and give the same figures.
+    single = tmp_path / "eval1"
+    assert (
+        run_cli(
+            "eval",
+            "--config",
+            tiny_recipe,
+            "--out",
+            single,
+            *[a for s in sets for a in ("--set", s)],
+        )
+        == 0
+    )
+    one = json.loads((single / "report.json").read_text())
+    for name in report["models"]:
+        two_rank, one_rank = report["models"][name], one["models"][name]
+        assert two_rank["probe_c"] == one_rank["probe_c"], name
+        # (a task without positives in the tiny test split has a NaN AUC on both)
+        assert two_rank["auc"] == pytest.approx(one_rank["auc"], abs=1e-6, nan_ok=True), name
+        for key, interval in two_rank["ci"].items():
+            assert interval == pytest.approx(one_rank["ci"][key], abs=1e-6, nan_ok=True), key

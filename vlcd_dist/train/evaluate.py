@@ -25,6 +25,7 @@ and need no launcher, so they are usable on their own.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -94,6 +95,13 @@ class LinearProbe:
         if self.model is None:
             return np.full(len(x), self.constant)
         return self.model.decision_function(x)
+
+
+def key_order(key: str) -> int:
+    """A sample key as a signed 64-bit number to sort by (a hash: rows of one split come in
+    the same order from any number of ranks; a tensor, unlike strings, can be gathered)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def fit_probe(
@@ -480,17 +488,20 @@ class Evaluator:
         self, models: list[EvalModel], split: str, degradation: tuple[str, int] | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
         """Features of every model and labels of one split (optionally degraded), gathered from
-        all ranks.
+        all ranks and put in the order of the sample keys, so that the probes' folds and the
+        bootstrap see the same rows whatever the number of ranks.
 
         Returns ({model: [N, d] float32}, labels [N, T], task names)."""
         loader = self.loader(split, degradation)
         feats: dict[str, list[torch.Tensor]] = {m.name: [] for m in models}
         labels: list[torch.Tensor] = []
+        keys: list[int] = []
         for batch in loader:
             images = self.backend.images(batch["image"])
             for m in models:
                 feats[m.name].append(m.features(images).float())
             labels.append(batch["labels"].to(self.device))
+            keys.extend(key_order(k) for k in batch["key"])
         dims = {m.name: int(m.module.embed_dim) for m in models}
         local = {
             name: torch.cat(v) if v else torch.zeros(0, dims[name], device=self.device)
@@ -498,8 +509,12 @@ class Evaluator:
         }
         y = torch.cat(labels) if labels else torch.zeros(0, len(loader.tasks), device=self.device)
         sizes = vdist.gather_sizes(y.shape[0], like=y)
-        gathered = {n: vdist.gather_no_grad(f, sizes).cpu().numpy() for n, f in local.items()}
-        y_all = vdist.gather_no_grad(y, sizes).cpu().numpy()
+        key_rows = torch.tensor(keys, dtype=torch.long, device=self.device)
+        order = vdist.gather_no_grad(key_rows, sizes).cpu().numpy().argsort(kind="stable")
+        gathered = {
+            n: vdist.gather_no_grad(f, sizes).cpu().numpy()[order] for n, f in local.items()
+        }
+        y_all = vdist.gather_no_grad(y, sizes).cpu().numpy()[order]
         if loader.skipped and sum(loader.skipped.values()):
             logger.warning(
                 "eval %s: skipped samples on rank %d: %s",
