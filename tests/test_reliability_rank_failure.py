@@ -7,9 +7,9 @@ The two "nodes" of the first tests are two torchrun launchers on this machine (o
 static rendezvous), as srun starts them: a launcher watches only its own node's processes, so
 the surviving rank has to find out by itself. The faults come from tests/workers/faulthook.
 
-The restart test failed about 2 times in 3 before the backends keyed their process group by the
-restart attempt (vlcd_dist.train.backend.init_restartable_group): the restarted ranks read
-the dead ranks' addresses left in torchrun's store and gloo refused to connect.
+The restart failed in half of the tries (5 of 10) before the backends keyed their process group
+by the restart attempt (vlcd_dist.train.backend.init_restartable_group): the restarted ranks
+read the dead ranks' addresses left in torchrun's store, and gloo refused to connect.
 """
 
 from __future__ import annotations
