@@ -39,13 +39,13 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def wait_for_file(path: Path, procs: list[subprocess.Popen], log: Path, timeout: float) -> float:
-    """Wait until ``path`` exists (the fault happened); its time.monotonic(). Fails, with the
-    log, when a process ends first or the time is up."""
+def wait_for_file(path: Path, procs: list[subprocess.Popen], log: Path, timeout: float) -> None:
+    """Wait until ``path`` exists (the fault happened). Fails, with the log, when a process
+    ends first or the time is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            return time.monotonic()
+            return
         if any(p.poll() is not None for p in procs):
             break
         time.sleep(0.2)

@@ -18,7 +18,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def _run_with_fault(kind: str, recipe: Path, sets: list[str], tmp_path: Path) ->
     cmds = _node_cmds(recipe, out, sets)
     procs = [start(cmd, env, log) for cmd, log in zip(cmds, logs, strict=True)]
     try:
-        fault = wait_for_file(ready, procs, logs[1], timeout=600)
+        wait_for_file(ready, procs, logs[1], timeout=600)
         try:
             code = procs[0].wait(timeout=TIMEOUT_S + SLACK_S)
         except subprocess.TimeoutExpired:
@@ -87,11 +86,10 @@ def _run_with_fault(kind: str, recipe: Path, sets: list[str], tmp_path: Path) ->
                 f"rank 0 still running {TIMEOUT_S + SLACK_S} s after rank 1 {kind}\n"
                 + logs[0].read_text()[-6000:]
             ) from None
-        took = time.monotonic() - fault
     finally:
         # A hung rank is left to its own launcher; srun --kill-on-bad-exit ends it on SLURM.
         stop(procs)
-    return {"code": code, "took": took, "log": logs[0].read_text(), "out": out}
+    return {"code": code, "log": logs[0].read_text(), "out": out}
 
 
 def test_timeout_reaches_the_process_group() -> None:
@@ -164,7 +162,6 @@ def test_surviving_rank_stops_with_a_clear_error(kind, tiny_recipe, distill_sets
     result = _run_with_fault(kind, tiny_recipe, distill_sets, tmp_path)
     log = result["log"]
     assert result["code"] != 0, log[-6000:]
-    assert result["took"] < TIMEOUT_S + SLACK_S
     # One line that says what happened and what to do, instead of a bare transport error.
     assert re.search(rf"rank 0/2: .*step 2.*{CLEAR}.*collective_timeout_s={TIMEOUT_S}", log), log[
         -6000:
