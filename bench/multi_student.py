@@ -34,8 +34,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from vlcd_dist.cli import main as vlcd  # noqa: E402
+from vlcd_dist.config import StudentSpec, TrainConfig  # noqa: E402
 from vlcd_dist.models import create_teacher, save_teacher  # noqa: E402
-from vlcd_dist.train.config import StudentSpec, TrainConfig  # noqa: E402
 from vlcd_dist.train.stages import (  # noqa: E402
     ANCHOR_FILE,
     DistillTrainer,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from vlcd_dist.bench_models import add_bench_parser, round_robin
+from vlcd_dist.cli.bench import add_parser as add_bench_parser
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.evaluation.efficiency import round_robin
 
 TEACHER = "tiny_resnet18_minilm"  # random ResNet-18 image tower, d=64
 STUDENTS = ["tiny_mobilenetv3", "tiny_resnet"]

@@ -18,16 +18,12 @@ from conftest import TINY_RECIPE, run_cli
 from PIL import Image
 from test_train_stages import STUDENTS, scalars
 
+from vlcd_dist.config import ConfigError
 from vlcd_dist.data.stream import ShardLoader, StreamConfig
 from vlcd_dist.data.synthetic_placenta import make_sample
-from vlcd_dist.train.config import ConfigError
-from vlcd_dist.train.evaluate import (
-    DegradedShardLoader,
-    auc_roc,
-    image_seed,
-    prompt_tasks,
-    zero_shot_scores,
-)
+from vlcd_dist.evaluation.metrics import auc_roc
+from vlcd_dist.evaluation.robustness import DegradedShardLoader, image_seed
+from vlcd_dist.evaluation.zeroshot import prompt_tasks, zero_shot_scores
 
 # Two synthetic findings under names no code knows.
 RENAMED = {"meconium": "green_membranes", "chorioamnionitis": "cloudy_plate"}

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from vlcd_dist.cli.export import add_parser as add_export_parser
 from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.export import add_export_parser
 from vlcd_dist.models import create_student, state_dict_hash
 
 STUDENT = "tiny_mobilenetv3"
@@ -169,7 +169,7 @@ def test_missing_weights_unknown_student_and_bad_config_are_explained(
 def test_random_init_is_logged_and_a_failed_check_raises(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlcd_dist import export
+    from vlcd_dist.deploy import export
 
     real = export.onnx_runner
 
@@ -194,7 +194,7 @@ def test_random_init_is_logged_and_a_failed_check_raises(
 def test_onnx_refuses_a_size_a_fixed_size_student_must_resize_inside() -> None:
     from types import SimpleNamespace
 
-    from vlcd_dist.export import check_onnx_input_size
+    from vlcd_dist.deploy.export import check_onnx_input_size
 
     fixed = SimpleNamespace(image_size=(224, 224))  # as EfficientFormer-L1's Student has
     check_onnx_input_size("efficientformer_l1", fixed, (224, 224))

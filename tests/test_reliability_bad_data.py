@@ -13,9 +13,9 @@ import pytest
 from conftest import accelerate_launch, distill_args
 from test_train_stages import scalars
 
+from vlcd_dist.config import load_config
 from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader, iter_tar, resolve_shards
 from vlcd_dist.errors import DataError
-from vlcd_dist.train.config import load_config
 from vlcd_dist.train.stages import create_stage
 
 SHARDS, PER_SHARD = 6, 10  # 60 samples: 30 per rank, 6 full batches of 5 (nothing dropped)

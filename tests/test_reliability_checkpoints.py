@@ -22,6 +22,8 @@ import torch
 from conftest import run_cli
 from safetensors.torch import save_file
 
+from vlcd_dist.config import load_config
+from vlcd_dist.io import write_text
 from vlcd_dist.train.backend import AccelerateBackend
 from vlcd_dist.train.checkpoint import (
     MARKER,
@@ -29,9 +31,8 @@ from vlcd_dist.train.checkpoint import (
     Checkpointer,
     CheckpointError,
     TrainState,
-    write_text,
 )
-from vlcd_dist.train.config import load_config
+from vlcd_dist.train.deepspeed_backend import DeepSpeedBackend
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
 from vlcd_dist.train.stages import create_stage
 
@@ -174,9 +175,12 @@ def test_only_damaged_checkpoints_stop_the_resume(backend, tmp_path) -> None:
 
 class DeepSpeedLayout:
     """A backend writing trainees as the DeepSpeed backend does: model.safetensors beside
-    DeepSpeed's own engine/ folder, no optimizer.json."""
+    DeepSpeed's own engine/ folder, no optimizer.json; checked as the DeepSpeed backend checks
+    its own files."""
 
     rank, world_size, is_main = 0, 1, True
+    opaque_dirs = DeepSpeedBackend.opaque_dirs
+    trainee_problems = DeepSpeedBackend.trainee_problems
 
     def barrier(self) -> None:
         pass
@@ -198,7 +202,7 @@ def test_deepspeed_layout_is_accepted_and_checked(backend, tmp_path) -> None:
     _truncate(path / "b" / "engine" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     shutil.rmtree(path / "a" / "engine")
     problems = ckpt.problems(path)
-    assert "a/ has no optimizer state (optimizer.json or engine/)" in problems
+    assert any(p.startswith("a/ has no DeepSpeed state (engine/)") for p in problems), problems
     assert "a/engine/mp_rank_00_model_states.pt is missing" in problems
     assert "b/engine/zero_pp_rank_0_mp_rank_00_optim_states.pt is 13 bytes, 27 were written" in (
         problems
@@ -228,7 +232,7 @@ def test_keep_last_and_saving_a_step_again(backend, tmp_path) -> None:
 
 
 def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
-    tiny_recipe, tmp_path, capsys
+    backend, tiny_recipe, tmp_path, capsys
 ) -> None:
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
@@ -258,7 +262,7 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
     partial = ckpts / ".tmp_step_000004"
     assert (partial / FIRST / "model.safetensors").is_file()
     assert not (partial / SECOND).exists() and not (partial / MARKER).exists()
-    reader = Checkpointer(ckpts, backend=None)  # type: ignore[arg-type]
+    reader = Checkpointer(ckpts, backend)  # checks the layout of the backend that wrote it
     assert reader.latest() == ckpts / "step_000002" and reader.problems(reader.latest()) == []
 
     # Resume: steps 3 and 4 are trained again from step 2's state, and the final save completes.

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import REPO, accelerate_launch
 
+from vlcd_dist.config import ConfigError, TrainConfig, load_config
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.train.checkpoint import TrainState
-from vlcd_dist.train.config import ConfigError, TrainConfig, load_config
 from vlcd_dist.train.stages import create_stage
 from vlcd_dist.train.trainer import TooManySkipsError, Trainer
 

@@ -29,9 +29,9 @@ from faults import (
 )
 from test_slurm import ACTIVE, _job_state, slurm_cluster  # noqa: F401 - slurm_cluster: a fixture
 
+from vlcd_dist.config import ConfigError, load_config
 from vlcd_dist.distributed import slurm_requeue_id
 from vlcd_dist.train import preemption as preemption_module
-from vlcd_dist.train.config import ConfigError, load_config
 from vlcd_dist.train.preemption import EXIT_NOT_REQUEUED, Preemption, signal_number
 
 # The signal reaches rank 1 after 1 step: the ranks agree at the end of step 2 and stop there.

@@ -18,11 +18,11 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
+from vlcd_dist.config import ConfigError, load_config
 from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader, StreamConfig, iter_tar
 from vlcd_dist.models.weights import load_state_dict
 from vlcd_dist.train.backend import AccelerateBackend
 from vlcd_dist.train.checkpoint import Checkpointer, CheckpointError, TrainState
-from vlcd_dist.train.config import ConfigError, load_config
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
 
 

@@ -12,8 +12,8 @@ from conftest import run_cli
 from PIL import Image
 
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train.plots import pareto_front, x_scale
-from vlcd_dist.train.report import write_report
+from vlcd_dist.reporting.figures import pareto_front, x_scale
+from vlcd_dist.reporting.page import write_report
 
 TASKS = ["meconium", "fir", "mir"]
 AUC = {
@@ -152,7 +152,7 @@ def test_report_of_an_eval_folder_with_degrade_and_zero_shot(tmp_path) -> None:
 
 
 def test_report_includes_a_sweep_and_refuses_an_empty_folder(tmp_path, capsys) -> None:
-    from vlcd_dist.train.sweep import write_outputs
+    from vlcd_dist.reporting.sweep import write_outputs
 
     run = tmp_path / "run"
     make_eval(run / "eval", make_report())
@@ -203,7 +203,7 @@ def test_pareto_front_and_x_scale() -> None:
 
 
 def test_demo_ends_with_the_html_report(tmp_path, tiny_recipe, monkeypatch, capsys) -> None:
-    from vlcd_dist.train import demo
+    from vlcd_dist.pipelines import demo
 
     ran = []
     monkeypatch.setattr(demo, "run_stage", lambda stage, *a, **k: ran.append(stage))

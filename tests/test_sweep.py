@@ -7,10 +7,11 @@ import json
 import pytest
 from conftest import run_cli
 
+from vlcd_dist.config import ConfigError
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train import demo
-from vlcd_dist.train.config import ConfigError
-from vlcd_dist.train.sweep import grid_points, parse_grid, plan_sweep, split_values, sweep_table
+from vlcd_dist.pipelines import launch
+from vlcd_dist.pipelines.sweep import grid_points, parse_grid, plan_sweep, split_values
+from vlcd_dist.reporting.sweep import sweep_table
 
 STUDENTS = ["tiny_mobilenetv3", "tiny_resnet"]
 
@@ -118,14 +119,14 @@ def test_two_point_sweep_runs_distill_and_eval_per_point(
     # The stage commands run in this process (same argv as the subprocesses), which keeps the
     # test to seconds; the command lines themselves are checked.
     commands: list[list[str]] = []
-    prefix = demo.launch_prefix(1)
+    prefix = launch.launch_prefix(1)
 
     def in_process(cmd: list[str], env: dict[str, str]) -> int:
         assert cmd[: len(prefix)] == prefix
         commands.append(cmd[len(prefix) :])
         return run_cli(*cmd[len(prefix) :])
 
-    monkeypatch.setattr(demo, "execute", in_process)
+    monkeypatch.setattr(launch, "execute", in_process)
     out = tmp_path / "sweep"
     argv = (
         f"sweep --config {tiny_recipe} --out {out} --nproc 1 --from {tiny_pipeline['root']} "
@@ -176,14 +177,14 @@ def test_a_finished_stage_is_recognised_whether_or_not_it_was_resumed(tmp_path) 
     folder.mkdir()
     (folder / "summary.json").write_text("{}")
     (folder / "config.yaml").write_text("checkpoint: {every_steps: 2, resume: true}\n")
-    assert demo._finished("distill", folder, "checkpoint: {every_steps: 2, resume: false}\n")
-    assert not demo._finished("distill", folder, "checkpoint: {every_steps: 3, resume: false}\n")
+    assert launch._finished("distill", folder, "checkpoint: {every_steps: 2, resume: false}\n")
+    assert not launch._finished("distill", folder, "checkpoint: {every_steps: 3, resume: false}\n")
 
 
 def test_a_stage_stopped_before_finishing_stops_the_pipeline(tiny_recipe, tmp_path, monkeypatch):
     # A preempted stage exits with status 0 after its checkpoint, without summary.json.
     ran: list[str] = []
-    monkeypatch.setattr(demo, "execute", lambda cmd, env: ran.append(cmd[-1]) or 0)
+    monkeypatch.setattr(launch, "execute", lambda cmd, env: ran.append(cmd[-1]) or 0)
     with pytest.raises(VlcdError, match=r"stage distill stopped before finishing .*summary.json"):
-        demo.run_stage("distill", tmp_path / "distill", tiny_recipe, [], 1, {}, "the sweep")
+        launch.run_stage("distill", tmp_path / "distill", tiny_recipe, [], 1, {}, "the sweep")
     assert ran == ["--resume"]

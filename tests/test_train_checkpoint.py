@@ -11,14 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from vlcd_dist.train.backend import AccelerateBackend
-from vlcd_dist.train.checkpoint import (
-    Checkpointer,
-    CheckpointError,
-    TrainState,
-    flatten_state,
-    unflatten_state,
-)
+from vlcd_dist.train.checkpoint import Checkpointer, CheckpointError, TrainState
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
+from vlcd_dist.train.state_io import flatten_state, unflatten_state
 
 
 @pytest.fixture(scope="module")

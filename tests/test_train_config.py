@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from vlcd_dist.train.config import (
+from vlcd_dist.config import (
     ConfigError,
     StudentSpec,
     TrainConfig,

@@ -12,9 +12,9 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from vlcd_dist.anchors import AnchorCache
+from vlcd_dist.config import load_config
 from vlcd_dist.models import create_teacher, teacher_config
-from vlcd_dist.train.checkpoint import load_exported_student
-from vlcd_dist.train.config import load_config
+from vlcd_dist.models.exported import load_exported_student
 from vlcd_dist.train.stages import create_stage
 
 STUDENTS = ["tiny_mobilenetv3", "tiny_resnet"]
@@ -147,10 +147,10 @@ def test_eval_writes_report_plots_and_tensorboard(tiny_recipe, tiny_pipeline, tm
 
 
 def test_demo_commands(tmp_path) -> None:
-    from vlcd_dist.train import demo
+    from vlcd_dist.pipelines import demo, launch
 
-    assert demo.launch_prefix(1)[1:] == ["-m", "vlcd_dist"]
-    two = demo.launch_prefix(2)
+    assert launch.launch_prefix(1)[1:] == ["-m", "vlcd_dist"]
+    two = launch.launch_prefix(2)
     assert two[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
     assert two[two.index("--num_processes") + 1] == "2" and two[-2:] == ["-m", "vlcd_dist"]
     stages = [s for s, _, _ in demo._stage_plan(tmp_path)]
@@ -158,7 +158,7 @@ def test_demo_commands(tmp_path) -> None:
     folder = tmp_path / "distill"
     folder.mkdir()
     (folder / "config.yaml").write_text("a: 1\n")
-    assert not demo._finished("distill", folder, "a: 1\n")  # no summary.json: not finished
+    assert not launch._finished("distill", folder, "a: 1\n")  # no summary.json: not finished
     (folder / "summary.json").write_text("{}")
-    assert demo._finished("distill", folder, "a: 1\n")
-    assert not demo._finished("distill", folder, "a: 2\n")  # another recipe: rerun
+    assert launch._finished("distill", folder, "a: 1\n")
+    assert not launch._finished("distill", folder, "a: 2\n")  # another recipe: rerun

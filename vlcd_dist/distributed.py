@@ -8,6 +8,7 @@ small named functions below it so tests can call and monkeypatch them.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from dataclasses import dataclass
 
@@ -282,3 +283,16 @@ def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.T
     sizes = gather_sizes(x.shape[0], like=x) if sizes is None else list(sizes)
     rank, _ = _check_sizes(x, sizes)
     return _GatherWithGrad.apply(x, sizes, rank)
+
+
+def signal_number(name: str) -> signal.Signals:
+    """The signal called ``name`` ("SIGUSR1", "USR1", "sigterm", ...); ValueError otherwise."""
+    text = name.strip().upper()
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    sig = getattr(signal, text, None)
+    if not isinstance(sig, signal.Signals) or text.startswith("SIG_"):
+        raise ValueError(f"unknown signal {name!r}; use a name such as SIGUSR1 or SIGTERM")
+    if sig in (signal.SIGKILL, signal.SIGSTOP):
+        raise ValueError(f"{text} cannot be caught; use e.g. SIGUSR1 or SIGTERM")
+    return sig

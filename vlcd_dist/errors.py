@@ -10,3 +10,7 @@ class VlcdError(Exception):
 
 class DataError(VlcdError):
     """Bad shards, manifests or data settings."""
+
+
+class ConfigError(VlcdError, ValueError):
+    """A recipe or an override cannot be applied; the message says how to fix it."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from vlcd_dist.config import load_config
 from vlcd_dist.models.weights import state_dict_hash
-from vlcd_dist.train.config import load_config
 from vlcd_dist.train.stages import create_stage
 
 

@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from vlcd_dist.train.config import load_config
+from vlcd_dist.config import load_config
 from vlcd_dist.train.stages import create_stage
 
 

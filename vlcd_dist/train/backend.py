@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import save_tensors, write_text
+from vlcd_dist.train.state_io import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -146,25 +148,34 @@ class Backend(ABC):
     def barrier(self) -> None:
         """Wait until every rank gets here."""
 
+    #: Folders inside a trainee's checkpoint that another library writes and reads (their
+    #: JSON files are not ours to validate); see :meth:`trainee_problems`.
+    opaque_dirs: frozenset[str] = frozenset()
+
     def save_trainee(self, trainee: Trainee, folder: Path) -> None:
         """Write the trainee's model, optimizer and scaler state into ``folder`` (safetensors
         and JSON). Collective: every rank calls it; here rank 0 writes (DDP replicas agree)."""
-        from vlcd_dist.train.checkpoint import save_state, write_text
-
         state = self.state_dict(trainee)
         if not self.is_main:
             return
         folder.mkdir(parents=True, exist_ok=True)
-        model = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["model"].items()}
-        save_file(model, str(folder / "model.safetensors"))
+        save_tensors(state["model"], folder / "model.safetensors")
         save_state(state["optimizer"], folder, "optimizer")
         if state.get("scaler"):
             write_text(folder / "scaler.json", json.dumps(state["scaler"]))
 
+    def trainee_problems(self, folder: Path) -> list[str]:
+        """What :meth:`save_trainee`'s files lack in a trainee's checkpoint ``folder`` (each
+        backend checks its own layout); empty when nothing is missing."""
+        if (folder / "optimizer.json").is_file():
+            return []
+        return [
+            "has no optimizer state (optimizer.json); a checkpoint of another backend? resume "
+            "with the backend that wrote it"
+        ]
+
     def load_trainee(self, trainee: Trainee, folder: Path) -> None:
         """Restore what :meth:`save_trainee` wrote (every rank reads the same files)."""
-        from vlcd_dist.train.checkpoint import load_state
-
         scaler_file = folder / "scaler.json"
         state = {
             "model": load_file(str(folder / "model.safetensors")),
@@ -274,18 +285,6 @@ class AccelerateBackend(Backend):
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-
-
-def create_backend(name: str = "accelerate", **kwargs: Any) -> Backend:
-    """The backend called ``name``: "accelerate" or "deepspeed" (see deepspeed_backend)."""
-    if name == "accelerate":
-        kwargs.pop("deepspeed_settings", None)
-        return AccelerateBackend(**kwargs)
-    if name == "deepspeed":
-        from vlcd_dist.train.deepspeed_backend import DeepSpeedBackend
-
-        return DeepSpeedBackend(**kwargs)
-    raise VlcdError(f"unknown backend {name!r}: use 'accelerate' or 'deepspeed'")
 
 
 def process_group_timeout(seconds: float) -> Any:

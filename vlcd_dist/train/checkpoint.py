@@ -1,4 +1,6 @@
-"""Checkpoints without pickle, written atomically; exported student and teacher weights.
+"""Checkpoints without pickle, written atomically.
+
+Exported students are :mod:`vlcd_dist.models.exported`; this module is the training state only.
 
 Layout of one checkpoint (``OUT/checkpoints/step_NNNNNN/``)::
 
@@ -47,7 +49,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import (
+    fsync_dir,
+    fsync_tree,
+    json_problem,
+    safetensors_problem,
+    sha256_file,
+    write_text,
+)
+from vlcd_dist.train.state_io import CheckpointError
 
 if TYPE_CHECKING:
     from vlcd_dist.train.backend import Backend, Trainee
@@ -62,10 +72,6 @@ TMP_PREFIX = ".tmp_"
 PAUSE_ENV = "VLCD_TEST_SAVE_PAUSE"
 """Tests only: "STEP:SECONDS" (or "SECONDS": every save) sleeps between two trainees' files of
 that step's save, so a test can kill the process in the middle of a checkpoint."""
-
-
-class CheckpointError(VlcdError):
-    """A checkpoint cannot be written or read."""
 
 
 @dataclass
@@ -87,144 +93,14 @@ class TrainState:
     skipped_samples: dict[str, int] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------
-# Nested state <-> (tensors, JSON)
-
-
-def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
-    """A JSON-ready copy of ``obj`` with every tensor moved into ``tensors`` (by a dotted name)
-    and replaced by ``{"__tensor__": name}``. Non-string dict keys and tuples are kept exact."""
-    if isinstance(obj, torch.Tensor):
-        name = prefix or "value"
-        tensors[name] = obj.detach().to("cpu").contiguous().clone()
-        return {"__tensor__": name}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {
-                k: flatten_state(v, tensors, f"{prefix}.{k}" if prefix else k)
-                for k, v in obj.items()
-            }
-        return {
-            "__items__": [
-                [k, flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
-                for k, v in obj.items()
-            ]
-        }
-    if isinstance(obj, tuple):
-        return {
-            "__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
-        }
-    if isinstance(obj, list):
-        return [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    raise CheckpointError(f"cannot store {type(obj).__name__} at {prefix!r} without pickle")
-
-
-def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`flatten_state`."""
-    if isinstance(obj, dict):
-        if set(obj) == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        if set(obj) == {"__items__"}:
-            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
-        if set(obj) == {"__tuple__"}:
-            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
-        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [unflatten_state(v, tensors) for v in obj]
-    return obj
-
-
-def save_state(obj: Any, folder: Path, stem: str) -> None:
-    """Write ``obj`` as ``stem.safetensors`` (its tensors) + ``stem.json`` (the rest)."""
-    tensors: dict[str, torch.Tensor] = {}
-    structure = flatten_state(obj, tensors)
-    if tensors:
-        save_file(tensors, str(folder / f"{stem}.safetensors"))
-    write_text(folder / f"{stem}.json", json.dumps(structure))
-
-
-def load_state(folder: Path, stem: str) -> Any:
-    """Read what :func:`save_state` wrote."""
-    structure = json.loads((folder / f"{stem}.json").read_text())
-    file = folder / f"{stem}.safetensors"
-    tensors = load_file(str(file)) if file.exists() else {}
-    return unflatten_state(structure, tensors)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
-    file or the new one, never part of one (a finished stage's summary.json is its marker)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and folder under ``root`` (and root itself)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _manifest(root: Path) -> dict[str, dict[str, Any]]:
     """{path relative to root: {"size": bytes, "sha256": hex}} of every file under root."""
     files = {}
     for file in sorted(root.rglob("*")):
         if file.is_file():
             rel = file.relative_to(root).as_posix()
-            files[rel] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+            files[rel] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
     return files
-
-
-def safetensors_problem(path: str | Path) -> str | None:
-    """None when ``path`` is a readable safetensors file (its header parses and the tensors it
-    describes end exactly at the end of the file); otherwise what is wrong. Reads the header
-    only."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size < 8:
-        return f"{size} bytes, too short for a safetensors file"
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if length > size - 8:
-            return f"{size} bytes, shorter than its header says (truncated, or not safetensors)"
-        try:
-            header = json.loads(f.read(length))
-            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exn:
-            return f"unreadable safetensors header ({type(exn).__name__})"
-    expected = 8 + length + max(ends, default=0)
-    if expected != size:
-        return f"{size} bytes, its header describes {expected} (truncated or altered)"
-    return None
-
-
-def _json_problem(path: Path) -> str | None:
-    try:
-        json.loads(path.read_text())
-    except (OSError, ValueError) as exn:
-        return f"unreadable JSON ({exn})"
-    return None
 
 
 def _save_pause(step: int) -> None:
@@ -237,19 +113,6 @@ def _save_pause(step: int) -> None:
         return
     logger.warning("%s: pausing %s s inside the save of step %d", PAUSE_ENV, seconds, step)
     time.sleep(float(seconds))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,12 +204,13 @@ class Checkpointer:
         """What is wrong with the checkpoint in ``path``; empty when it is complete and intact.
 
         Checks: the COMPLETE marker; meta.json (readable, its sha256 as recorded in COMPLETE);
-        every trainee's folder with its weights, schedule and optimizer state (ours, or
-        DeepSpeed's ``engine/`` folder); every file listed in meta.json present with its size and
+        every trainee's folder with its weights, schedule and the optimizer state its backend
+        writes (:meth:`Backend.trainee_problems`; JSON inside :attr:`Backend.opaque_dirs`, e.g.
+        DeepSpeed's ``engine/``, is not ours to parse); every file listed in meta.json present
+        with its size and
         sha256; every safetensors header readable and matching the file's length; every JSON
         file parsable. Checkpoints written before files were listed get all but the listing."""
-        from vlcd_dist.train.deepspeed_backend import ENGINE_TAG
-
+        opaque = self.backend.opaque_dirs
         path = Path(path)
         if not (path / MARKER).is_file():
             return [f"no {MARKER} marker (an interrupted save)"]
@@ -374,8 +238,7 @@ class Checkpointer:
                 if not (sub / file).is_file():
                     found.append(f"{name}/{file} is missing")
                     bad.add(f"{name}/{file}")
-            if not ((sub / "optimizer.json").is_file() or (sub / ENGINE_TAG).is_dir()):
-                found.append(f"{name}/ has no optimizer state (optimizer.json or {ENGINE_TAG}/)")
+            found.extend(f"{name}/ {problem}" for problem in self.backend.trainee_problems(sub))
         for rel, info in (meta.get("files") or {}).items():
             file = path / rel
             if rel in bad or rel.split("/", 1)[0] in gone:
@@ -388,7 +251,7 @@ class Checkpointer:
             if size != info.get("size"):
                 found.append(f"{rel} is {size} bytes, {info.get('size')} were written")
                 bad.add(rel)
-            elif info.get("sha256") and _sha256(file) != info["sha256"]:
+            elif info.get("sha256") and sha256_file(file) != info["sha256"]:
                 found.append(f"{rel} differs from what was written (sha256)")
                 bad.add(rel)
         for file in sorted(path.rglob("*")):
@@ -397,8 +260,8 @@ class Checkpointer:
                 continue
             if file.suffix == ".safetensors":
                 problem = safetensors_problem(file)
-            elif file.suffix == ".json" and ENGINE_TAG not in file.relative_to(path).parts:
-                problem = _json_problem(file)
+            elif file.suffix == ".json" and not opaque.intersection(file.relative_to(path).parts):
+                problem = json_problem(file)
             else:
                 continue
             if problem:
@@ -458,7 +321,7 @@ class Checkpointer:
             write_text(tmp / "meta.json", meta_text)
             meta_sha = hashlib.sha256(meta_text.encode()).hexdigest()
             write_text(tmp / MARKER, json.dumps({"step": state.step, "meta_sha256": meta_sha}))
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             old = None
             if final.exists():
                 # Keep the previous checkpoint of this step whole until the new one is in place.
@@ -467,7 +330,7 @@ class Checkpointer:
                     shutil.rmtree(old)
                 os.replace(final, old)
             os.replace(tmp, final)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             self._prune(state.step)
@@ -567,86 +430,3 @@ def _jsonable(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isnan(value)
     return value is None or isinstance(value, (bool, int, str, float))
-
-
-# ---------------------------------------------------------------------------------------------
-# Exported weights
-
-
-STUDENT_FORMAT = "vlcd-student/1"
-
-
-def export_student(
-    student: torch.nn.Module,
-    folder: str | Path,
-    spec: dict[str, Any],
-    extra: dict[str, Any],
-    state: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write ``folder/<name>.safetensors`` (plain Student state_dict, or ``state`` when the
-    backend supplies full-precision weights) and ``<name>.json`` (what rebuilds it:
-    create_student(**build) then load the weights). Returns the weights path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    name = spec["name"]
-    build = {
-        "name": name,
-        "embed_dim": int(student.embed_dim),
-        "image_size": list(student.image_size) if student.image_size else None,
-    }
-    info = {"format": STUDENT_FORMAT, "build": build, **extra}
-    source = student.state_dict() if state is None else state
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
-    path = folder / f"{name}.safetensors"
-    tmp = folder / f".{name}.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": STUDENT_FORMAT, "info": json.dumps(info)})
-    os.replace(tmp, path)
-    write_text(folder / f"{name}.json", json.dumps(info, indent=1))
-    return path
-
-
-def read_student_info(path: str | Path) -> dict[str, Any]:
-    """The build info stored in an exported student file (its safetensors metadata)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != STUDENT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not an exported student ({STUDENT_FORMAT}); export one with "
-            "`vlcd predistill` or `vlcd distill`"
-        )
-    return json.loads(meta["info"])
-
-
-def load_exported_student(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an exported student and load its weights. Returns (student, info)."""
-    from vlcd_dist.models import create_student
-    from vlcd_dist.models.weights import load_into
-
-    info = read_student_info(path)
-    build = info["build"]
-    student = create_student(
-        build["name"], embed_dim=build["embed_dim"], image_size=build["image_size"]
-    )
-    load_into(student, load_file(str(path)), source=str(path))
-    return student, info
-
-
-def resolve_student_file(init_from: str | Path, name: str) -> Path:
-    """The exported weights of student ``name`` given a file, an export folder or a stage
-    output folder (which holds export/)."""
-    path = Path(init_from).expanduser()
-    candidates = (
-        [path]
-        if path.is_file()
-        else [path / f"{name}.safetensors", path / "export" / f"{name}.safetensors"]
-    )
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise CheckpointError(
-        f"no exported weights for student {name!r} under {path} (looked for "
-        f"{', '.join(str(c) for c in candidates)}); run `vlcd predistill` first, or drop "
-        "init_from to start from the configured initialisation"
-    )

@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import save_tensors
 from vlcd_dist.train.backend import Backend, Trainee, init_restartable_group
+from vlcd_dist.train.state_io import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -264,19 +265,26 @@ class DeepSpeedBackend(Backend):
             state[name] = (full if full is not None else param).detach().float()
         return state
 
+    opaque_dirs = frozenset({ENGINE_TAG})
+
     def save_trainee(self, trainee: Trainee, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         weights = self.export_state(trainee)
         trainee.model.save_checkpoint(str(folder), tag=ENGINE_TAG, save_latest=False)
         if self.is_main:
-            plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-            save_file(plain, str(folder / "model.safetensors"))
+            save_tensors(weights, folder / "model.safetensors")
+
+    def trainee_problems(self, folder: Path) -> list[str]:
+        if (folder / ENGINE_TAG).is_dir():
+            return []
+        return [
+            f"has no DeepSpeed state ({ENGINE_TAG}/); a checkpoint of another backend? resume "
+            "with the backend that wrote it"
+        ]
 
     def load_trainee(self, trainee: Trainee, folder: Path) -> None:
         engine = trainee.model
         if not (folder / ENGINE_TAG).is_dir():
-            from vlcd_dist.train.checkpoint import CheckpointError
-
             raise CheckpointError(
                 f"{folder} has no DeepSpeed state ({ENGINE_TAG}/): it was written by another "
                 "backend; resume with the backend that wrote it"
@@ -294,8 +302,6 @@ class DeepSpeedBackend(Backend):
         finally:
             del loader.load
         if path is None:
-            from vlcd_dist.train.checkpoint import CheckpointError
-
             raise CheckpointError(f"DeepSpeed could not load {folder / ENGINE_TAG}")
 
     def close(self) -> None:

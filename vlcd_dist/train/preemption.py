@@ -24,26 +24,13 @@ import threading
 from types import FrameType
 from typing import Any
 
-from vlcd_dist.distributed import slurm_requeue_id
+from vlcd_dist.distributed import signal_number, slurm_requeue_id
 
 logger = logging.getLogger("vlcd_dist.train")
 
 EXIT_NOT_REQUEUED = 3
 """Exit status of rank 0 when it checkpointed for a preemption under SLURM but ``scontrol
 requeue`` failed: the job must be resubmitted with ``--resume``."""
-
-
-def signal_number(name: str) -> signal.Signals:
-    """The signal called ``name`` ("SIGUSR1", "USR1", "sigterm", ...); ValueError otherwise."""
-    text = name.strip().upper()
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    sig = getattr(signal, text, None)
-    if not isinstance(sig, signal.Signals) or text.startswith("SIG_"):
-        raise ValueError(f"unknown signal {name!r}; use a name such as SIGUSR1 or SIGTERM")
-    if sig in (signal.SIGKILL, signal.SIGSTOP):
-        raise ValueError(f"{text} cannot be caught; use e.g. SIGUSR1 or SIGTERM")
-    return sig
 
 
 class Preemption:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vlcd_dist import distributed as vdist
+from vlcd_dist.config import ConfigError, StageConfig, StudentSpec, TrainConfig
 from vlcd_dist.data.stream import ShardLoader, iter_tar, resolve_shards
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.losses import clip_loss, predistill_loss, vlcd_loss
@@ -37,10 +38,9 @@ from vlcd_dist.models import (
     save_teacher,
     teacher_config,
 )
+from vlcd_dist.models.exported import export_student, read_student_info, resolve_student_file
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 from vlcd_dist.train.backend import Backend, Trainee
-from vlcd_dist.train.checkpoint import export_student, read_student_info, resolve_student_file
-from vlcd_dist.train.config import ConfigError, StageConfig, StudentSpec, TrainConfig
 from vlcd_dist.train.trainer import Trainer
 
 logger = logging.getLogger("vlcd_dist.train")

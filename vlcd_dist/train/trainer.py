@@ -30,12 +30,14 @@ from typing import Any
 
 import torch
 
+from vlcd_dist.config import StageConfig, TrainConfig, dump_yaml, to_dict
 from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader
 from vlcd_dist.distributed import is_collective_failure
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train.backend import Backend, Trainee, configure_threads, create_backend
-from vlcd_dist.train.checkpoint import Checkpointer, TrainState, write_text
-from vlcd_dist.train.config import StageConfig, TrainConfig, dump_yaml, to_dict
+from vlcd_dist.io import write_text
+from vlcd_dist.train.backend import Backend, Trainee, configure_threads
+from vlcd_dist.train.backends import create_backend
+from vlcd_dist.train.checkpoint import Checkpointer, TrainState
 from vlcd_dist.train.logging import Progress, TBLogger, setup_console_logging
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
 from vlcd_dist.train.preemption import Preemption

@@ -1,15 +1,6 @@
-"""``vlcd demo``: the whole method on the built-in data, one stage after another.
-
-1. Writes the built-in shards when absent (synthetic placenta pairs; natural crops of the
-   scikit-image photographs).
-2. Runs ``train-teacher``, ``predistill``, ``distill`` and ``eval`` with the demo recipe, each
-   as its own ``accelerate launch`` of ``python -m vlcd_dist`` (or a plain process for one rank),
-   exactly the commands a user would type; each stage's output folder feeds the next.
-3. Prints the report table, writes the HTML report (``vlcd report``) into ``OUT/report/`` and
-   says where it and the TensorBoard logs are.
-
-A stage whose output already holds a finished run of the same resolved recipe is not rerun, and
-an interrupted stage continues from its newest checkpoint (``--resume``).
+"""How the pipelines start a stage: the launch command of N ranks, the environment, and the
+check that a stage has finished. One place for the command line, used by the pipelines and by
+the tests' multi-rank launches alike.
 """
 
 from __future__ import annotations
@@ -24,13 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from vlcd_dist.config import dump_yaml, load_config
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train.config import TrainConfig, dump_yaml, load_config
-
-REPO = Path(__file__).resolve().parents[2]
-DEMO_RECIPE = REPO / "configs" / "demo.yaml"
-PLACENTA_SYNTHETIC = 2000
-NATURAL_COUNT = 5000
 
 
 def default_nproc() -> int:
@@ -42,7 +28,8 @@ def default_nproc() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous or a main process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -70,44 +57,9 @@ def launch_prefix(nproc: int) -> list[str]:
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "vlcd_dist",
-    ]
-
-
-def ensure_shards(cfg: TrainConfig) -> None:
-    """Write the built-in shard sets named by the recipe when they are missing."""
-    from vlcd_dist.cli import main as vlcd
-
-    placenta, natural = Path(cfg.data.placenta), Path(cfg.data.natural)
-    jobs = [
-        (placenta, ["shards", "placenta", "--synthetic", str(PLACENTA_SYNTHETIC)]),
-        (natural, ["shards", "natural", "--count", str(NATURAL_COUNT)]),
-    ]
-    for folder, argv in jobs:
-        if (folder / "sizes.json").is_file():
-            continue
-        print(f"==> writing the built-in shards: vlcd {' '.join(argv)} --out {folder}", flush=True)
-        if vlcd([*argv, "--out", str(folder)]) != 0:
-            raise VlcdError(f"could not write the demo shards into {folder}")
-
-
-def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
-    teacher = out / "teacher" / "export" / "teacher.safetensors"
-    return [
-        ("train-teacher", out / "teacher", []),
-        ("predistill", out / "predistill", [f"teacher.checkpoint={teacher}"]),
-        (
-            "distill",
-            out / "distill",
-            [f"teacher.checkpoint={teacher}", f"distill.init_from={out / 'predistill'}"],
-        ),
-        (
-            "eval",
-            out / "eval",
-            [f"teacher.checkpoint={teacher}", f"eval.students_from={out / 'distill'}"],
-        ),
     ]
 
 
@@ -190,55 +142,3 @@ def run_stage(
         )
     print(f"==> {stage}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     return True
-
-
-def run_demo(
-    out: Path,
-    nproc: int | None = None,
-    config: Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> int:
-    """Run every stage on the built-in data, print the report and write the HTML report.
-    Returns an exit status."""
-    from vlcd_dist.train.report import write_report
-
-    config = Path(config) if config is not None else DEMO_RECIPE
-    if not config.is_file():
-        raise VlcdError(f"demo recipe {config} not found; pass --config configs/demo.yaml")
-    out = Path(out)
-    cfg = load_config(config, overrides)
-    ensure_shards(cfg)
-    nproc = nproc or default_nproc()
-    env = stage_env(nproc)
-    started = time.perf_counter()
-    print(f"==> vlcd demo: {nproc} rank(s), recipe {config}, output {out}", flush=True)
-    for stage, folder, extra in _stage_plan(out):
-        run_stage(stage, folder, config, [*overrides, *extra], nproc, env)
-    report_md = out / "eval" / "report.md"
-    print()
-    print(report_md.read_text())
-    _print_verdict(out / "eval" / "report.json")
-    html = write_report(out)
-    print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
-    print(f"report: {report_md} (and report.json, auc.png, roc.png beside it)")
-    print(f"HTML report: {html} (open it in a browser; `vlcd report {out}` rewrites it)")
-    print(f"TensorBoard: tensorboard --logdir {out}")
-    return 0
-
-
-def _print_verdict(path: Path) -> None:
-    import json
-
-    report = json.loads(path.read_text())
-    models = report["models"]
-    teacher = models.get("teacher")
-    if teacher is None:
-        return
-    print(f"teacher mean test AUC: {teacher['auc_mean']:.3f}")
-    for name, r in models.items():
-        if r["kind"] == "student":
-            delta = r["auc_mean"] - teacher["auc_mean"]
-            print(
-                f"  {name}: {r['auc_mean']:.3f} ({delta:+.3f} vs teacher, "
-                f"{r['speedup']:.1f}x faster)"
-            )

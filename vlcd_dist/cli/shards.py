@@ -1,9 +1,4 @@
-"""The ``vlcd`` command line.
-
-Each subcommand parses its options, builds what it needs and runs it; the work itself lives in
-the library modules. Errors about the user's input (:class:`~vlcd_dist.errors.VlcdError`) are
-printed without a traceback and exit with status 2.
-"""
+"""``vlcd shards natural | placenta``: write WebDataset shard sets (see :mod:`vlcd_dist.data`)."""
 
 from __future__ import annotations
 
@@ -15,11 +10,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .argtypes import positive_int
-from .errors import VlcdError
+from vlcd_dist.cli.argtypes import positive_int
+from vlcd_dist.errors import VlcdError
 
 if TYPE_CHECKING:
-    from .data.writer import ShardJob
+    from vlcd_dist.data.writer import ShardJob
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -63,13 +58,8 @@ def _add_writer_options(p: argparse.ArgumentParser, shard_size: int) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vlcd",
-        description="Vision-Language Contrastive Distillation: data, training and evaluation.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``shards`` and its kinds on the ``vlcd`` parser."""
     shards = sub.add_parser(
         "shards",
         help="write WebDataset shards (natural images or placenta image-report pairs)",
@@ -155,19 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_writer_options(pla, shard_size=100)
     pla.set_defaults(func=cmd_shards_placenta)
 
-    from .bench_models import add_bench_parser
-    from .export import add_export_parser
-    from .train.cli import add_train_parsers
-
-    add_bench_parser(sub)
-    add_export_parser(sub)
-    add_train_parsers(sub)
-    return parser
-
 
 def cmd_shards_natural(args: argparse.Namespace) -> int:
-    from .data import natural
-    from .data.writer import chunk_jobs
+    from vlcd_dist.data import natural
+    from vlcd_dist.data.writer import chunk_jobs
 
     common = dict(kind="natural", seed=args.seed, shard_size=args.shard_size)
     if args.source in ("skimage", "synthetic"):
@@ -193,7 +174,7 @@ def cmd_shards_natural(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_placenta(args: argparse.Namespace) -> int:
-    from .data import placenta, synthetic_placenta
+    from vlcd_dist.data import placenta, synthetic_placenta
 
     if args.synthetic:
         if args.manifest or args.images:
@@ -266,7 +247,7 @@ def _write(
     info: dict,
 ) -> int:
     """Write the shard set, then say where it went and what was left out."""
-    from .data.writer import summarize_skips, write_shards
+    from vlcd_dist.data.writer import summarize_skips, write_shards
 
     record = write_shards(
         args.out,
@@ -288,20 +269,3 @@ def _write(
     if record["skipped"]:
         print(summarize_skips(record["skipped"]), file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except VlcdError as exn:
-        print(f"vlcd: error: {exn}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vlcd: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ in ``OUT/teacher`` and ``OUT/predistill``, unless the recipe already names them
 distill and eval stages only; keys of ``train_teacher`` and ``predistill`` are refused.
 
 Every stage is the command a user would type, started like the demo's
-(:func:`vlcd_dist.train.demo.run_stage`): a finished stage of the same resolved recipe is not
+(:func:`vlcd_dist.pipelines.demo.run_stage`): a finished stage of the same resolved recipe is not
 rerun, an interrupted one resumes, so rerunning the sweep continues where it stopped. Point
 ``P`` lives in ``OUT/<P>/distill`` and ``OUT/<P>/eval``; at the end the sweep writes
 ``OUT/sweep.json`` (every point's values, overrides and AUCs), ``OUT/sweep.md`` (a table: point
@@ -31,28 +31,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vlcd_dist.config import ConfigError, TrainConfig, load_config
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train.config import ConfigError, TrainConfig, load_config
-from vlcd_dist.train.report import (
-    DASH,
-    Table,
-    degrade_description,
-    degraded_mean,
-    fmt,
-)
+from vlcd_dist.pipelines.demo import REPO, ensure_shards
+from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
+from vlcd_dist.reporting.page import degrade_description, degraded_mean
+from vlcd_dist.reporting.sweep import INIT_KEY, sweep_table, write_outputs
 
-INIT_KEY = "distill.init"
 INIT_VALUES = ("predistilled", "scratch")
-LAMBDA_KEY = "loss.distill_lambda"
 # Sections read only by the stages the sweep runs once (the teacher, the predistillation), and
 # fields the sweep sets itself.
 SHARED_PREFIXES = ("teacher", "train_teacher", "predistill")
@@ -165,20 +156,6 @@ def grid_points(axes: list[Axis]) -> list[Point]:
     return points
 
 
-def _number(text: str) -> float | None:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 @dataclass
 class Plan:
     """What the sweep runs: the upstream folders, the points and their overrides."""
@@ -273,8 +250,6 @@ def plan_sweep(
 
 def _ensure_builtin_shards(cfg: TrainConfig) -> None:
     """Write the demo's shard sets when the recipe points at them and they are missing."""
-    from vlcd_dist.train.demo import REPO, ensure_shards
-
     builtin = {(REPO / "shards" / "demo" / n).resolve() for n in ("placenta", "natural")}
     if {Path(cfg.data.placenta).resolve(), Path(cfg.data.natural).resolve()} <= builtin:
         ensure_shards(cfg)
@@ -293,8 +268,6 @@ def run_sweep(
     """Run (or, with ``dry_run``, print) the sweep and write its summary. ``eval_sets`` are
     overrides of the eval stages only (``--degrade``). Returns sweep.json's content (None on a
     dry run)."""
-    from vlcd_dist.train.demo import default_nproc, run_stage, stage_env
-
     plan = plan_sweep(config, out, grid, sets, source)
     if eval_sets:
         load_config(plan.config, [*plan.sets, *eval_sets])
@@ -383,193 +356,3 @@ def summarize(plan: Plan) -> dict[str, Any]:
         "degrade": degrade,
         "points": points,
     }
-
-
-def _label(key: str) -> str:
-    return "init" if key == INIT_KEY else key.split(".")[-1]
-
-
-def sweep_table(summary: dict[str, Any]) -> Table:
-    """Grid point x student mean AUC (and degraded mean AUC); the best of a column in bold."""
-    keys = [g["key"] for g in summary["grid"]]
-    students = summary["students"]
-    degraded = summary.get("degrade") is not None
-    teachers = {p.get("teacher_auc_mean") for p in summary["points"] if p.get("report")}
-    teacher_col = len(teachers) > 1
-    header = [_label(k) for k in keys]
-    cols: list[tuple[str, str, bool]] = []  # (model, field, degraded)
-    for s in students:
-        cols.append((s, "auc_mean", False))
-        if degraded:
-            cols.append((s, "degraded_auc_mean", True))
-    if teacher_col:
-        cols.append(("teacher", "teacher_auc_mean", False))
-        if degraded:
-            cols.append(("teacher", "teacher_degraded_auc_mean", True))
-    first = len(header)
-    header += [f"{m} degraded" if d else m for m, _, d in cols]
-    rows, values = [], []
-    for p in summary["points"]:
-        row = [p["values"][k] for k in keys]
-        vals: list[Any] = [None] * len(row)
-        for model, key, _ in cols:
-            got = p.get(key)
-            v = got.get(model) if isinstance(got, dict) else got
-            row.append(fmt(v) if p.get("report") else "not run")
-            vals.append(v)
-        rows.append(row)
-        values.append(vals)
-    numeric_keys = {
-        i for i, g in enumerate(summary["grid"]) if all(_number(v) is not None for v in g["values"])
-    }
-    table = Table(header, rows, numeric=numeric_keys | set(range(first, len(header))))
-    table.bold_best(range(first, len(header)), values)
-    if degraded:
-        models = list(dict.fromkeys(m for m, _, _ in cols))
-        table.groups = [("", first), *((m, 2) for m in models)]
-        table.short_header = header[:first] + ["degraded" if d else "clean" for _, _, d in cols]
-    return table
-
-
-def sweep_notes(summary: dict[str, Any]) -> str:
-    """What the sweep table shows, in one paragraph."""
-    points = summary["points"]
-    done = sum(1 for p in points if p.get("report"))
-    grid = " x ".join(f"{g['key']} in {{{', '.join(g['values'])}}}" for g in summary["grid"])
-    text = (
-        f"Recipe {summary['recipe']}, {len(points)} points ({grid}), {done} evaluated; each "
-        "point is one distill of every student and one eval. Cells: mean test AUC-ROC over the "
-        f"{len(summary['tasks']) or '?'} tasks (linear probes); bold: the best of a column. "
-        "Each point's folder is named after its values, e.g. "
-        f"{points[0]['name'] if points else 'distill_lambda-0.1'}/."
-    )
-    teachers = {p.get("teacher_auc_mean") for p in points if p.get("report")}
-    if len(teachers) == 1 and None not in teachers:
-        text += f" The teacher (the same in every point) has mean AUC {fmt(next(iter(teachers)))}."
-    if summary.get("degrade"):
-        text += (
-            f" Degraded: the mean AUC averaged over {summary['degrade']} (probes fitted on clean "
-            "images)."
-        )
-    if any(g["key"] == INIT_KEY for g in summary["grid"]):
-        text += (
-            " init: predistilled students start from the predistillation; scratch ones from "
-            "their configured initialisation."
-        )
-    return text
-
-
-def sweep_chart(summary: dict[str, Any]) -> Any:
-    """Mean AUC against the swept value: lambda when it is an axis, else the first numeric
-    axis, else the points in order; a colour per student, a line style per combination of the
-    other axes (e.g. predistilled / scratch). Two panels (clean, degraded) when degraded AUCs
-    exist. Returns a uint8 RGB array."""
-    import numpy as np
-
-    from vlcd_dist.train.plots import Series, line_chart
-
-    grid = summary["grid"]
-    keys = [g["key"] for g in grid]
-    numeric = [g["key"] for g in grid if all(_number(v) is not None for v in g["values"])]
-    x_key = LAMBDA_KEY if LAMBDA_KEY in keys else (numeric[0] if numeric else None)
-    points = [p for p in summary["points"] if p.get("report")]
-    if x_key is not None:
-        others = [k for k in keys if k != x_key]
-        tick_labels = None
-        x_of = {p["name"]: _number(p["values"][x_key]) for p in points}
-        x_label = f"{x_key}" + (" (0: no distillation terms)" if x_key == LAMBDA_KEY else "")
-    else:
-        others = keys[1:]
-        firsts = list(dict.fromkeys(p["values"][keys[0]] for p in points))
-        x_of = {p["name"]: float(firsts.index(p["values"][keys[0]])) for p in points}
-        tick_labels = {float(i): v for i, v in enumerate(firsts)}
-        x_label = keys[0]
-    combos = list(dict.fromkeys(tuple(p["values"][k] for k in others) for p in points))
-
-    def combo_label(combo: tuple[str, ...]) -> str:
-        parts = []
-        for k, v in zip(others, combo, strict=True):
-            if k == INIT_KEY:
-                parts.append("predistilled" if v == "predistilled" else "from scratch")
-            else:
-                parts.append(f"{_label(k)}={v}")
-        return ", ".join(parts)
-
-    students = summary["students"]
-
-    def panel(field_name: str, title: str) -> np.ndarray:
-        series = []
-        for si, student in enumerate(students):
-            for ci, combo in enumerate(combos):
-                chosen = [p for p in points if tuple(p["values"][k] for k in others) == combo]
-                xs = [x_of[p["name"]] for p in chosen]
-                ys = [
-                    float(v)
-                    if isinstance(v := (p.get(field_name) or {}).get(student), (int, float))
-                    else float("nan")
-                    for p in chosen
-                ]
-                series.append(Series(f"{student} {combo_label(combo)}", xs, ys, si, ci))
-        legend: list[tuple[str, int | None, int | None]] = [
-            (s, i, None) for i, s in enumerate(students)
-        ]
-        if len(combos) > 1:
-            legend += [(combo_label(c), None, i) for i, c in enumerate(combos)]
-        return line_chart(
-            series, title=title, x_label=x_label, legend=legend, x_tick_labels=tick_labels
-        )
-
-    images = [panel("auc_mean", "students' mean test AUC (clean test images)")]
-    if summary.get("degrade"):
-        images.append(panel("degraded_auc_mean", f"mean test AUC, degraded: {summary['degrade']}"))
-    width = max(im.shape[1] for im in images)
-    padded = [
-        np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0)), constant_values=255) for im in images
-    ]
-    return np.concatenate(padded, axis=0)
-
-
-def write_outputs(out: Path, summary: dict[str, Any]) -> None:
-    """sweep.json, sweep.md, sweep.png and TensorBoard (OUT/tb, rewritten each time)."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(summary, indent=1))
-    table = sweep_table(summary)
-    md = f"# VLCD sweep\n\n{table.markdown()}\n{sweep_notes(summary)}\n\n![sweep](sweep.png)\n"
-    (out / "sweep.md").write_text(md)
-    done = [p for p in summary["points"] if p.get("report")]
-    (out / "sweep.png").unlink(missing_ok=True)
-    chart = sweep_chart(summary) if done and summary["students"] else None
-    if chart is not None:
-        Image.fromarray(chart).save(out / "sweep.png")
-    else:
-        (out / "sweep.md").write_text(md.replace("\n![sweep](sweep.png)\n", ""))
-    _tensorboard(out / "tb", summary, chart, table.markdown())
-
-
-def _tensorboard(folder: Path, summary: dict[str, Any], chart: Any, table: str) -> None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    writer = SummaryWriter(log_dir=str(folder))
-    try:
-        for p in summary["points"]:
-            if not p.get("report"):
-                continue
-            hparams: dict[str, Any] = {}
-            for key, value in p["values"].items():
-                number = _number(value)
-                hparams[key] = number if number is not None else value
-            metrics = {f"auc_mean/{s}": v for s, v in p["auc_mean"].items() if v is not None}
-            for s, v in (p.get("degraded_auc_mean") or {}).items():
-                if v is not None:
-                    metrics[f"degraded_auc_mean/{s}"] = v
-            writer.add_hparams(hparams, metrics, run_name=p["name"])
-        if chart is not None:
-            writer.add_image("sweep/mean_auc", chart, 0, dataformats="HWC")
-        writer.add_text("sweep/table", table.replace(DASH, "-"), 0)
-    finally:
-        writer.close()

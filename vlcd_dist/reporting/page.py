@@ -29,106 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.reporting.tables import DASH, Table, finite, fmt
 
-DASH = "–"
 STAGE_DIRS = ("teacher", "predistill", "distill")
 # Pictures copied from the eval folder: (file, caption).
 EVAL_PLOTS = (
     ("auc.png", "Test AUC-ROC per task and the mean, per model (linear probes)."),
     ("roc.png", "ROC curves of the linear probes on the test split, one panel per task."),
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; None and NaN become a dash."""
-    if value is None:
-        return DASH
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return DASH if not math.isfinite(number) else f"{number:.{digits}f}"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass
-class Table:
-    """A table rendered to Markdown or HTML the same way: a header, rows of cell texts, which
-    columns are numbers (right-aligned), which cells are bold (row, column)."""
-
-    header: list[str]
-    rows: list[list[str]]
-    numeric: set[int] = field(default_factory=set)
-    bold: set[tuple[int, int]] = field(default_factory=set)
-    code: set[int] = field(default_factory=set)
-    """Columns shown as code (model and folder names)."""
-    groups: list[tuple[str, int]] | None = None
-    """HTML only: a header row above the column names, (label, columns spanned) left to right."""
-    short_header: list[str] | None = None
-    """HTML only: the column names under ``groups`` (default: ``header``)."""
-
-    def bold_best(self, columns: Sequence[int], values: list[list[float]]) -> None:
-        """Bold the largest finite value of each column in ``columns`` (``values[r][c]``)."""
-        for c in columns:
-            # Compared as shown (3 decimals), so equal cells are bold together.
-            col = [
-                (round(values[r][c], 3), r) for r in range(len(self.rows)) if _finite(values[r][c])
-            ]
-            if len(col) > 1:
-                best = max(v for v, _ in col)
-                self.bold |= {(r, c) for v, r in col if v == best}
-
-    def markdown(self) -> str:
-        def cell(r: int, c: int, text: str) -> str:
-            text = text.replace("|", "\\|")
-            if c in self.code and text != DASH:
-                text = f"`{text}`"
-            return f"**{text}**" if (r, c) in self.bold else text
-
-        align = ["---:" if c in self.numeric else "---" for c in range(len(self.header))]
-        lines = ["| " + " | ".join(h.replace("|", "\\|") for h in self.header) + " |"]
-        lines.append("|" + "|".join(align) + "|")
-        for r, row in enumerate(self.rows):
-            lines.append("| " + " | ".join(cell(r, c, t) for c, t in enumerate(row)) + " |")
-        return "\n".join(lines) + "\n"
-
-    def html(self, caption: str | None = None) -> str:
-        def td(r: int, c: int, text: str) -> str:
-            body = html.escape(text)
-            if c in self.code and text != DASH:
-                body = f"<code>{body}</code>"
-            if (r, c) in self.bold:
-                body = f"<strong>{body}</strong>"
-            return f'<td class="num">{body}</td>' if c in self.numeric else f"<td>{body}</td>"
-
-        head = "".join(
-            f'<th class="num">{html.escape(h)}</th>'
-            if c in self.numeric
-            else f"<th>{html.escape(h)}</th>"
-            for c, h in enumerate(self.short_header or self.header)
-        )
-        if self.groups:
-            top = "".join(
-                f'<th colspan="{span}" class="group">{html.escape(label)}</th>'
-                for label, span in self.groups
-            )
-            head = f"{top}</tr><tr>{head}"
-        body = "\n".join(
-            "<tr>" + "".join(td(r, c, t) for c, t in enumerate(row)) + "</tr>"
-            for r, row in enumerate(self.rows)
-        )
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        return (
-            f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
-            f"<tbody>\n{body}\n</tbody></table></div>"
-        )
 
 
 def eval_table(report: dict[str, Any]) -> Table:
@@ -152,7 +60,7 @@ def eval_table(report: dict[str, Any]) -> Table:
                 DASH if delta is None or r.get("kind") == "teacher" else f"{delta:+.3f}",
                 fmt(r["params"] / 1e6, 1) if r.get("params") else DASH,
                 fmt(r.get("latency_ms"), 1),
-                f"{speed:.1f}x" if _finite(speed) else DASH,
+                f"{speed:.1f}x" if finite(speed) else DASH,
             ]
         )
         values.append([None, *aucs, r.get("auc_mean")])
@@ -228,7 +136,7 @@ def degraded_mean(report: dict[str, Any], model: str) -> float | None:
             if _number(sev) and float(sev) == 0:
                 continue
             v = degrade_entry(report, model, corruption, sev).get("auc_mean")
-            if _finite(v):
+            if finite(v):
                 values.append(float(v))
     return sum(values) / len(values) if values else None
 
@@ -256,7 +164,7 @@ def robustness_tables(report: dict[str, Any]) -> list[tuple[str, Table]]:
                 mean, clean = e.get("auc_mean"), r.get("auc_mean")
                 text = fmt(mean)
                 # The change is computed here, not read from "drop", whose sign is a convention.
-                if _finite(mean) and _finite(clean):
+                if finite(mean) and finite(clean):
                     change = round(mean - clean, 3)
                     text += (
                         f" ({'+' if change > 0 else '−' if change < 0 else '±'}{abs(change):.3f})"
@@ -328,7 +236,7 @@ def stages_table(root: Path) -> Table | None:
 
 def pareto_models(report: dict[str, Any]) -> tuple[list[str], list[bool]]:
     """Model names and whether each is on the accuracy-latency Pareto front."""
-    from vlcd_dist.train.plots import pareto_front
+    from vlcd_dist.reporting.figures import pareto_front
 
     names = list(report["models"])
     lat = [_float(report["models"][n].get("latency_ms")) for n in names]
@@ -337,7 +245,7 @@ def pareto_models(report: dict[str, Any]) -> tuple[list[str], list[bool]]:
 
 
 def _float(value: Any) -> float:
-    return float(value) if _finite(value) else float("nan")
+    return float(value) if finite(value) else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,13 +374,13 @@ def _summary_cards(report: dict[str, Any]) -> str:
     cards = []
     for name, r in models.items():
         sub = []
-        if r.get("kind") == "student" and teacher and _finite(r.get("delta_vs_teacher")):
+        if r.get("kind") == "student" and teacher and finite(r.get("delta_vs_teacher")):
             d = r["delta_vs_teacher"]
             cls = "up" if d >= 0 else "down"
             sub.append(f'<span class="{cls}">{d:+.3f}</span> vs teacher')
-        if _finite(r.get("speedup")) and r.get("kind") != "teacher":
+        if finite(r.get("speedup")) and r.get("kind") != "teacher":
             sub.append(f"{r['speedup']:.1f}x faster")
-        if _finite(r.get("latency_ms")):
+        if finite(r.get("latency_ms")):
             sub.append(f"{r['latency_ms']:.1f} ms")
         cards.append(
             f'<div class="card"><div class="name">{html.escape(name)}</div>'
@@ -496,7 +404,7 @@ def _save(image: Any, path: Path) -> None:
 
 def robustness_chart(report: dict[str, Any]) -> Any:
     """Mean AUC vs severity (0 = clean), a line per model, a style per corruption."""
-    from vlcd_dist.train.plots import Series, line_chart
+    from vlcd_dist.reporting.figures import Series, line_chart
 
     corruptions = _degrade_corruptions(report)
     series, legend = [], []
@@ -572,7 +480,7 @@ def write_report(
 def _eval_sections(
     page: Page, report: dict[str, Any], eval_dir: Path, out: Path, drawn: dict[str, Any]
 ) -> None:
-    from vlcd_dist.train.plots import pareto_chart
+    from vlcd_dist.reporting.figures import pareto_chart
 
     models = report["models"]
     h, m = page.add("results", "Linear-probe results")
@@ -658,7 +566,7 @@ def _eval_sections(
 
 
 def _sweep_section(page: Page, sweep_dir: Path, out: Path) -> None:
-    from vlcd_dist.train.sweep import sweep_notes, sweep_table
+    from vlcd_dist.reporting.sweep import sweep_notes, sweep_table
 
     summary = json.loads((sweep_dir / "sweep.json").read_text())
     h, m = page.add("sweep", "Sweep")

@@ -25,15 +25,9 @@ and need no launcher, so they are usable on their own.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
-import statistics
 import time
-import zlib
-from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,304 +35,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlcd_dist import distributed as vdist
-from vlcd_dist.data.stream import Decoder, ShardLoader, ShardSet, ShardStream, StreamConfig
+from vlcd_dist.config import TrainConfig, dump_yaml
+from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.train.backend import Backend, configure_threads, create_backend
-from vlcd_dist.train.checkpoint import (
-    load_exported_student,
-    resolve_student_file,
-    write_text,
+from vlcd_dist.evaluation.efficiency import measure_latency
+from vlcd_dist.evaluation.features import FeatureFn, extract_features
+from vlcd_dist.evaluation.metrics import (
+    aucs_by_task,
+    bootstrap_intervals,
+    l2_normalize,
+    mean_finite,
+    roc_points,
 )
-from vlcd_dist.train.config import ConfigError, TrainConfig, dump_yaml
+from vlcd_dist.evaluation.probes import apply_probes, fit_probe
+from vlcd_dist.evaluation.robustness import DegradedShardLoader, robustness_points
+from vlcd_dist.evaluation.zeroshot import prompt_tasks, zero_shot_scores
+from vlcd_dist.io import write_text
+from vlcd_dist.models.exported import load_exported_student, resolve_student_file
+from vlcd_dist.train.backend import Backend, configure_threads
+from vlcd_dist.train.backends import create_backend
 from vlcd_dist.train.logging import TBLogger, setup_console_logging
 
 logger = logging.getLogger("vlcd_dist.eval")
-
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
 # Probes and intervals on plain arrays
 
 
-def auc_roc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half); NaN when y has one class only."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y).astype(bool)
-    pos = int(y.sum())
-    neg = y.size - pos
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm: [N, d] -> [N, d]."""
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-@dataclass
-class LinearProbe:
-    """A fitted probe of one task: a logistic regression, or a constant score when the train
-    split holds one class only (then ``c`` is NaN)."""
-
-    model: Any | None
-    constant: float
-    c: float
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """Decision values of features x [M, d] (normalised like the train features): [M]."""
-        if self.model is None:
-            return np.full(len(x), self.constant)
-        return self.model.decision_function(x)
-
-
-def key_order(key: str) -> int:
-    """A sample key as a signed 64-bit number to sort by (a hash: rows of one split come in
-    the same order from any number of ranks; a tensor, unlike strings, can be gathered)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def fit_probe(
-    train_x: np.ndarray, train_y: np.ndarray, cs: list[float], folds: int, seed: int = 0
-) -> LinearProbe:
-    """Logistic-regression probe of one task on train_x [N, d], train_y [N] (0/1).
-
-    C maximises the mean cross-validated AUC on train (stratified folds, seeded)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-
-    train_y = np.asarray(train_y).astype(int)
-    minority = int(min(train_y.sum(), train_y.size - train_y.sum()))
-    if minority == 0:
-        return LinearProbe(None, float(train_y.mean()), float("nan"))
-    best_c, best_auc = cs[0], -1.0
-    k = min(folds, minority)
-    if len(cs) > 1 and k >= 2:
-        splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(train_x, train_y))
-        for c in cs:
-            aucs = []
-            for fit_idx, val_idx in splits:
-                model = LogisticRegression(C=c, max_iter=2000).fit(
-                    train_x[fit_idx], train_y[fit_idx]
-                )
-                aucs.append(auc_roc(train_y[val_idx], model.decision_function(train_x[val_idx])))
-            score = float(np.nanmean(aucs))
-            if score > best_auc:
-                best_c, best_auc = c, score
-    model = LogisticRegression(C=best_c, max_iter=2000).fit(train_x, train_y)
-    return LinearProbe(model, float("nan"), float(best_c))
-
-
-def probe_scores(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    cs: list[float],
-    folds: int,
-    seed: int = 0,
-) -> tuple[np.ndarray, float]:
-    """Logistic-regression probe of one task.
-
-    train_x [N, d], train_y [N] (0/1), test_x [M, d]: features (normalised by the caller).
-    Returns (test scores [M], chosen C). C maximises the mean cross-validated AUC on train.
-    """
-    probe = fit_probe(train_x, train_y, cs, folds, seed)
-    return probe.scores(test_x), probe.c
-
-
-def zero_shot_scores(
-    image_features: np.ndarray, positive: np.ndarray, negative: np.ndarray
-) -> np.ndarray:
-    """Zero-shot scores cos(z, positive) - cos(z, negative), no training.
-
-    image_features [N, d] (raw, in the teacher's embedding space); positive, negative [d] (one
-    task) or [T, d] (one row per task) prompt embeddings. Returns [N], or [N, T] for [T, d].
-    """
-    x = l2_normalize(np.asarray(image_features, dtype=np.float64))
-    pos = l2_normalize(np.atleast_2d(np.asarray(positive, dtype=np.float64)))
-    neg = l2_normalize(np.atleast_2d(np.asarray(negative, dtype=np.float64)))
-    scores = x @ pos.T - x @ neg.T
-    return scores[:, 0] if np.ndim(positive) == 1 else scores
-
-
-def prompt_tasks(prompts: dict[str, list[str]], tasks: list[str], shards: str) -> list[str]:
-    """The shard tasks that have zero-shot prompts, in shard order; [] (logged) when none.
-
-    A prompt for a task the shards do not have is a ConfigError naming it."""
-    unknown = [t for t in prompts if t not in tasks]
-    if unknown:
-        raise ConfigError(
-            f"eval.zero_shot_prompts has prompts for task(s) {unknown} that the shards "
-            f"{shards} do not have; their tasks are {tasks}. Key the prompts by those names, "
-            "or drop them (--set eval.zero_shot_prompts={} skips zero-shot)"
-        )
-    chosen = [t for t in tasks if t in prompts]
-    if not chosen:
-        logger.info(
-            "eval: zero-shot skipped: eval.zero_shot_prompts has no prompts for the tasks %s",
-            tasks,
-        )
-    elif len(chosen) < len(tasks):
-        logger.info(
-            "eval: zero-shot for %s; no prompts for %s",
-            chosen,
-            [t for t in tasks if t not in prompts],
-        )
-    return chosen
-
-
-def bootstrap_intervals(
-    y: np.ndarray, scores: np.ndarray, resamples: int, confidence: float, seed: int = 0
-) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals of every task's AUC and of their mean.
-
-    y, scores: [M, T] test labels and probe scores. The same resampled rows serve all tasks.
-    Returns {"task_j": [lo, hi] for j, ..., "mean": [lo, hi]} keyed by column index as str.
-    """
-    rng = np.random.default_rng(seed)
-    m, t = y.shape
-    per_task = np.full((resamples, t), np.nan)
-    for b in range(resamples):
-        rows = rng.integers(0, m, m)
-        for j in range(t):
-            per_task[b, j] = auc_roc(y[rows, j], scores[rows, j])
-    alpha = (1 - confidence) / 2
-    out = {}
-    for j in range(t):
-        col = per_task[:, j][~np.isnan(per_task[:, j])]
-        out[str(j)] = (
-            [float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha))]
-            if col.size
-            else [float("nan")] * 2
-        )
-    means = np.nanmean(per_task, axis=1)
-    means = means[~np.isnan(means)]
-    out["mean"] = (
-        [float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))]
-        if means.size
-        else [float("nan")] * 2
-    )
-    return out
-
-
-def roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rates, true positive rates) of the ROC curve."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(np.asarray(y).astype(int), score)
-    return fpr, tpr
-
-
-def measure_latency(
-    fn: FeatureFn,
-    shape: tuple[int, ...],
-    iters: int,
-    threads: int,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> float:
-    """Median wall time (ms) of ``fn`` on a random batch of ``shape`` with ``threads`` CPU
-    threads, after 3 warm-up calls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = torch.randn(*shape).contiguous(memory_format=memory_format)
-        times = []
-        with torch.no_grad():
-            for i in range(3 + iters):
-                t0 = time.perf_counter()
-                fn(x)
-                if i >= 3:
-                    times.append((time.perf_counter() - t0) * 1000)
-        return float(statistics.median(times))
-    finally:
-        torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------
 # Degraded test images
-
-
-def image_seed(key: str, seed: int) -> int:
-    """The degradation seed of one sample: a function of its key and the run seed only, so it
-    is the same for every model, rank count, worker count and severity."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
-
-
-class DegradedShardStream(ShardStream):
-    """The eval stream with every photograph corrupted between decoding and the eval transform.
-
-    Each raw sample is decoded exactly as the stream's decoder does it (same draft size),
-    degraded with ``degrade(image, corruption, severity, image_seed(key, seed))`` and handed on
-    as a lossless PPM, which the stream's decoder reads back pixel for pixel. Everything else
-    (rank and worker split, skips and refills, batching) is the stream's own, so at severity 0
-    the batches equal the clean ones exactly.
-    """
-
-    def __init__(
-        self,
-        shard_set: ShardSet,
-        cfg: StreamConfig,
-        rank: int,
-        world: int,
-        corruption: str,
-        severity: int,
-        seed: int,
-    ) -> None:
-        # Imported here, in the main process, so that forked DataLoader workers inherit it
-        # instead of each importing albumentations again.
-        from vlcd_dist.data.degrade import corruption as check_corruption
-
-        check_corruption(corruption, severity)  # unknown names and severities fail here
-        super().__init__(shard_set, cfg, rank, world)
-        self.corruption = corruption
-        self.severity = severity
-        self.degrade_seed = seed
-
-    def _raw(self, shard_ids: list[int], worker: int, counts: Counter) -> Iterator[dict]:
-        from PIL import Image
-
-        from vlcd_dist.data.degrade import degrade
-
-        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg.image_size, self.cfg.train)
-        for raw in super()._raw(shard_ids, worker, counts):
-            if "jpg" in raw:
-                try:
-                    image = np.asarray(decoder.decode_image(raw))
-                except Exception:
-                    # Left as it is: the stream's decoder meets the same failure and skips and
-                    # counts the sample (or raises, in strict mode).
-                    yield raw
-                    continue
-                seed = image_seed(raw["__key__"], self.degrade_seed)
-                out = degrade(image, self.corruption, self.severity, seed)
-                buf = io.BytesIO()
-                Image.fromarray(out).save(buf, format="PPM")
-                raw = {**raw, "jpg": buf.getvalue()}
-            yield raw
-
-
-class DegradedShardLoader(ShardLoader):
-    """A :class:`ShardLoader` whose photographs are corrupted; see :class:`DegradedShardStream`."""
-
-    def __init__(
-        self,
-        cfg: StreamConfig,
-        rank: int,
-        world: int,
-        corruption: str,
-        severity: int,
-        seed: int,
-    ) -> None:
-        super().__init__(cfg, rank, world)
-        self.dataset = DegradedShardStream(
-            self.shard_set, cfg, self.rank, self.world, corruption, severity, seed
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,29 +92,6 @@ class ZeroShotPrompts:
     texts: dict[str, list[str]]  # task -> [positive, negative]
     positive: np.ndarray  # [T', d] fp32
     negative: np.ndarray  # [T', d] fp32
-
-
-def apply_probes(probes: list[LinearProbe], scaler: Any, features: np.ndarray) -> np.ndarray:
-    """Scores [M, T] of raw features [M, d]: L2-normalised, standardised by ``scaler`` (fitted on
-    the clean train split), then each task's probe. Clean and degraded test features take this
-    same path, so identical features give identical scores."""
-    x = scaler.transform(l2_normalize(features))
-    if not probes:
-        return np.zeros((len(x), 0))
-    return np.stack([p.scores(x) for p in probes], axis=1)
-
-
-def _aucs(y: np.ndarray, scores: np.ndarray, tasks: list[str], columns: list[int]) -> dict:
-    """{task: AUC} of scores[:, i] against y[:, columns[i]]."""
-    return {
-        t: auc_roc(y[:, c], scores[:, i])
-        for i, (t, c) in enumerate(zip(tasks, columns, strict=True))
-    }
-
-
-def _mean(values: dict[str, float]) -> float:
-    finite = [v for v in values.values() if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 class Evaluator:
@@ -483,38 +186,18 @@ class Evaluator:
         name, severity = degradation
         return DegradedShardLoader(stream, rank, world, name, severity, cfg.run.seed)
 
-    @torch.no_grad()
     def extract(
         self, models: list[EvalModel], split: str, degradation: tuple[str, int] | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
         """Features of every model and labels of one split (optionally degraded), gathered from
-        all ranks and put in the order of the sample keys, so that the probes' folds and the
-        bootstrap see the same rows whatever the number of ranks.
+        all ranks in the order of the sample keys (:func:`extract_features`).
 
         Returns ({model: [N, d] float32}, labels [N, T], task names)."""
         loader = self.loader(split, degradation)
-        feats: dict[str, list[torch.Tensor]] = {m.name: [] for m in models}
-        labels: list[torch.Tensor] = []
-        keys: list[int] = []
-        for batch in loader:
-            images = self.backend.images(batch["image"])
-            for m in models:
-                feats[m.name].append(m.features(images).float())
-            labels.append(batch["labels"].to(self.device))
-            keys.extend(key_order(k) for k in batch["key"])
-        dims = {m.name: int(m.module.embed_dim) for m in models}
-        local = {
-            name: torch.cat(v) if v else torch.zeros(0, dims[name], device=self.device)
-            for name, v in feats.items()
-        }
-        y = torch.cat(labels) if labels else torch.zeros(0, len(loader.tasks), device=self.device)
-        sizes = vdist.gather_sizes(y.shape[0], like=y)
-        key_rows = torch.tensor(keys, dtype=torch.long, device=self.device)
-        order = vdist.gather_no_grad(key_rows, sizes).cpu().numpy().argsort(kind="stable")
-        gathered = {
-            n: vdist.gather_no_grad(f, sizes).cpu().numpy()[order] for n, f in local.items()
-        }
-        y_all = vdist.gather_no_grad(y, sizes).cpu().numpy()[order]
+        encoders = {m.name: (m.features, int(m.module.embed_dim)) for m in models}
+        gathered, y_all = extract_features(
+            encoders, loader, len(loader.tasks), self.device, prepare=self.backend.images
+        )
         if loader.skipped and sum(loader.skipped.values()):
             logger.warning(
                 "eval %s: skipped samples on rank %d: %s",
@@ -613,7 +296,7 @@ class Evaluator:
             ]
             chosen = {task: probes[j].c for j, task in enumerate(tasks)}
             scores = apply_probes(probes, scaler, test_f[m.name])
-            aucs = _aucs(test_y, scores, tasks, columns)
+            aucs = aucs_by_task(test_y, scores, tasks, columns)
             rocs[m.name] = [roc_points(test_y[:, j], scores[:, j]) for j in columns]
             ci = (
                 bootstrap_intervals(test_y, scores, e.bootstrap, e.confidence, cfg.run.seed)
@@ -630,7 +313,7 @@ class Evaluator:
                 self.backend.memory_format,
             )
             module.to(self.device)
-            clean_mean = _mean(aucs)
+            clean_mean = mean_finite(aucs)
             results[m.name] = {
                 "kind": m.kind,
                 "arch": m.arch,
@@ -644,19 +327,21 @@ class Evaluator:
             }
             if prompts:
                 zs = zero_shot_scores(test_f[m.name], prompts.positive, prompts.negative)
-                zs_aucs = _aucs(test_y, zs, prompts.tasks, zs_columns)
-                zero_shot[m.name] = {"auc": zs_aucs, "auc_mean": _mean(zs_aucs)}
+                zs_aucs = aucs_by_task(test_y, zs, prompts.tasks, zs_columns)
+                zero_shot[m.name] = {"auc": zs_aucs, "auc_mean": mean_finite(zs_aucs)}
             for (name, severity), feats in degraded.items():
-                d_aucs = _aucs(test_y, apply_probes(probes, scaler, feats[m.name]), tasks, columns)
+                d_aucs = aucs_by_task(
+                    test_y, apply_probes(probes, scaler, feats[m.name]), tasks, columns
+                )
                 entry: dict[str, Any] = {
                     "auc": d_aucs,
-                    "auc_mean": _mean(d_aucs),
-                    "drop": _mean(d_aucs) - clean_mean,
+                    "auc_mean": mean_finite(d_aucs),
+                    "drop": mean_finite(d_aucs) - clean_mean,
                 }
                 if prompts:
                     zs = zero_shot_scores(feats[m.name], prompts.positive, prompts.negative)
-                    zs_aucs = _aucs(test_y, zs, prompts.tasks, zs_columns)
-                    entry["zero_shot"] = {"auc": zs_aucs, "auc_mean": _mean(zs_aucs)}
+                    zs_aucs = aucs_by_task(test_y, zs, prompts.tasks, zs_columns)
+                    entry["zero_shot"] = {"auc": zs_aucs, "auc_mean": mean_finite(zs_aucs)}
                 robust.setdefault(m.name, {}).setdefault(name, {})[str(severity)] = entry
             logger.info(
                 "eval: %s mean AUC %.3f (%.0f s)",
@@ -699,7 +384,7 @@ class Evaluator:
         """report.json, report.md, auc.png, roc.png (robustness.png), and TensorBoard."""
         from PIL import Image
 
-        from vlcd_dist.train.plots import auc_bars, robustness_curves, roc_grid
+        from vlcd_dist.reporting.figures import auc_bars, robustness_curves, roc_grid
 
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(dump_yaml(self.cfg))
@@ -751,19 +436,6 @@ class Evaluator:
             tb.text("config", "```yaml\n" + dump_yaml(self.cfg) + "\n```")
         finally:
             tb.close()
-
-
-def robustness_points(report: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{corruption: {model: [(severity, mean AUC), ...]}} from a report, with the clean mean AUC
-    as severity 0 when severity 0 was not evaluated."""
-    d = report["degrade"]
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for name, r in report["models"].items():
-        for corruption, by_severity in d["models"].get(name, {}).items():
-            points = {int(s): v["auc_mean"] for s, v in by_severity.items()}
-            points.setdefault(0, r["auc_mean"])
-            out.setdefault(corruption, {})[name] = sorted(points.items())
-    return out
 
 
 def _f(v: float | None, sign: bool = False) -> str:
@@ -855,7 +527,7 @@ def _zero_shot_markdown(report: dict[str, Any]) -> str:
         zs = z["models"].get(name)
         if zs is None:
             continue
-        probe_mean = _mean({t: r["auc"][t] for t in tasks})
+        probe_mean = mean_finite({t: r["auc"][t] for t in tasks})
         cells = [f"{_f(zs['auc'][t])} / {_f(r['auc'][t])}" for t in tasks]
         cells.append(f"{_f(zs['auc_mean'])} / {_f(probe_mean)}")
         lines.append("| " + " | ".join([name, *cells]) + " |")

@@ -12,14 +12,12 @@ is kept in the JSON. Weights are random: speed and MACs do not depend on their v
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,10 +29,6 @@ from torch import nn
 
 from vlcd_dist.errors import VlcdError
 
-from .argtypes import positive_int
-
-PAPER_STUDENTS = ("mobilenetv3_large_100", "efficientnet_b0", "efficientformer_l1")
-PAPER_TEACHER = "resnet50_bert"
 # Names on the command line -> autocast dtype (None: plain fp32, autocast off).
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -434,124 +428,26 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _hw(values: Sequence[int]) -> tuple[int, int]:
-    """--image-size H [W] -> (H, W)."""
-    if len(values) not in (1, 2) or min(values) < 8:
-        raise VlcdError(f"--image-size {values}: give SIDE or HEIGHT WIDTH, each at least 8 px")
-    return (values[0], values[-1])
-
-
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add ``bench`` (with its ``models`` kind) to the top-level subparsers.
-
-    Returns the ``bench`` kinds action, so other benchmarks can add their own kinds.
-    """
-    bench = subparsers.add_parser(
-        "bench",
-        help="measure models (size, MACs, latency, throughput)",
-        description="Benchmarks; each kind writes JSON and Markdown reports.",
-    )
-    kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
-    add_bench_models_parser(kinds)
-    return kinds
-
-
-def add_bench_models_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``models`` to the ``bench`` kinds."""
-    p = kinds.add_parser(
-        "models",
-        help="teacher image tower vs students: params, MACs, latency, throughput, speed-up",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--teacher",
-        default=PAPER_TEACHER,
-        help="registered teacher whose image tower is the baseline of the speed-ups",
-    )
-    p.add_argument(
-        "--models",
-        type=_csv,
-        default=list(PAPER_STUDENTS),
-        help="comma-separated students (registered names or timm models)",
-    )
-    p.add_argument(
-        "--embed-dim", type=positive_int, default=None, help="projection d (default: the teacher's)"
-    )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        default=[224],
-        metavar="PX",
-        help="input SIDE, or HEIGHT WIDTH, in pixels (the same for every model)",
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="batch of the throughput run"
-    )
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed calls per model; median")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per model first")
-    p.add_argument(
-        "--dtypes",
-        type=_csv,
-        default=["fp32", "bf16"],
-        help=f"precisions, comma-separated: {', '.join(PRECISIONS)} (bf16/fp16 via autocast)",
-    )
-    p.add_argument(
-        "--devices",
-        type=_csv,
-        default=None,
-        help="cpu and/or cuda (default: cpu, plus cuda when a GPU is visible)",
-    )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help=f"CPU threads (default: all available cores, {available_cores()} here)",
-    )
-    p.add_argument("--out", type=Path, default=None, help="folder for bench_models.json/.md")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_bench_models)
-    return p
-
-
-def cmd_bench_models(args: argparse.Namespace) -> int:
-    """Build, measure, print the table, write the reports."""
-    from vlcd_dist.models import ModelError
-
-    image_size = _hw(args.image_size)
-    check_settings(args.dtypes, args.devices)  # before the (slow) model building
-
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            print(f"[bench models] {msg}", file=sys.stderr, flush=True)
-
+def measure_latency(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    iters: int,
+    threads: int,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> float:
+    """Median wall time (ms) of ``fn`` on a random batch of ``shape`` with ``threads`` CPU
+    threads, after 3 warm-up calls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        models = build_models(args.teacher, args.models, args.embed_dim)
-    except ModelError as exn:
-        raise VlcdError(f"{exn} (check --teacher/--models)") from exn
-    report = run_benchmark(
-        models,
-        image_size=image_size,
-        batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        precisions=args.dtypes,
-        devices=args.devices,
-        threads=args.threads,
-        progress=progress,
-    )
-    print(markdown_table(report), end="")
-    if args.out is not None:
-        json_path, md_path = write_report(report, args.out)
-        print(f"wrote {json_path} and {md_path}")
-    return 0
+        x = torch.randn(*shape).contiguous(memory_format=memory_format)
+        times = []
+        with torch.no_grad():
+            for i in range(3 + iters):
+                t0 = time.perf_counter()
+                fn(x)
+                if i >= 3:
+                    times.append((time.perf_counter() - t0) * 1000)
+        return float(statistics.median(times))
+    finally:
+        torch.set_num_threads(before)

@@ -27,16 +27,13 @@ from typing import Any, Union
 import yaml
 
 from vlcd_dist.data.stream import StreamConfig
-from vlcd_dist.errors import VlcdError
+from vlcd_dist.distributed import signal_number
+from vlcd_dist.errors import ConfigError, VlcdError
 from vlcd_dist.losses import LossConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 BACKENDS = ("accelerate", "deepspeed")
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
-
-
-class ConfigError(VlcdError, ValueError):
-    """A recipe or an override cannot be applied; the message says how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +394,6 @@ class TrainConfig:
             "> 0 seconds",
         )
         if self.run.preempt_signal:
-            from vlcd_dist.train.preemption import signal_number
-
             try:
                 signal_number(self.run.preempt_signal)
             except ValueError as exn:
