@@ -27,9 +27,11 @@ demo-data: install
 demo: demo-data
 	$(BIN)/vlcd demo --out runs/demo
 
+# ruff, and the import contract of pyproject.toml ([tool.importlinter]: the layers, no cycles).
 lint: install
 	$(BIN)/ruff check vlcd_dist tests bench
 	$(BIN)/ruff format --check vlcd_dist tests bench
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/synthetic_difficulty.py

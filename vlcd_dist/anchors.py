@@ -17,7 +17,6 @@ A cache whose teacher hash differs from the current teacher's is refused
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import save_tensors
 from vlcd_dist.models.weights import state_dict_hash
 
 if TYPE_CHECKING:
@@ -197,8 +197,6 @@ def build_anchor_cache(
     path: the safetensors file to write (parent folders are created).
     Returns ``path``. Collective-free: build on one rank, then let every rank read it.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     keys: list[str] = []
     seen: set[str] = set()
@@ -230,14 +228,8 @@ def build_anchor_cache(
         "dim": str(anchors.shape[1]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a crash mid-write must never leave a truncated cache that looks valid.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file({TENSOR_NAME: anchors}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # Written whole or not at all: a crash must never leave a truncated cache that looks valid.
+    return save_tensors({TENSOR_NAME: anchors}, path, metadata=metadata)
 
 
 class AnchorTable:

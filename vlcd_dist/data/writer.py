@@ -7,7 +7,7 @@ writer:
 * keeps memory constant: jobs are pulled from the caller's iterator only as workers free up;
 * runs ``workers`` processes in parallel;
 * writes each shard as ``.NAME.partial``, fsyncs it and renames it, so a file with a final name is
-  always complete;
+  always complete (a fixed partial name: the rerun after a kill overwrites it, nothing is left);
 * skips shards whose final file already exists, so an interrupted write resumes where it stopped;
 * refuses to mix two different shard sets in one folder (a ``.vlcd-plan.json`` fingerprint).
 
@@ -32,6 +32,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..io import fsync_dir, fsync_file, write_json
 
 PLAN_FILE = ".vlcd-plan.json"
 SIZES_FILE = "sizes.json"
@@ -89,19 +90,6 @@ def count_tar_samples(path: Path) -> int:
     return len(keys)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_one_shard(job: ShardJob, out_dir: str, make_sample: MakeSamples) -> ShardResult:
     """Write ``job`` to ``out_dir``/name atomically, or reuse it when complete already."""
     out = Path(out_dir)
@@ -130,9 +118,9 @@ def write_one_shard(job: ShardJob, out_dir: str, make_sample: MakeSamples) -> Sh
                     )
                     result.count += 1
                 _tick()
-        stream.flush()
-        os.fsync(stream.fileno())
+    fsync_file(partial_path)
     os.replace(partial_path, final)
+    fsync_dir(out)
     return result
 
 
@@ -202,8 +190,8 @@ def write_shards(
         reused_shards=sum(r.reused for r in results),
         seconds=round(time.time() - started, 1),
     )
-    _write_json_atomic(out / SIZES_FILE, sizes)
-    _write_json_atomic(out / INFO_FILE, record)
+    write_json(out / SIZES_FILE, sizes, indent=2, sort_keys=True, fsync=True)
+    write_json(out / INFO_FILE, record, indent=2, sort_keys=True, fsync=True)
     return record
 
 
@@ -235,13 +223,6 @@ def _run_pool(task, jobs: Iterator[ShardJob], workers: int, bar: tqdm) -> list[S
             bar.update(counter.value - bar.n)
     bar.update(counter.value - bar.n)
     return results
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def chunk_jobs(prefix: str, items: Iterable[Any], shard_size: int) -> Iterator[ShardJob]:

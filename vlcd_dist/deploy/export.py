@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -601,7 +602,7 @@ def export_student(
             "timing": timing,
             "versions": _versions(fmt),
         }
-        (out / f"{spec.name}.{fmt}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        write_json(out / f"{spec.name}.{fmt}.json", sidecar, indent=2)
         return sidecar
     finally:
         torch.set_num_threads(previous_threads)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import write_json, write_text
 
 # Names on the command line -> autocast dtype (None: plain fp32, autocast off).
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -423,8 +423,8 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "bench_models.json"
     md_path = out / "bench_models.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(markdown_table(report))
+    write_json(json_path, report, indent=2)
+    write_text(md_path, markdown_table(report))
     return json_path, md_path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlcd_dist.io import save_tensors
 from vlcd_dist.models.towers import TEXT_POOLINGS, ImageTower, TextTower, packaged_minilm_path
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 
@@ -297,15 +298,11 @@ def save_teacher(
 
     Reload with ``create_teacher(dataclasses.replace(cfg, checkpoint=str(path)))``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = teacher.state_dict() if state is None else state
-    state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
     metadata = {"teacher_config": json.dumps(teacher.cfg.to_dict()), "format": "vlcd-teacher/1"}
-    save_file(state, str(path), metadata=metadata)
-    return path
+    return save_tensors(source, path, metadata=metadata)
 
 
 @register_teacher

@@ -1,6 +1,8 @@
-"""The training harness: recipes, the Accelerate backend, stages, checkpoints, logging, eval.
+"""The training harness: backends, the trainer loop, the stages, the eval stage, checkpoints,
+preemption, optimizers and logging.
 
-Entry points are the ``vlcd train-teacher | predistill | distill | eval | demo`` commands
-(:mod:`vlcd_dist.train.cli`). The library underneath (models, losses, data) never imports
-this package, so it stays usable without a launcher.
+Entry points are the ``vlcd train-teacher | predistill | distill | eval`` commands
+(:mod:`vlcd_dist.cli.stages`). The library underneath (data, models, losses, anchors,
+evaluation) never imports this package, so it stays usable without a launcher
+(docs/architecture.md).
 """

@@ -11,7 +11,6 @@ Each is a :class:`~vlcd_dist.train.trainer.Trainer`; the CLI builds one from a r
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from vlcd_dist import distributed as vdist
 from vlcd_dist.config import ConfigError, StageConfig, StudentSpec, TrainConfig
 from vlcd_dist.data.stream import ShardLoader, iter_tar, resolve_shards
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.io import write_json
 from vlcd_dist.losses import clip_loss, predistill_loss, vlcd_loss
 from vlcd_dist.models import (
     FrozenTeacher,
@@ -219,7 +219,7 @@ class TeacherTrainer(Trainer):
                 "stage": self.stage,
                 "step": self.state.step,
             }
-            (export / "teacher.json").write_text(json.dumps(info, indent=1))
+            write_json(export / "teacher.json", info)
             logger.info("train-teacher: teacher weights in %s", teacher_path)
             with _all_local_cores(backend):
                 build_anchors(

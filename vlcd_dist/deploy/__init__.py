@@ -1,0 +1,2 @@
+"""Deployment: a trained student as ONNX or TorchScript, verified against PyTorch
+(:mod:`.export`)."""
