@@ -1,13 +1,7 @@
-"""``vlcd export``: a trained student as ONNX or TorchScript, verified against eager PyTorch.
-
-Writes ``{name}.onnx`` (or ``{name}.torchscript.pt``) plus a sidecar ``{name}.{format}.json``
-that says how to feed the model (input size, RGB, [0, 1] range, mean/std, NCHW), what it returns,
-which weights it holds (hashes), how closely it matches eager PyTorch on sample images, and how
-fast it runs next to eager PyTorch at batch 1.
-
-The student is rebuilt from its name and embed_dim (``--student``), or from the JSON config that
-training writes next to its weights (``--config {student}.json``), and its weights are read from a
-plain safetensors state dict (``{student}.safetensors``); nothing is unpickled.
+"""A trained student as ONNX or TorchScript, with a sidecar JSON (input size, normalisation,
+output, weight hashes), verified against eager PyTorch on sample images and timed beside it.
+``vlcd export`` (:mod:`vlcd_dist.cli.export`, whose help says what is written) drives it;
+nothing is unpickled.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""``vlcd bench models``: size and speed of the teacher image tower and the students, side by side.
-
-For every model: parameters, MACs per image (counted by ``torch.utils.flop_counter``), latency
-at batch 1 and throughput at batch B in each precision (fp32, and bf16/fp16 under autocast), on
-CPU and on the GPU when there is one, and the speed-up over the teacher.
-
-Fairness: every model gets the same input, warm-up calls before timing, and the timed repeats
-run round-robin over the models (a different model first in each round), so a burst of load on
-a shared machine hits all models alike; the median of the repeats is reported and every raw time
-is kept in the JSON. Weights are random: speed and MACs do not depend on their values.
+"""Size and speed of image encoders side by side: parameters, MACs, batch-1 latency and
+throughput per precision and device, and the speed-up over the teacher's image tower, timed
+round-robin so that load on a shared machine hits every model alike. ``vlcd bench models``
+(:mod:`vlcd_dist.cli.bench`, whose help says what is measured) drives it; the eval stage uses
+:func:`measure_latency`.
 """
 
 from __future__ import annotations
