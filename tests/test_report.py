@@ -12,7 +12,19 @@ from conftest import run_cli
 from PIL import Image
 
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.reporting.figures import pareto_front, x_scale
+from vlcd_dist.evaluation.results import (
+    BootstrapSetup,
+    Degrade,
+    DegradedResult,
+    EvalReport,
+    LatencySetup,
+    ModelResult,
+    Roc,
+    Samples,
+    ZeroShot,
+    ZeroShotResult,
+)
+from vlcd_dist.reporting.figures import DPI, pareto_chart, pareto_front, roc_grid, x_scale
 from vlcd_dist.reporting.page import write_report
 
 TASKS = ["meconium", "fir", "mir"]
@@ -20,67 +32,83 @@ AUC = {
     "teacher": [0.815, 0.833, 0.839],
     "mobilenetv3_large_100": [0.599, 0.927, 0.877],
     "efficientnet_b0": [0.603, 0.851, 0.912],
+    "efficientformer_l1": [0.612, 0.848, 0.905],
 }
-LATENCY = {"teacher": 45.7, "mobilenetv3_large_100": 16.0, "efficientnet_b0": 17.8}
+# Two students close in both latency and AUC: their Pareto labels used to overlap.
+LATENCY = {
+    "teacher": 45.7,
+    "mobilenetv3_large_100": 16.0,
+    "efficientnet_b0": 17.8,
+    "efficientformer_l1": 18.1,
+}
 
 
-def make_report(degrade: bool = False, zero_shot: bool = False) -> dict:
-    """A report.json as ``vlcd eval`` writes it (with the optional robustness and zero-shot)."""
+def _roc(k: int) -> Roc:
+    fpr = [0.0, 0.1 * k, 0.5, 1.0]
+    return Roc(fpr, [0.0, 0.5, [0.8, 0.82, 0.84, 0.86][k], 1.0])
+
+
+def make_report(degrade: bool = False, zero_shot: bool = False) -> EvalReport:
+    """A report as ``vlcd eval`` builds it (with the optional robustness and zero-shot)."""
+    teacher_mean = float(np.mean(AUC["teacher"]))
     models = {}
-    for name, aucs in AUC.items():
+    for k, (name, aucs) in enumerate(AUC.items()):
         mean = float(np.mean(aucs))
-        models[name] = {
-            "kind": "teacher" if name == "teacher" else "student",
-            "arch": name,
-            "auc": dict(zip(TASKS, aucs, strict=True)),
-            "auc_mean": mean,
-            "ci": {"mean": [mean - 0.03, mean + 0.03], **{t: None for t in TASKS}},
-            "params": 5_000_000,
-            "latency_ms": LATENCY[name],
-            "speedup": LATENCY["teacher"] / LATENCY[name],
-            "delta_vs_teacher": mean - float(np.mean(AUC["teacher"])),
-        }
-    report = {
-        "tasks": TASKS,
-        "samples": {"train": 40, "test": 8},
-        "image_size": [32, 32],
-        "latency": {"batch": 1, "threads": 1, "device": "cpu"},
-        "bootstrap": {"resamples": 20, "confidence": 0.95},
-        "models": models,
-    }
+        models[name] = ModelResult(
+            kind="teacher" if name == "teacher" else "student",
+            arch=name,
+            auc=dict(zip(TASKS, aucs, strict=True)),
+            auc_mean=mean,
+            ci={"mean": (mean - 0.03, mean + 0.03), **{t: None for t in TASKS}},
+            probe_c={t: 1.0 for t in TASKS},
+            params=5_000_000,
+            latency_ms=LATENCY[name],
+            roc={t: _roc(k) for t in TASKS},
+            speedup=LATENCY["teacher"] / LATENCY[name],
+            delta_vs_teacher=mean - teacher_mean,
+            weights=f"{name}.safetensors",
+        )
+    report = EvalReport(
+        tasks=TASKS,
+        samples=Samples(train=40, test=8),
+        image_size=(32, 32),
+        latency=LatencySetup(batch=1, threads=1),
+        bootstrap=BootstrapSetup(resamples=20, confidence=0.95),
+        models=models,
+    )
     if degrade:
-        report["degrade"] = {
-            "corruption": "tablet_camera",
-            "severities": [1, 3],
-            "models": {
+        report.degrade = Degrade(
+            corruptions=["tablet_camera"],
+            severities=[1, 3],
+            seed=0,
+            models={
                 name: {
                     "tablet_camera": {
-                        str(s): {
-                            "auc": {t: a - 0.01 * s for t, a in zip(TASKS, aucs, strict=True)},
-                            "auc_mean": float(np.mean(aucs)) - 0.01 * s,
-                            "drop": -0.01 * s,  # auc_mean - clean, as evaluate.py writes it
-                        }
+                        s: DegradedResult(
+                            auc={t: a - 0.01 * s for t, a in zip(TASKS, aucs, strict=True)},
+                            auc_mean=float(np.mean(aucs)) - 0.01 * s,
+                            drop=-0.01 * s,
+                        )
                         for s in (1, 3)
                     }
                 }
                 for name, aucs in AUC.items()
             },
-        }
+        )
     if zero_shot:
-        report["zero_shot"] = {
-            "prompts": {t: [f"<b>{t}</b> & stained", f"no {t}"] for t in TASKS},
-            "models": {"teacher": {"auc": {t: 0.61 for t in TASKS}, "auc_mean": 0.61}},
-        }
+        report.zero_shot = ZeroShot(
+            tasks=TASKS,
+            prompts={t: (f"<b>{t}</b> & stained", f"no {t}") for t in TASKS},
+            models={"teacher": ZeroShotResult({t: 0.61 for t in TASKS}, 0.61)},
+        )
     return report
 
 
-def make_eval(folder: Path, report: dict) -> Path:
-    """An eval folder: report.json, config.yaml and the two plots of ``vlcd eval``."""
+def make_eval(folder: Path, report: EvalReport) -> Path:
+    """An eval folder as the eval stage leaves it: report.json and config.yaml."""
     folder.mkdir(parents=True)
-    (folder / "report.json").write_text(json.dumps(report))
+    report.save(folder / "report.json")
     (folder / "config.yaml").write_text("run: {out: <here>}\n")
-    for png in ("auc.png", "roc.png"):
-        Image.new("RGB", (40, 30), "white").save(folder / png)
     return folder
 
 
@@ -123,6 +151,10 @@ def test_report_of_a_demo_folder_without_degrade_or_sweep(tmp_path) -> None:
         assert all(f"{a:.3f}" in text for a in aucs)
         assert f"{np.mean(aucs):.3f}" in text
     assert 'src="pareto.png"' in text and 'src="roc.png"' in text and 'src="auc.png"' in text
+    # Drawn from report.json alone (the eval folder holds no image), each with its SVG.
+    for stem in ("auc", "roc", "pareto"):
+        assert (page.parent / f"{stem}.png").stat().st_size > 5000
+        assert "mobilenetv3_large_100" in (page.parent / f"{stem}.svg").read_text()
     assert "robustness" not in text.lower() and "Sweep" not in text and "Zero-shot" not in text
     assert not (page.parent / "robustness.png").exists()
     assert "<style>" in text and "<script" not in text
@@ -135,7 +167,7 @@ def test_report_of_a_demo_folder_without_degrade_or_sweep(tmp_path) -> None:
 
 def test_report_of_an_eval_folder_with_degrade_and_zero_shot(tmp_path) -> None:
     report = make_report(degrade=True, zero_shot=True)
-    report["models"]["<img src=x onerror=alert(1)>"] = dict(report["models"]["efficientnet_b0"])
+    report.models["<img src=x onerror=alert(1)>"] = report.models["efficientnet_b0"]
     folder = make_eval(tmp_path / "eval", report)
     assert run_cli("report", folder, "--no-tensorboard") == 0
     page = folder / "report" / "report.html"
@@ -214,3 +246,159 @@ def test_demo_ends_with_the_html_report(tmp_path, tiny_recipe, monkeypatch, caps
     page = tmp_path / "report" / "report.html"
     assert f"HTML report: {page}" in capsys.readouterr().out
     assert "mobilenetv3_large_100" in check_page(page)
+
+
+def test_the_typed_report_round_trips_through_report_json(tmp_path) -> None:
+    report = make_report(degrade=True, zero_shot=True)
+    report.models["teacher"].auc["fir"] = float("nan")  # a task without positives
+    report.degrade.models["teacher"]["tablet_camera"][3].zero_shot = ZeroShotResult(
+        {t: 0.55 for t in TASKS}, 0.55
+    )
+    path = report.save(tmp_path / "report.json")
+    raw = json.loads(path.read_text())
+    assert raw["format"] == "vlcd-eval-report" and raw["version"] == 2
+    # One spelling of the robustness study: a list of corruptions, integer severities.
+    assert raw["degrade"]["corruptions"] == ["tablet_camera"] and "corruption" not in raw["degrade"]
+    assert raw["degrade"]["severities"] == [1, 3]
+    assert raw["models"]["efficientnet_b0"]["roc"]["mir"] == {
+        "fpr": [0.0, 0.2, 0.5, 1.0],
+        "tpr": [0.0, 0.5, 0.84, 1.0],
+    }
+    back = EvalReport.load(path)
+    assert json.dumps(back.to_json()) == json.dumps(report.to_json())  # NaN included
+    assert np.isnan(back.models["teacher"].auc["fir"])
+    assert back.degrade.models["teacher"]["tablet_camera"][3].zero_shot.auc_mean == 0.55
+    assert back.degrade.models["efficientnet_b0"]["tablet_camera"][1].drop == -0.01
+    assert back.models["teacher"].ci["mean"] == report.models["teacher"].ci["mean"]
+    assert back.zero_shot.prompts["fir"] == ("<b>fir</b> & stained", "no fir")
+    assert back.degraded_mean("teacher") == pytest.approx(float(np.mean(AUC["teacher"])) - 0.02)
+    assert back.robustness_curves()["tablet_camera"]["teacher"][0] == (
+        0,
+        report.models["teacher"].auc_mean,
+    )
+
+
+def test_an_old_or_broken_report_json_names_the_file_and_says_to_rerun(tmp_path) -> None:
+    old = tmp_path / "old" / "report.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"tasks": TASKS, "models": {}}))  # what vlcd eval wrote before
+    with pytest.raises(VlcdError, match=rf"{old}: not an eval report .*rerun `vlcd eval"):
+        EvalReport.load(old)
+    broken = make_report().to_json()
+    del broken["models"]["teacher"]["roc"]
+    (tmp_path / "report.json").write_text(json.dumps(broken))
+    with pytest.raises(VlcdError, match=r"malformed eval report \(KeyError\('roc'\)\)"):
+        EvalReport.load(tmp_path / "report.json")
+    with pytest.raises(VlcdError, match="not an eval report"):
+        write_report(old.parent)
+
+
+class Cells(HTMLParser):
+    """The cell texts of each <table> of a page, row by row (header rows included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append("".join(self.cell))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def markdown_cells(md: str, first_line: str) -> list[list[str]]:
+    """The cells of the Markdown table starting at the line ``first_line``, without the
+    separator row and with the code and bold marks taken off."""
+    lines = md.splitlines()
+    start = lines.index(first_line)
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if set(line) <= set("|-:"):
+            continue  # the alignment row
+        rows.append([c.strip().strip("*").strip("`") for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_markdown_and_html_tables_show_the_same_cells(tmp_path) -> None:
+    from vlcd_dist.reporting.eval_files import eval_markdown
+    from vlcd_dist.reporting.eval_tables import eval_table
+
+    report = make_report(degrade=True, zero_shot=True)
+    page = write_report(make_eval(tmp_path / "eval", report), tensorboard=False)
+    parser = Cells()
+    parser.feed(page.read_text())
+    table = eval_table(report)
+    header = "| " + " | ".join(table.header) + " |"
+    html_rows = parser.tables[0]
+    assert html_rows == [table.header, *table.rows]
+    assert len(html_rows) == 1 + len(AUC) and html_rows[1][1] == "0.815"
+    for md in ((page.parent / "report.md").read_text(), eval_markdown(report)):
+        assert markdown_cells(md, header) == html_rows
+    # The robustness table too, in the page and in the eval folder's report.md.
+    robust_html = next(t for t in parser.tables if t[0][:2] == ["model", "clean"])
+    md = eval_markdown(report)
+    robust_md = markdown_cells(md, "| model | clean | severity 1 | severity 3 |")
+    assert robust_md == robust_html and robust_md[1][3] == "0.799 (−0.030)"
+
+
+def test_figures_are_png_with_an_svg_beside_each_and_names_whole(tmp_path) -> None:
+
+    from vlcd_dist.reporting.eval_files import write_eval_outputs
+
+    report = make_report(degrade=True)
+    out = make_eval(tmp_path / "eval", report)
+    write_eval_outputs(out, report, tensorboard=True)
+    md = (out / "report.md").read_text()
+    assert md.startswith("| model | meconium | fir | mir | mean AUC | 95% CI |")
+    assert "### Robustness: tablet_camera" in md and "| `efficientformer_l1` |" in md
+    sizes = {}
+    for stem in ("auc", "roc", "robustness"):
+        png, svg = out / f"{stem}.png", out / f"{stem}.svg"
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.mode in ("RGB", "RGBA")
+            sizes[stem] = image.size
+        assert min(sizes[stem]) >= 300 and png.stat().st_size > 5000
+        text = svg.read_text()
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+        # Text stays text in the SVG, so each long model name can be found whole.
+        assert all(name in text for name in AUC), stem
+    # Inches x DPI: 4 bar groups (3 tasks and the mean); 3 ROC panels in a row, 2 legend rows.
+    assert sizes == {"auc": (790, 420), "roc": (1000, 400), "robustness": (850, 440)}
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_pareto_labels_and_legends_overlap_nothing() -> None:
+    fig = pareto_chart(make_report())
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text().split()[0] for t in labels) == sorted(AUC)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        assert ax.bbox.contains(a.x0, a.y0) and ax.bbox.contains(a.x1, a.y1)
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    # The legends lie inside the image, outside the plot, with every name in full.
+    for f in (fig, roc_grid(make_report())):
+        f.canvas.draw()
+        legend = f.legends[0]
+        box = legend.get_window_extent(f.canvas.get_renderer())
+        width, height = f.get_size_inches() * DPI
+        assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height
+        assert [t.get_text() for t in legend.get_texts()][: len(AUC)] == list(AUC)
+        assert not any(box.overlaps(a.bbox) for a in f.axes if a.get_visible())

@@ -111,6 +111,14 @@ def test_sweep_table_has_degraded_columns_when_evaluated_under_degradation() -> 
     assert table.rows == [["0", "0.700", "0.600"], ["1", "0.800", "0.600"]]
     assert (1, 1) in table.bold and (0, 2) in table.bold and (1, 2) in table.bold
     assert table.groups == [("", 1), ("a", 2)]
+    # Markdown and the HTML template render these same cells; HTML names the columns under
+    # their model group.
+    assert [[c.text for c in row] for row in table.cells()] == table.rows
+    assert [c.text for c in table.head()] == ["distill_lambda", "clean", "degraded"]
+    assert table.markdown().splitlines()[2:] == [
+        "| 0 | 0.700 | **0.600** |",
+        "| 1 | **0.800** | **0.600** |",
+    ]
 
 
 def test_two_point_sweep_runs_distill_and_eval_per_point(
@@ -153,6 +161,7 @@ def test_two_point_sweep_runs_distill_and_eval_per_point(
     ]
     assert len(rows) == 2 and all(s in md for s in STUDENTS)
     assert (out / "sweep.png").stat().st_size > 1000
+    assert all(s in (out / "sweep.svg").read_text() for s in STUDENTS)
     assert list((out / "tb").rglob("events.out.tfevents.*"))
 
     # A finished point is not rerun.

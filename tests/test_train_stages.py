@@ -139,11 +139,23 @@ def test_eval_writes_report_plots_and_tensorboard(tiny_recipe, tiny_pipeline, tm
     assert report["models"]["teacher"]["speedup"] == pytest.approx(1.0)
     table = (out / "report.md").read_text()
     assert table.startswith("| model | meconium | fir | mir | chorioamnionitis | sepsis | mean AUC")
-    assert all(f"| {name} |" in table for name in report["models"])
-    for png in ("auc.png", "roc.png"):
-        assert (out / png).stat().st_size > 1000
+    assert all(f"| `{name}` |" in table for name in report["models"])
+    for stem in ("auc", "roc"):
+        assert (out / f"{stem}.png").stat().st_size > 1000
+        assert all(name in (out / f"{stem}.svg").read_text() for name in report["models"])
+    assert not (out / "robustness.png").exists()
+    # The ROC points are in report.json, so figures can be drawn again from it alone.
+    roc = report["models"]["teacher"]["roc"]["fir"]
+    assert len(roc["fpr"]) == len(roc["tpr"]) >= 2 and roc["fpr"][-1] == roc["tpr"][-1] == 1.0
     tags = scalars(out / "tb")
     assert "eval/teacher/auc_mean" in tags and "eval/tiny_resnet/auc_fir" in tags
+    # The figures and the Markdown table, written by the command after the stage.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    assert {"eval/auc_bars", "eval/roc_curves"} <= set(acc.Tags()["images"])
+    assert {"eval/report/text_summary", "config/text_summary"} <= set(acc.Tags()["tensors"])
 
 
 def test_demo_commands(tmp_path) -> None:

@@ -103,9 +103,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         runner = create_stage(cfg, args.command)
     try:
-        runner.run()
+        report = runner.run()
     finally:
         runner.backend.close()
+    if args.command == "eval" and report is not None:
+        # Rank 0 alone (run() returns the report there only), after the other ranks are done:
+        # the tables and figures are the reporting layer's, which the harness does not import.
+        from vlcd_dist.reporting.eval_files import write_eval_outputs
+
+        write_eval_outputs(cfg.run.out, report, tensorboard=cfg.logging.tensorboard)
     # A preempted stage checkpointed and stopped early: 0 (requeued, or rerun with --resume),
     # or preemption.EXIT_NOT_REQUEUED on rank 0 when a SLURM requeue failed.
     return int(getattr(runner, "exit_status", 0))

@@ -7,7 +7,6 @@ import io
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
@@ -89,16 +88,3 @@ class DegradedShardLoader(ShardLoader):
         self.dataset = DegradedShardStream(
             self.shard_set, cfg, self.rank, self.world, corruption, severity, seed
         )
-
-
-def robustness_points(report: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{corruption: {model: [(severity, mean AUC), ...]}} from a report, with the clean mean AUC
-    as severity 0 when severity 0 was not evaluated."""
-    d = report["degrade"]
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for name, r in report["models"].items():
-        for corruption, by_severity in d["models"].get(name, {}).items():
-            points = {int(s): v["auc_mean"] for s, v in by_severity.items()}
-            points.setdefault(0, r["auc_mean"])
-            out.setdefault(corruption, {})[name] = sorted(points.items())
-    return out

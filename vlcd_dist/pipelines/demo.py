@@ -14,7 +14,6 @@ an interrupted stage continues from its newest checkpoint (``--resume``).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from vlcd_dist.config import TrainConfig, load_config
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,23 +92,19 @@ def run_demo(
     _print_verdict(out / "eval" / "report.json")
     html = write_report(out)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
-    print(f"report: {report_md} (and report.json, auc.png, roc.png beside it)")
+    print(f"report: {report_md} (and report.json, auc.png, roc.png and their SVGs beside it)")
     print(f"HTML report: {html} (open it in a browser; `vlcd report {out}` rewrites it)")
     print(f"TensorBoard: tensorboard --logdir {out}")
     return 0
 
 
 def _print_verdict(path: Path) -> None:
-    report = json.loads(path.read_text())
-    models = report["models"]
-    teacher = models.get("teacher")
+    report = EvalReport.load(path)
+    teacher = report.models.get("teacher")
     if teacher is None:
         return
-    print(f"teacher mean test AUC: {teacher['auc_mean']:.3f}")
-    for name, r in models.items():
-        if r["kind"] == "student":
-            delta = r["auc_mean"] - teacher["auc_mean"]
-            print(
-                f"  {name}: {r['auc_mean']:.3f} ({delta:+.3f} vs teacher, "
-                f"{r['speedup']:.1f}x faster)"
-            )
+    print(f"teacher mean test AUC: {teacher.auc_mean:.3f}")
+    for name, r in report.models.items():
+        if r.kind == "student":
+            delta = r.auc_mean - teacher.auc_mean
+            print(f"  {name}: {r.auc_mean:.3f} ({delta:+.3f} vs teacher, {r.speedup:.1f}x faster)")

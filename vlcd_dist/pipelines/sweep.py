@@ -30,7 +30,6 @@ TensorBoard logs in ``OUT/tb`` (one hparams run per point).
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,9 @@ from typing import Any
 
 from vlcd_dist.config import ConfigError, TrainConfig, load_config
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.demo import REPO, ensure_shards
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
-from vlcd_dist.reporting.page import degrade_description, degraded_mean
 from vlcd_dist.reporting.sweep import INIT_KEY, sweep_table, write_outputs
 
 INIT_VALUES = ("predistilled", "scratch")
@@ -330,20 +329,20 @@ def summarize(plan: Plan) -> dict[str, Any]:
             "report": f"{p.name}/eval/report.json" if path.is_file() else None,
         }
         if path.is_file():
-            report = json.loads(path.read_text())
-            models = report["models"]
-            tasks = tasks or list(report["tasks"])
-            names = [n for n, r in models.items() if r.get("kind") == "student"]
+            report = EvalReport.load(path)
+            models = report.models
+            tasks = tasks or list(report.tasks)
+            names = [n for n, r in models.items() if r.kind == "student"]
             students += [n for n in names if n not in students]
-            entry["auc_mean"] = {n: models[n]["auc_mean"] for n in names}
-            entry["auc"] = {n: models[n]["auc"] for n in names}
-            entry["latency_ms"] = {n: models[n].get("latency_ms") for n in names}
+            entry["auc_mean"] = {n: models[n].auc_mean for n in names}
+            entry["auc"] = {n: models[n].auc for n in names}
+            entry["latency_ms"] = {n: models[n].latency_ms for n in names}
             teacher = models.get("teacher")
-            entry["teacher_auc_mean"] = teacher["auc_mean"] if teacher else None
-            if report.get("degrade"):
-                entry["degraded_auc_mean"] = {n: degraded_mean(report, n) for n in names}
-                entry["teacher_degraded_auc_mean"] = degraded_mean(report, "teacher")
-                degrade = degrade or degrade_description(report)
+            entry["teacher_auc_mean"] = teacher.auc_mean if teacher else None
+            if report.degrade is not None:
+                entry["degraded_auc_mean"] = {n: report.degraded_mean(n) for n in names}
+                entry["teacher_degraded_auc_mean"] = report.degraded_mean("teacher")
+                degrade = degrade or report.degrade.description()
         points.append(entry)
     return {
         "recipe": str(plan.config),

@@ -1,364 +1,193 @@
-"""Small charts drawn with PIL (no plotting dependency): AUC bars and ROC curves.
+"""The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
-Both return uint8 RGB arrays [H, W, 3], ready for PNG files and TensorBoard images.
+Every figure is drawn from an :class:`~vlcd_dist.evaluation.results.EvalReport` (or a sweep
+summary) alone and saved by :func:`save_figure` as a PNG, for the HTML page and TensorBoard, and
+an SVG beside it (text kept as text) for papers. Layout is matplotlib's constrained layout with
+legends outside the axes, so long model names (``mobilenetv3_large_100``) are shown whole; the
+Pareto plot's point labels are placed by :func:`_place_labels` where they overlap nothing.
+
+A model has the same colour in every figure: its position in the report's model order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.transforms import Bbox
 
-PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-]
+from vlcd_dist.evaluation.results import EvalReport
 
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
-def _text(
-    draw: ImageDraw.ImageDraw,
-    xy: tuple[float, float],
-    text: str,
-    size: int = 12,
-    anchor: str = "la",
-) -> None:
-    draw.text(xy, text, fill=(20, 20, 20), font=_font(size), anchor=anchor)
+DPI = 100
+"""Pixels per inch of the PNG files: a figure of w x h inches is a (100 w) x (100 h) image."""
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+GREY = "#6e6e6e"
+# Line styles and markers of the second dimension of a line chart (corruption, sweep setting).
+STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
 
 
-def _legend(draw: ImageDraw.ImageDraw, names: Sequence[str], x: int, y: int) -> None:
+def colour(index: int | None) -> str:
+    return GREY if index is None else PALETTE[index % len(PALETTE)]
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches under constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself: labels are measured with Agg's renderer
+    fig.get_layout_engine().set(w_pad=0.06, h_pad=0.06)  # type: ignore[call-arg]
+    return fig
+
+
+def save_figure(fig: Figure, folder: str | Path, stem: str) -> np.ndarray:
+    """Write ``folder/stem.png`` and ``folder/stem.svg``; returns the PNG's pixels, uint8
+    [H, W, 3], for TensorBoard."""
+    from matplotlib import rc_context
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / f"{stem}.png"
+    # No timestamps in the files, so an unchanged report gives unchanged figures.
+    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": stem}):
+        fig.savefig(folder / f"{stem}.svg", metadata={"Date": None})
+    with Image.open(png) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of one eval report
+
+
+def auc_bars(report: EvalReport) -> Figure:
+    """Grouped bars: a group per task and one for the mean, a bar per model; y from 0.5 (chance)
+    or lower when an AUC is below it."""
+    names = list(report.models)
+    values_all = [v for r in report.models.values() for v in r.auc.values() if _finite(v)]
+    lo = min([0.5, *(math.floor(v * 10) / 10 for v in values_all)])
+    groups = [*report.tasks, "mean"]
+    fig = new_figure(max(7.5, 1.1 * len(groups) + 3.5), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(names))
+    x = np.arange(len(groups))
     for i, name in enumerate(names):
-        colour = PALETTE[i % len(PALETTE)]
-        draw.rectangle([x, y + 18 * i + 3, x + 12, y + 18 * i + 15], fill=colour)
-        _text(draw, (x + 18, y + 18 * i + 2), name)
-
-
-def auc_bars(
-    groups: Sequence[str], values: dict[str, Sequence[float]], lo: float = 0.5
-) -> np.ndarray:
-    """Grouped bars: one group per task (and "mean"), one bar per model; y from ``lo`` to 1."""
-    names = list(values)
-    width, height = max(640, 120 * len(groups) + 220), 400
-    left, right, top, bottom = 60, 200, 30, 60
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def y_of(v: float) -> float:
-        v = min(1.0, max(lo, v if np.isfinite(v) else lo))
-        return top + plot_h * (1 - (v - lo) / (1 - lo))
-
-    for k in range(6):
-        v = lo + (1 - lo) * k / 5
-        y = y_of(v)
-        draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
-        _text(draw, (left - 6, y), f"{v:.2f}", anchor="rm")
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=(80, 80, 80))
-    group_w = plot_w / max(1, len(groups))
-    bar_w = group_w * 0.8 / max(1, len(names))
-    for g, group in enumerate(groups):
-        x0 = left + g * group_w + group_w * 0.1
-        for i, name in enumerate(names):
-            v = values[name][g]
-            x = x0 + i * bar_w
-            draw.rectangle(
-                [x, y_of(v), x + bar_w - 2, top + plot_h], fill=PALETTE[i % len(PALETTE)]
-            )
-        _text(draw, (left + (g + 0.5) * group_w, top + plot_h + 8), group, anchor="ma")
-    _text(draw, (left, 8), "test AUC-ROC per task (linear probe)", size=14)
-    _legend(draw, names, left + plot_w + 16, top)
-    return np.asarray(img)
-
-
-def roc_grid(
-    tasks: Sequence[str],
-    curves: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]],
-    aucs: dict[str, dict[str, float]],
-    panel: int = 260,
-) -> np.ndarray:
-    """One ROC panel per task, a curve per model (AUC in the legend of each panel)."""
-    names = list(curves)
-    cols = min(3, max(1, len(tasks)))
-    rows = (len(tasks) + cols - 1) // cols
-    pad, title = 40, 22
-    width, height = cols * (panel + pad) + pad, rows * (panel + pad + title) + pad
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    for t, task in enumerate(tasks):
-        r, c = divmod(t, cols)
-        x0 = pad + c * (panel + pad)
-        y0 = pad + r * (panel + pad + title) + title
-        draw.rectangle([x0, y0, x0 + panel, y0 + panel], outline=(80, 80, 80))
-        draw.line([x0, y0 + panel, x0 + panel, y0], fill=(200, 200, 200))
-        _text(draw, (x0, y0 - title + 2), task, size=14)
-        for i, name in enumerate(names):
-            fpr, tpr = curves[name][t]
-            pts = [
-                (x0 + float(f) * panel, y0 + panel - float(p) * panel)
-                for f, p in zip(fpr, tpr, strict=True)
-            ]
-            if len(pts) > 1:
-                draw.line(pts, fill=PALETTE[i % len(PALETTE)], width=2)
-            label = f"{name[:18]} {aucs[name][task]:.3f}"
-            draw.rectangle(
-                [
-                    x0 + panel - 150,
-                    y0 + panel - 16 * (len(names) - i) - 4,
-                    x0 + panel - 142,
-                    y0 + panel - 16 * (len(names) - i) + 4,
-                ],
-                fill=PALETTE[i % len(PALETTE)],
-            )
-            _text(
-                draw,
-                (x0 + panel - 138, y0 + panel - 16 * (len(names) - i)),
-                label,
-                size=11,
-                anchor="lm",
-            )
-        _text(draw, (x0 + panel / 2, y0 + panel + 4), "false positive rate", size=11, anchor="ma")
-    return np.asarray(img)
-
-
-# --- line charts and the accuracy-latency plot (sweeps, robustness, the HTML report) ----------
-
-# On/off pixel runs of the line styles: solid, dashed, dotted, dash-dot.
-DASHES: tuple[tuple[int, ...], ...] = ((), (9, 5), (2, 4), (10, 4, 2, 4))
-
-
-class Series:
-    """One line of :func:`line_chart`: points (x, y), a PALETTE colour index and a style index
-    (0 solid with circles, 1 dashed with squares, 2 dotted with triangles, 3 dash-dot with
-    diamonds). Non-finite y values break the line."""
-
-    def __init__(
-        self, label: str, x: Sequence[float], y: Sequence[float], colour: int = 0, style: int = 0
-    ) -> None:
-        self.label, self.x, self.y = label, [float(v) for v in x], [float(v) for v in y]
-        self.colour, self.style = colour, style
-
-
-def _colour(index: int | None) -> tuple[int, int, int]:
-    return (110, 110, 110) if index is None else PALETTE[index % len(PALETTE)]
-
-
-def _text_width(draw: ImageDraw.ImageDraw, text: str, size: int = 12) -> float:
-    return draw.textlength(text, font=_font(size))
-
-
-def _marker(
-    draw: ImageDraw.ImageDraw,
-    xy: tuple[float, float],
-    style: int,
-    colour: tuple[int, int, int],
-    r: float = 4.5,
-    filled: bool = True,
-) -> None:
-    x, y = xy
-    fill = colour if filled else (255, 255, 255)
-    kind = style % 4
-    if kind == 0:
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=colour, width=2)
-    elif kind == 1:
-        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill, outline=colour, width=2)
-    elif kind == 2:
-        draw.polygon(
-            [(x, y - r - 1), (x + r + 1, y + r), (x - r - 1, y + r)], fill=fill, outline=colour
+        r = report.models[name]
+        values = [r.auc[t] for t in report.tasks] + [r.auc_mean]
+        # An undefined AUC is drawn as no bar (height 0 above lo), not as a 0.5 one.
+        heights = [max(0.0, v - lo) if _finite(v) else 0.0 for v in values]
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            heights,
+            width * 0.92,
+            bottom=lo,
+            color=colour(i),
+            label=name,
         )
-    else:
-        s = r + 1.5
-        draw.polygon([(x, y - s), (x + s, y), (x, y + s), (x - s, y)], fill=fill, outline=colour)
+    ax.set_xticks(x, groups)
+    ax.set_ylim(lo, 1.0)
+    ax.set_ylabel("test AUC-ROC")
+    ax.set_title("test AUC-ROC per task (linear probe)", loc="left")
+    ax.grid(axis="y", color="#e4e4e4")
+    ax.set_axisbelow(True)
+    fig.legend(loc="outside right upper", frameon=False)
+    return fig
 
 
-def _polyline(
-    draw: ImageDraw.ImageDraw,
-    pts: Sequence[tuple[float, float]],
-    colour: tuple[int, int, int],
-    style: int = 0,
-    width: int = 3,
-) -> None:
-    """A polyline in one of DASHES; the dash phase carries over the vertices. (PIL draws a
-    sloped line of width w about w - 1 pixels thick, hence 3 for a 2-pixel line.)"""
-    dash = DASHES[style % len(DASHES)]
-    if len(pts) < 2:
-        return
-    if not dash:
-        draw.line(list(pts), fill=colour, width=width, joint="curve")
-        return
-    idx, left = 0, float(dash[0])
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
-        seg = float(np.hypot(x1 - x0, y1 - y0))
-        pos = 0.0
-        while seg > 0 and pos < seg:
-            step = min(left, seg - pos)
-            if idx % 2 == 0:
-                a, b = pos / seg, (pos + step) / seg
-                draw.line(
-                    [
-                        (x0 + (x1 - x0) * a, y0 + (y1 - y0) * a),
-                        (x0 + (x1 - x0) * b, y0 + (y1 - y0) * b),
-                    ],
-                    fill=colour,
-                    width=width,
-                )
-            pos += step
-            left -= step
-            if left <= 1e-9:
-                idx = (idx + 1) % len(dash)
-                left = float(dash[idx])
-
-
-def nice_range(lo: float, hi: float, max_ticks: int = 7) -> tuple[float, float, float]:
-    """(lo, hi, step) widened to multiples of a 1-2-5 step giving at most ``max_ticks`` gaps."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return 0.0, 1.0, 0.2
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.05 * (abs(lo) or 1), hi + 0.05 * (abs(hi) or 1)
-    raw = (hi - lo) / max_ticks
-    base = 10 ** np.floor(np.log10(raw))
-    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
-    return (
-        float(np.floor(lo / step + 1e-9) * step),
-        float(np.ceil(hi / step - 1e-9) * step),
-        float(step),
-    )
-
-
-def x_scale(values: Sequence[float]) -> str:
-    """How :func:`line_chart` spaces x: "linear"; "log" when the positive values span at least a
-    decade; "log0" likewise with a 0 among them, drawn one decade left of the smallest positive
-    value behind an axis break (the natural axis of a weight swept over 0, 0.01, ..., 10)."""
-    vals = [float(v) for v in values if np.isfinite(v)]
-    pos = [v for v in vals if v > 0]
-    if not pos or any(v < 0 for v in vals) or max(pos) / min(pos) < 10:
-        return "linear"
-    return "log0" if any(v == 0 for v in vals) else "log"
-
-
-def _x_transform(values: Sequence[float], scale: str) -> tuple[float, float, object]:
-    pos = [v for v in values if v > 0]
-    zero_at = float(np.log10(min(pos))) - 1 if pos else 0.0
-
-    def f(v: float) -> float:
-        if scale == "linear":
-            return v
-        return float(np.log10(v)) if v > 0 else zero_at
-
-    t = [f(v) for v in values]
-    return min(t), max(t), f
-
-
-def line_chart(
-    series: Sequence[Series],
-    *,
-    title: str,
-    x_label: str,
-    y_label: str = "mean test AUC",
-    legend: Sequence[tuple[str, int | None, int | None]] | None = None,
-    y_bounds: tuple[float, float] = (0.0, 1.0),
-    plot_size: tuple[int, int] = (520, 320),
-    x_tick_labels: dict[float, str] | None = None,
-) -> np.ndarray:
-    """Lines with markers; x spaced by :func:`x_scale`, a tick at every x of the data.
-
-    ``legend``: entries (label, colour index or None for grey, style index or None for a plain
-    colour swatch); default: one entry per series. ``x_tick_labels`` renames ticks (e.g. 0 ->
-    "clean"). Returns a uint8 RGB array [H, W, 3]."""
-    xs = sorted({x for s in series for x in s.x if np.isfinite(x)})
-    scale = x_scale(xs)
-    tlo, thi, fx = _x_transform(xs or [0.0, 1.0], scale)
-    if thi - tlo < 1e-12:
-        tlo, thi = tlo - 1, thi + 1
-    pad_x = 0.06 * (thi - tlo)
-    tlo, thi = tlo - pad_x, thi + pad_x
-    ys = [y for s in series for y in s.y if np.isfinite(y)]
-    y_lo, y_hi = (min(ys), max(ys)) if ys else (0.5, 1.0)
-    margin = max(0.01, 0.08 * (y_hi - y_lo))
-    y_lo, y_hi, y_step = nice_range(
-        max(y_bounds[0], y_lo - margin), min(y_bounds[1], y_hi + margin)
-    )
-    entries = list(legend) if legend is not None else [(s.label, s.colour, s.style) for s in series]
-
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    legend_w = max([_text_width(probe, e[0]) for e in entries] + [0]) + 70
-    left, top, bottom = 64, 52, 62
-    plot_w, plot_h = plot_size
-    width = int(left + plot_w + 24 + legend_w)
-    height = int(top + plot_h + bottom)
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-
-    def px(x: float) -> float:
-        return left + plot_w * (fx(x) - tlo) / (thi - tlo)  # type: ignore[operator]
-
-    def py(y: float) -> float:
-        return top + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
-
-    n_ticks = int(round((y_hi - y_lo) / y_step))
-    for k in range(n_ticks + 1):
-        v = y_lo + k * y_step
-        draw.line([left, py(v), left + plot_w, py(v)], fill=(228, 228, 228))
-        _text(
-            draw,
-            (left - 6, py(v)),
-            f"{v:.{max(0, -int(np.floor(np.log10(y_step))))}f}",
-            anchor="rm",
-        )
-    shown = xs if len(xs) <= 12 else xs[:: int(np.ceil(len(xs) / 12))]
-    for v in shown:
-        draw.line([px(v), top + plot_h, px(v), top + plot_h + 4], fill=(80, 80, 80))
-        label = (x_tick_labels or {}).get(v, f"{v:g}")
-        _text(draw, (px(v), top + plot_h + 7), label, anchor="ma")
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=(80, 80, 80))
-    if scale == "log0" and len(xs) > 1:
-        # An axis break between 0 and the smallest positive value: the gap is not to scale.
-        xb = (px(xs[0]) + px(xs[1])) / 2
-        yb = top + plot_h
-        draw.rectangle([xb - 5, yb - 3, xb + 5, yb + 3], fill="white")
-        for dx in (-4, 2):
-            draw.line([xb + dx, yb + 5, xb + dx + 3, yb - 5], fill=(80, 80, 80), width=1)
-    _text(draw, (left, 8), title, size=15)
-    _text(draw, (left + plot_w / 2, top + plot_h + 28), x_label, anchor="ma")
-    _text(draw, (8, top - 18), y_label, size=12)
-
-    for s in series:
-        colour = _colour(s.colour)
-        run: list[tuple[float, float]] = []
-        pts = sorted(zip(s.x, s.y, strict=True))
-        for x, y in pts + [(float("nan"), float("nan"))]:
-            if np.isfinite(x) and np.isfinite(y):
-                run.append((px(x), py(y)))
+def roc_grid(report: EvalReport) -> Figure:
+    """One ROC panel per task, a curve per model; each panel lists its models' AUCs, and one
+    legend below the panels names the models."""
+    names = list(report.models)
+    cols = min(3, max(1, len(report.tasks)))
+    rows = math.ceil(len(report.tasks) / cols)
+    fig = new_figure(3.2 * cols + 0.4, 3.2 * rows + 0.3 + 0.25 * math.ceil(len(names) / 3))
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    for t, task in enumerate(report.tasks):
+        ax = axes[t // cols][t % cols]
+        ax.plot([0, 1], [0, 1], color="#c8c8c8", lw=1, zorder=1)
+        handles = []
+        for i, name in enumerate(names):
+            r = report.models[name]
+            curve = r.roc.get(task)
+            auc = r.auc.get(task, float("nan"))
+            if curve is None or len(curve.fpr) < 2:
                 continue
-            _polyline(draw, run, colour, s.style)
-            run = []
-        for x, y in pts:
-            if np.isfinite(x) and np.isfinite(y):
-                _marker(draw, (px(x), py(y)), s.style, colour)
+            (line,) = ax.plot(curve.fpr, curve.tpr, color=colour(i), lw=1.6, label=name)
+            handles.append((line, "–" if not _finite(auc) else f"{auc:.3f}"))
+        ax.set_title(task, loc="left")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        if handles:
+            # AUCs only in the panel (short, lower right, where ROC curves rarely go); the
+            # names are in the figure legend, whole.
+            ax.legend(
+                [h for h, _ in handles],
+                [a for _, a in handles],
+                title="AUC",
+                loc="lower right",
+                fontsize=8,
+                title_fontsize=8,
+                handlelength=1.2,
+                framealpha=0.9,
+            )
+        if t // cols == rows - 1:
+            ax.set_xlabel("false positive rate")
+        if t % cols == 0:
+            ax.set_ylabel("true positive rate")
+    for k in range(len(report.tasks), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    proxies = [Line2D([], [], color=colour(i), lw=2) for i in range(len(names))]
+    fig.legend(proxies, names, loc="outside lower center", ncols=min(len(names), 3), frameon=False)
+    return fig
 
-    lx, ly = left + plot_w + 24, top
-    for i, (label, colour_i, style) in enumerate(entries):
-        y = ly + 20 * i + 8
-        colour = _colour(colour_i)
-        if style is None:
-            draw.rectangle([lx, y - 5, lx + 26, y + 5], fill=colour)
-        else:
-            _polyline(draw, [(lx, y), (lx + 30, y)], colour, style)
-            _marker(draw, (lx + 15, y), style, colour, r=4)
-        _text(draw, (lx + 38, y), label, anchor="lm")
-    return np.asarray(img)
+
+def robustness_chart(report: EvalReport) -> Figure:
+    """Mean AUC against severity (0: clean), a colour per model, a line style per corruption."""
+    names = list(report.models)
+    series = []
+    curves = report.robustness_curves()
+    for k, (corruption, per_model) in enumerate(curves.items()):
+        for i, name in enumerate(names):
+            points = per_model.get(name, [])
+            series.append(
+                Series(f"{name} {corruption}", [s for s, _ in points], [v for _, v in points], i, k)
+            )
+    legend: list[tuple[str, int | None, int | None]] = [(n, i, None) for i, n in enumerate(names)]
+    if len(curves) > 1:
+        legend += [(c, None, k) for k, c in enumerate(curves)]
+    fig = new_figure(8.5, 4.4)
+    line_panel(
+        fig.add_subplot(),
+        series,
+        title=f"mean test AUC under {', '.join(curves)} (probes fitted on clean images)",
+        x_label="severity (0: clean test images)",
+        tick_labels={0.0: "clean"},
+    )
+    line_legend(fig, legend)
+    return fig
 
 
 def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[bool]:
@@ -367,13 +196,13 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[bool]:
     pts = [(float(c), float(v)) for c, v in zip(cost, value, strict=True)]
     out = []
     for i, (c, v) in enumerate(pts):
-        if not (np.isfinite(c) and np.isfinite(v)):
+        if not (math.isfinite(c) and math.isfinite(v)):
             out.append(False)
             continue
         dominated = any(
             j != i
-            and np.isfinite(c2)
-            and np.isfinite(v2)
+            and math.isfinite(c2)
+            and math.isfinite(v2)
             and c2 <= c
             and v2 >= v
             and (c2 < c or v2 > v)
@@ -383,147 +212,264 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[bool]:
     return out
 
 
-def pareto_chart(
-    names: Sequence[str],
-    latency_ms: Sequence[float],
-    auc: Sequence[float],
-    ci: Sequence[Sequence[float] | None] | None = None,
-    *,
-    title: str = "mean test AUC vs CPU latency (up and left is better)",
-    x_label: str = "latency per forward (ms)",
-    plot_size: tuple[int, int] = (560, 340),
-) -> np.ndarray:
-    """One point per model (its PALETTE colour by position, as in :func:`auc_bars`), vertical
-    bars for the confidence interval, the Pareto front as a step line with filled markers;
-    dominated models are hollow. Returns a uint8 RGB array [H, W, 3]."""
-    front = pareto_front(latency_ms, auc)
-    ci = list(ci) if ci is not None else [None] * len(names)
-    lows = [c[0] for c in ci if c] + [a for a in auc if np.isfinite(a)]
-    highs = [c[1] for c in ci if c] + [a for a in auc if np.isfinite(a)]
-    y_lo, y_hi, y_step = nice_range(
-        max(0.0, min(lows, default=0.5) - 0.02), min(1.0, max(highs, default=1.0) + 0.02)
-    )
-    lat = [v for v in latency_ms if np.isfinite(v)]
-    x_lo, x_hi, x_step = nice_range(0.0, max(lat, default=1.0) * 1.15)
-
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    legend_w = (
-        max([_text_width(probe, n) for n in names] + [_text_width(probe, "Pareto front")]) + 60
-    )
-    left, top, bottom = 64, 52, 62
-    plot_w, plot_h = plot_size
-    width, height = int(left + plot_w + 24 + legend_w), int(top + plot_h + bottom)
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-
-    def px(x: float) -> float:
-        return left + plot_w * (x - x_lo) / (x_hi - x_lo)
-
-    def py(y: float) -> float:
-        return top + plot_h * (1 - (min(max(y, y_lo), y_hi) - y_lo) / (y_hi - y_lo))
-
-    decimals = max(0, -int(np.floor(np.log10(y_step))))
-    for k in range(int(round((y_hi - y_lo) / y_step)) + 1):
-        v = y_lo + k * y_step
-        draw.line([left, py(v), left + plot_w, py(v)], fill=(228, 228, 228))
-        _text(draw, (left - 6, py(v)), f"{v:.{decimals}f}", anchor="rm")
-    for k in range(int(round((x_hi - x_lo) / x_step)) + 1):
-        v = x_lo + k * x_step
-        draw.line([px(v), top, px(v), top + plot_h], fill=(240, 240, 240))
-        _text(draw, (px(v), top + plot_h + 7), f"{v:g}", anchor="ma")
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=(80, 80, 80))
-    _text(draw, (left, 8), title, size=15)
-    _text(draw, (left + plot_w / 2, top + plot_h + 28), x_label, anchor="ma")
-    _text(draw, (8, top - 18), "mean test AUC", size=12)
-
-    on = sorted((latency_ms[i], auc[i]) for i in range(len(names)) if front[i])
-    steps: list[tuple[float, float]] = []
+def pareto_chart(report: EvalReport) -> Figure:
+    """Mean AUC against latency, a point per model with its bootstrap interval; the Pareto front
+    as a dashed staircase, its models filled, dominated ones hollow; each point labelled."""
+    names = list(report.models)
+    lat = [report.models[n].latency_ms for n in names]
+    auc = [report.models[n].auc_mean for n in names]
+    front = pareto_front(lat, auc)
+    fig = new_figure(8.5, 4.8)
+    ax = fig.add_subplot()
+    on = sorted((lat[i], auc[i]) for i in range(len(names)) if front[i])
     if on:
-        steps = [(px(on[0][0]), py(on[0][1]))]
-        for (_x0, y0), (x1, y1) in zip(on, on[1:], strict=False):
-            steps += [(px(x1), py(y0)), (px(x1), py(y1))]
-        steps.append((left + plot_w, py(on[-1][1])))
-        _polyline(draw, steps, (90, 90, 90), style=1)
-
-    # Markers and intervals first, then each label at the first free spot around its point.
-    shown = [i for i in range(len(names)) if np.isfinite(latency_ms[i]) and np.isfinite(auc[i])]
-    taken: list[tuple[float, float, float, float]] = [
-        (min(a[0], b[0]), min(a[1], b[1]) - 2, max(a[0], b[0]), max(a[1], b[1]) + 2)
-        for a, b in zip(steps, steps[1:], strict=False)
-    ]
+        xs, ys = [on[0][0]], [on[0][1]]
+        for (_, y0), (x1, y1) in zip(on, on[1:], strict=False):
+            xs += [x1, x1]
+            ys += [y0, y1]
+        # The staircase runs on to the right edge: anything slower and less accurate is behind.
+        xs.append(max(lat_ for lat_ in lat if _finite(lat_)) * 1.25)
+        ys.append(on[-1][1])
+        ax.plot(xs, ys, ls="--", color=GREY, lw=1.2, zorder=1, label="Pareto front")
+    shown = [i for i in range(len(names)) if _finite(lat[i]) and _finite(auc[i])]
     for i in shown:
-        x, y = px(latency_ms[i]), py(auc[i])
-        colour = _colour(i)
-        if ci[i]:
-            lo, hi = py(ci[i][0]), py(ci[i][1])
-            draw.line([x, lo, x, hi], fill=colour, width=1)
-            for yy in (lo, hi):
-                draw.line([x - 4, yy, x + 4, yy], fill=colour, width=1)
-            taken.append((x - 4, hi, x + 4, lo))
-        _marker(draw, (x, y), 0, colour, r=6 if front[i] else 5, filled=front[i])
-        taken.append((x - 8, y - 8, x + 8, y + 8))
+        ci = report.models[names[i]].ci.get("mean")
+        if ci is not None and _finite(ci[0]) and _finite(ci[1]):
+            ax.errorbar(
+                lat[i],
+                auc[i],
+                yerr=[[auc[i] - ci[0]], [ci[1] - auc[i]]],
+                color=colour(i),
+                lw=1,
+                capsize=3,
+                zorder=2,
+            )
+        ax.plot(
+            lat[i],
+            auc[i],
+            "o",
+            ms=8,
+            mec=colour(i),
+            mew=2,
+            zorder=3,
+            mfc=colour(i) if front[i] else "white",
+        )
+    if shown:
+        x_hi = max(lat[i] for i in shown) * 1.25
+        ax.set_xlim(0, x_hi)
+        lows = [auc[i] for i in shown] + [
+            c[0] for n in names if (c := report.models[n].ci.get("mean")) and _finite(c[0])
+        ]
+        highs = [auc[i] for i in shown] + [
+            c[1] for n in names if (c := report.models[n].ci.get("mean")) and _finite(c[1])
+        ]
+        span = max(0.02, max(highs) - min(lows))
+        ax.set_ylim(max(0.0, min(lows) - 0.25 * span), min(1.0, max(highs) + 0.25 * span))
+    ax.set_xlabel(
+        f"median {report.latency.device.upper()} latency per forward of {report.latency.batch} "
+        "image(s) (ms)"
+    )
+    ax.set_ylabel("mean test AUC")
+    ax.set_title("mean test AUC vs latency (up and left is better)", loc="left")
+    ax.grid(color="#ececec")
+    ax.set_axisbelow(True)
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            ms=7,
+            mec=colour(i),
+            mew=2,
+            mfc=colour(i) if front[i] else "white",
+        )
+        for i in range(len(names))
+    ]
+    labels = list(names)
+    if on:
+        handles.append(Line2D([], [], ls="--", color=GREY))
+        labels.append("Pareto front (filled: on it)")
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    _place_labels(fig, ax, [(lat[i], auc[i], f"{names[i]} {auc[i]:.3f}", colour(i)) for i in shown])
+    return fig
 
-    def free(box: tuple[float, float, float, float]) -> bool:
-        inside = left + 2 <= box[0] and box[2] <= left + plot_w - 2
-        inside = inside and top + 2 <= box[1] and box[3] <= top + plot_h - 2
-        return inside and not any(
-            box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken
+
+# Label positions tried around a point, nearest first: (dx, dy) in points and the alignment.
+_OFFSETS = [
+    (dx * r, dy * r, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
+    for r in (1, 2, 3.5, 5)
+    for dx, dy in ((7, 5), (7, -5), (-7, 5), (-7, -5), (0.5, 11), (0.5, -11))
+]
+
+
+def _place_labels(fig: Figure, ax: Axes, points: Sequence[tuple[float, float, str, str]]) -> None:
+    """Annotate each (x, y, text, colour) at the first offset of :data:`_OFFSETS` where its
+    text box stays inside the axes and overlaps no marker, error bar, line or earlier label;
+    labels moved off their point get a thin leader line. The layout is frozen first, so the
+    boxes measured here are the ones saved."""
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    frame = ax.get_window_extent(renderer)
+    taken: list[Bbox] = []
+
+    def segments(xy: np.ndarray) -> None:
+        # A long line's box covers the whole plot: keep its segments' boxes instead.
+        px = ax.transData.transform(xy)
+        taken.extend(
+            Bbox([np.minimum(a, b) - 2, np.maximum(a, b) + 2])
+            for a, b in zip(px, px[1:], strict=False)
         )
 
-    for i in shown:
-        x, y = px(latency_ms[i]), py(auc[i])
-        label = f"{names[i]} {auc[i]:.3f}"
-        w = _text_width(draw, label)
-        spots = [
-            (x + dx if dx > 0 else x + dx - w, y - 7 + dy)
-            for dy in (0, -16, 16, -32, 32, -48, 48)
-            for dx in (11, -11)
-        ]
-        lx, ly = next(((a, b) for a, b in spots if free((a, b, a + w, b + 14))), spots[0])
-        if abs(ly - (y - 7)) > 1:  # displaced: a leader line to its point
-            ex = lx if lx > x else lx + w
-            draw.line([x, y, ex, ly + 7], fill=(170, 170, 170), width=1)
-        taken.append((lx, ly, lx + w, ly + 14))
-        _text(draw, (lx, ly), label)
+    for line in ax.lines:
+        if len(line.get_xdata()) > 1:
+            segments(np.column_stack(line.get_data()))
+        else:
+            taken.append(line.get_window_extent(renderer).padded(2))
+    for collection in ax.collections:  # the error bars (a collection has no extent of its own)
+        for segment in getattr(collection, "get_segments", list)():
+            segments(np.asarray(segment))
+    for x, y, text, c in points:
+        chosen = None
+        for dx, dy, ha, va in _OFFSETS:
+            far = abs(dx) > 8 or abs(dy) > 12
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=9,
+                color="#202020",
+                arrowprops={"arrowstyle": "-", "color": c, "lw": 0.8, "shrinkA": 0, "shrinkB": 5}
+                if far
+                else None,
+            )
+            box = ann.get_window_extent(renderer).padded(1.5)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(t) for t in taken):
+                chosen = (ann, box)
+                break
+            ann.remove()
+        if chosen is None:  # nowhere free: the first spot, still inside the axes when it can be
+            dx, dy, ha, va = _OFFSETS[0]
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=9,
+                color="#202020",
+            )
+            chosen = (ann, ann.get_window_extent(renderer))
+        taken.append(chosen[1])
 
-    lx, y = left + plot_w + 24, top + 8
-    for i, name in enumerate(names):
-        _marker(draw, (lx + 8, y), 0, _colour(i), r=5, filled=front[i])
-        _text(draw, (lx + 22, y), name, anchor="lm")
-        y += 20
-    y += 6
-    _polyline(draw, [(lx, y), (lx + 16, y)], (90, 90, 90), style=1)
-    _text(draw, (lx + 22, y), "Pareto front", anchor="lm")
-    _text(draw, (lx, y + 16), "filled: on the front", size=11)
-    _text(draw, (lx, y + 30), "hollow: dominated", size=11)
-    return np.asarray(img)
+
+# ---------------------------------------------------------------------------------------------
+# Line charts (robustness, sweeps)
 
 
-def robustness_curves(
-    curves: dict[str, dict[str, Sequence[tuple[float, float]]]],
-    title: str = "mean test AUC vs corruption severity (probes fitted on clean images)",
-) -> np.ndarray:
-    """Mean AUC against severity (0: clean), drawn by :func:`line_chart`: a line per model
-    (PALETTE colour by position, as in :func:`auc_bars`), a line style per corruption.
+@dataclass
+class Series:
+    """One line of :func:`line_panel`: points (x, y), a colour index (None: grey) and a style
+    index into STYLES / MARKERS. Non-finite y values break the line."""
 
-    ``curves``: {corruption: {model: [(severity, mean AUC), ...]}}. Returns uint8 [H, W, 3].
-    """
-    corruptions = list(curves)
-    models = list(dict.fromkeys(m for per_model in curves.values() for m in per_model))
-    series = []
-    for i, name in enumerate(models):
-        for k, corruption in enumerate(corruptions):
-            pts = sorted(curves[corruption].get(name, []))
-            if pts:
-                xs, ys = [s for s, _ in pts], [v for _, v in pts]
-                series.append(Series(f"{name} {corruption}", xs, ys, colour=i, style=k))
-    legend: list[tuple[str, int | None, int | None]] = [(n, i, None) for i, n in enumerate(models)]
-    if len(corruptions) > 1:
-        legend += [(c, None, k) for k, c in enumerate(corruptions)]
-    return line_chart(
-        series,
-        title=title,
-        x_label="severity (0: clean test images)",
-        legend=legend,
-        x_tick_labels={0.0: "clean"},
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    colour: int | None = 0
+    style: int = 0
+
+
+def x_scale(values: Sequence[float]) -> str:
+    """How :func:`line_panel` spaces x: "linear"; "log" when the positive values span at least a
+    decade; "log0" likewise with a 0 among them, drawn one decade left of the smallest positive
+    value behind an axis break (the natural axis of a weight swept over 0, 0.01, ..., 10)."""
+    vals = [float(v) for v in values if math.isfinite(v)]
+    pos = [v for v in vals if v > 0]
+    if not pos or any(v < 0 for v in vals) or max(pos) / min(pos) < 10:
+        return "linear"
+    return "log0" if any(v == 0 for v in vals) else "log"
+
+
+def line_panel(
+    ax: Axes,
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str = "mean test AUC",
+    tick_labels: dict[float, str] | None = None,
+) -> None:
+    """Lines with markers on ``ax``, x spaced by :func:`x_scale`, a tick at every x of the data
+    (``tick_labels`` renames some, e.g. 0 -> "clean")."""
+    xs = sorted({float(x) for s in series for x in s.x if math.isfinite(x)})
+    scale = x_scale(xs)
+    positive = [v for v in xs if v > 0]
+    zero_at = math.log10(min(positive)) - 1 if positive else 0.0
+
+    def fx(v: float) -> float:
+        # log0 puts 0 one decade left of the smallest positive value; the axis break below
+        # says that gap is not to scale.
+        if scale == "linear":
+            return v
+        return math.log10(v) if v > 0 else zero_at
+
+    for s in series:
+        pts = sorted(
+            (fx(float(x)), float(y)) for x, y in zip(s.x, s.y, strict=True) if math.isfinite(x)
+        )
+        if not pts:
+            continue
+        ax.plot(
+            [p for p, _ in pts],
+            [v for _, v in pts],
+            color=colour(s.colour),
+            ls=STYLES[s.style % len(STYLES)],
+            marker=MARKERS[s.style % len(MARKERS)],
+            ms=5,
+            lw=1.8,
+        )
+    shown = xs if len(xs) <= 12 else xs[:: math.ceil(len(xs) / 12)]
+    ax.set_xticks([fx(v) for v in shown], [(tick_labels or {}).get(v, f"{v:g}") for v in shown])
+    if scale == "log0" and len(xs) > 1:
+        middle = (fx(xs[0]) + fx(xs[1])) / 2
+        ax.plot(
+            [middle],
+            [0],
+            transform=ax.get_xaxis_transform(),
+            marker=r"$//$",
+            ms=10,
+            color="#505050",
+            clip_on=False,
+            zorder=5,
+        )
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.grid(color="#e8e8e8")
+    ax.set_axisbelow(True)
+
+
+def line_legend(fig: Figure, entries: Sequence[tuple[str, int | None, int | None]]) -> None:
+    """A legend outside the axes: (label, colour index or None for grey, style index or None
+    for a plain colour line)."""
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colour(c),
+            lw=2 if style is None else 1.5,
+            ls="-" if style is None else STYLES[style % len(STYLES)],
+            marker=None if style is None else MARKERS[style % len(MARKERS)],
+            ms=5,
+        )
+        for _, c, style in entries
+    ]
+    fig.legend(
+        handles, [label for label, _, _ in entries], loc="outside right upper", frameon=False
     )

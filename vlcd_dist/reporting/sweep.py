@@ -1,16 +1,20 @@
-"""The sweep's table, notes and chart, and its files (sweep.json, sweep.md, sweep.png, tb/)."""
+"""The sweep's table, notes and chart, and its files (sweep.json, sweep.md, sweep.png and .svg,
+tb/)."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from vlcd_dist.io import write_json, write_text
 from vlcd_dist.reporting.tables import DASH, Table, fmt
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 INIT_KEY = "distill.init"
 """The sweep axis that chooses the students' start (predistilled or scratch)."""
@@ -105,20 +109,21 @@ def sweep_notes(summary: dict[str, Any]) -> str:
     return text
 
 
-def sweep_chart(summary: dict[str, Any]) -> Any:
+def sweep_chart(summary: dict[str, Any]) -> Figure | None:
     """Mean AUC against the swept value: lambda when it is an axis, else the first numeric
     axis, else the points in order; a colour per student, a line style per combination of the
     other axes (e.g. predistilled / scratch). Two panels (clean, degraded) when degraded AUCs
-    exist. Returns a uint8 RGB array."""
-    import numpy as np
-
-    from vlcd_dist.reporting.figures import Series, line_chart
+    exist. None before any point is evaluated."""
+    from vlcd_dist.reporting.figures import Series, line_legend, line_panel, new_figure
 
     grid = summary["grid"]
     keys = [g["key"] for g in grid]
     numeric = [g["key"] for g in grid if all(_number(v) is not None for v in g["values"])]
     x_key = LAMBDA_KEY if LAMBDA_KEY in keys else (numeric[0] if numeric else None)
     points = [p for p in summary["points"] if p.get("report")]
+    students = summary["students"]
+    if not points or not students:
+        return None
     if x_key is not None:
         others = [k for k in keys if k != x_key]
         tick_labels = None
@@ -141,56 +146,53 @@ def sweep_chart(summary: dict[str, Any]) -> Any:
                 parts.append(f"{_label(k)}={v}")
         return ", ".join(parts)
 
-    students = summary["students"]
-
-    def panel(field_name: str, title: str) -> np.ndarray:
-        series = []
+    def series(field_name: str) -> list[Series]:
+        out = []
         for si, student in enumerate(students):
             for ci, combo in enumerate(combos):
                 chosen = [p for p in points if tuple(p["values"][k] for k in others) == combo]
-                xs = [x_of[p["name"]] for p in chosen]
                 ys = [
                     float(v)
                     if isinstance(v := (p.get(field_name) or {}).get(student), (int, float))
                     else float("nan")
                     for p in chosen
                 ]
-                series.append(Series(f"{student} {combo_label(combo)}", xs, ys, si, ci))
-        legend: list[tuple[str, int | None, int | None]] = [
-            (s, i, None) for i, s in enumerate(students)
-        ]
-        if len(combos) > 1:
-            legend += [(combo_label(c), None, i) for i, c in enumerate(combos)]
-        return line_chart(
-            series, title=title, x_label=x_label, legend=legend, x_tick_labels=tick_labels
-        )
+                xs = [x_of[p["name"]] for p in chosen]
+                out.append(Series(f"{student} {combo_label(combo)}", xs, ys, si, ci))  # type: ignore[arg-type]
+        return out
 
-    images = [panel("auc_mean", "students' mean test AUC (clean test images)")]
+    panels = [("auc_mean", "students' mean test AUC (clean test images)")]
     if summary.get("degrade"):
-        images.append(panel("degraded_auc_mean", f"mean test AUC, degraded: {summary['degrade']}"))
-    width = max(im.shape[1] for im in images)
-    padded = [
-        np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0)), constant_values=255) for im in images
+        panels.append(("degraded_auc_mean", f"mean test AUC, degraded: {summary['degrade']}"))
+    fig = new_figure(8.5, 3.8 * len(panels))
+    for ax, (field_name, title) in zip(
+        fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True
+    ):
+        line_panel(ax, series(field_name), title=title, x_label=x_label, tick_labels=tick_labels)
+    legend: list[tuple[str, int | None, int | None]] = [
+        (s, i, None) for i, s in enumerate(students)
     ]
-    return np.concatenate(padded, axis=0)
+    if len(combos) > 1:
+        legend += [(combo_label(c), None, i) for i, c in enumerate(combos)]
+    line_legend(fig, legend)
+    return fig
 
 
 def write_outputs(out: Path, summary: dict[str, Any]) -> None:
-    """sweep.json, sweep.md, sweep.png and TensorBoard (OUT/tb, rewritten each time)."""
-    from PIL import Image
+    """sweep.json, sweep.md, sweep.png and .svg, and TensorBoard (OUT/tb, rewritten each time)."""
+    from vlcd_dist.reporting.figures import save_figure
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "sweep.json", summary)
     table = sweep_table(summary)
-    md = f"# VLCD sweep\n\n{table.markdown()}\n{sweep_notes(summary)}\n\n![sweep](sweep.png)\n"
-    (out / "sweep.md").write_text(md)
-    done = [p for p in summary["points"] if p.get("report")]
-    (out / "sweep.png").unlink(missing_ok=True)
-    chart = sweep_chart(summary) if done and summary["students"] else None
+    md = f"# VLCD sweep\n\n{table.markdown()}\n{sweep_notes(summary)}\n"
+    for suffix in (".png", ".svg"):
+        (out / f"sweep{suffix}").unlink(missing_ok=True)
+    fig = sweep_chart(summary)
+    chart = save_figure(fig, out, "sweep") if fig is not None else None
     if chart is not None:
-        Image.fromarray(chart).save(out / "sweep.png")
-    else:
-        (out / "sweep.md").write_text(md.replace("\n![sweep](sweep.png)\n", ""))
+        md += "\n![sweep](sweep.png)\n"
+    write_text(out / "sweep.md", md)
     _tensorboard(out / "tb", summary, chart, table.markdown())
 
 

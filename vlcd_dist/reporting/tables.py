@@ -1,8 +1,8 @@
-"""Tables built once and rendered to Markdown or HTML the same way."""
+"""Tables built once and rendered to Markdown (here) or HTML (the page template, from the same
+:meth:`Table.cells`), so both show the same cell texts."""
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,47 +53,47 @@ class Table:
                 best = max(v for v, _ in col)
                 self.bold |= {(r, c) for v, r in col if v == best}
 
+    def cells(self) -> list[list[Cell]]:
+        """The body as cells: what either rendering shows, and how."""
+        return [
+            [
+                Cell(
+                    text,
+                    numeric=c in self.numeric,
+                    bold=(r, c) in self.bold,
+                    code=c in self.code and text != DASH,
+                )
+                for c, text in enumerate(row)
+            ]
+            for r, row in enumerate(self.rows)
+        ]
+
+    def head(self) -> list[Cell]:
+        """The column names shown in HTML (``short_header`` under ``groups``, else ``header``)."""
+        names = self.short_header or self.header
+        return [Cell(h, numeric=c in self.numeric) for c, h in enumerate(names)]
+
     def markdown(self) -> str:
-        def cell(r: int, c: int, text: str) -> str:
-            text = text.replace("|", "\\|")
-            if c in self.code and text != DASH:
+        def cell(c: Cell) -> str:
+            text = c.text.replace("|", "\\|")
+            if c.code:
                 text = f"`{text}`"
-            return f"**{text}**" if (r, c) in self.bold else text
+            return f"**{text}**" if c.bold else text
 
         align = ["---:" if c in self.numeric else "---" for c in range(len(self.header))]
         lines = ["| " + " | ".join(h.replace("|", "\\|") for h in self.header) + " |"]
         lines.append("|" + "|".join(align) + "|")
-        for r, row in enumerate(self.rows):
-            lines.append("| " + " | ".join(cell(r, c, t) for c, t in enumerate(row)) + " |")
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.cells()]
         return "\n".join(lines) + "\n"
 
-    def html(self, caption: str | None = None) -> str:
-        def td(r: int, c: int, text: str) -> str:
-            body = html.escape(text)
-            if c in self.code and text != DASH:
-                body = f"<code>{body}</code>"
-            if (r, c) in self.bold:
-                body = f"<strong>{body}</strong>"
-            return f'<td class="num">{body}</td>' if c in self.numeric else f"<td>{body}</td>"
 
-        head = "".join(
-            f'<th class="num">{html.escape(h)}</th>'
-            if c in self.numeric
-            else f"<th>{html.escape(h)}</th>"
-            for c, h in enumerate(self.short_header or self.header)
-        )
-        if self.groups:
-            top = "".join(
-                f'<th colspan="{span}" class="group">{html.escape(label)}</th>'
-                for label, span in self.groups
-            )
-            head = f"{top}</tr><tr>{head}"
-        body = "\n".join(
-            "<tr>" + "".join(td(r, c, t) for c, t in enumerate(row)) + "</tr>"
-            for r, row in enumerate(self.rows)
-        )
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        return (
-            f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
-            f"<tbody>\n{body}\n</tbody></table></div>"
-        )
+@dataclass(frozen=True)
+class Cell:
+    """One cell as both renderings show it."""
+
+    text: str
+    numeric: bool = False
+    """Right-aligned."""
+    bold: bool = False
+    code: bool = False
+    """Shown as code (model and folder names)."""

@@ -25,7 +25,6 @@ and need no launcher, so they are usable on their own.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -48,7 +47,19 @@ from vlcd_dist.evaluation.metrics import (
     roc_points,
 )
 from vlcd_dist.evaluation.probes import apply_probes, fit_probe
-from vlcd_dist.evaluation.robustness import DegradedShardLoader, robustness_points
+from vlcd_dist.evaluation.results import (
+    BootstrapSetup,
+    Degrade,
+    DegradedResult,
+    EvalReport,
+    LatencySetup,
+    ModelResult,
+    Roc,
+    Samples,
+    ZeroShot,
+    ZeroShotResult,
+)
+from vlcd_dist.evaluation.robustness import DegradedShardLoader
 from vlcd_dist.evaluation.zeroshot import prompt_tasks, zero_shot_scores
 from vlcd_dist.io import write_text
 from vlcd_dist.models.exported import load_exported_student, resolve_student_file
@@ -95,7 +106,8 @@ class ZeroShotPrompts:
 
 
 class Evaluator:
-    """``vlcd eval``: report.json, report.md, plots and TensorBoard under run.out."""
+    """``vlcd eval``: report.json, config.yaml and TensorBoard scalars under run.out; the
+    command renders report.md and the figures from the report (:mod:`vlcd_dist.reporting`)."""
 
     def __init__(self, cfg: TrainConfig, backend: Backend | None = None) -> None:
         self.cfg = cfg
@@ -132,7 +144,7 @@ class Evaluator:
                     module=frozen,
                     features=frozen.encode_image,
                     params=sum(p.numel() for p in image.parameters()),
-                    info={"checkpoint": frozen.cfg.checkpoint},
+                    info={"weights": frozen.cfg.checkpoint},
                 )
             )
         for spec in cfg.students:
@@ -234,7 +246,7 @@ class Evaluator:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any] | None:
+    def run(self) -> EvalReport | None:
         """Extract, probe, time, report. Returns the report on rank 0 (None elsewhere)."""
         cfg = self.cfg
         torch.manual_seed(cfg.run.seed)
@@ -273,19 +285,18 @@ class Evaluator:
         test_y: np.ndarray,
         degraded: dict[tuple[str, int], dict[str, np.ndarray]] | None = None,
         prompts: ZeroShotPrompts | None = None,
-    ) -> dict[str, Any]:
-        """Probes, intervals, latency, robustness, zero-shot; writes report.json/.md, plots and
-        TensorBoard."""
+    ) -> EvalReport:
+        """Probes, intervals, latency, robustness, zero-shot; writes report.json, config.yaml
+        and the TensorBoard scalars (the tables and figures are the reporting layer's)."""
         from sklearn.preprocessing import StandardScaler
 
         cfg, e = self.cfg, self.cfg.eval
         degraded = degraded or {}
         h, w = cfg.data.image_size
         columns = list(range(len(tasks)))
-        results: dict[str, Any] = {}
-        robust: dict[str, dict[str, dict[str, Any]]] = {}
-        zero_shot: dict[str, dict[str, Any]] = {}
-        rocs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        results: dict[str, ModelResult] = {}
+        robust: dict[str, dict[str, dict[int, DegradedResult]]] = {}
+        zero_shot: dict[str, ZeroShotResult] = {}
         zs_columns = [tasks.index(t) for t in prompts.tasks] if prompts else []
         for m in models:
             t0 = time.perf_counter()
@@ -294,19 +305,20 @@ class Evaluator:
             probes = [
                 fit_probe(xtr, train_y[:, j], e.probe_cs, e.cv_folds, cfg.run.seed) for j in columns
             ]
-            chosen = {task: probes[j].c for j, task in enumerate(tasks)}
             scores = apply_probes(probes, scaler, test_f[m.name])
             aucs = aucs_by_task(test_y, scores, tasks, columns)
-            rocs[m.name] = [roc_points(test_y[:, j], scores[:, j]) for j in columns]
+            roc = {}
+            for j, task in enumerate(tasks):
+                fpr, tpr = roc_points(test_y[:, j], scores[:, j])
+                roc[task] = Roc([float(v) for v in fpr], [float(v) for v in tpr])
             ci = (
                 bootstrap_intervals(test_y, scores, e.bootstrap, e.confidence, cfg.run.seed)
                 if e.bootstrap
                 else {}
             )
             module = m.module.to("cpu")
-            fn = m.features
             latency = measure_latency(
-                fn,
+                m.features,
                 (e.latency_batch, 3, h, w),
                 e.latency_iters,
                 e.latency_threads,
@@ -314,227 +326,102 @@ class Evaluator:
             )
             module.to(self.device)
             clean_mean = mean_finite(aucs)
-            results[m.name] = {
-                "kind": m.kind,
-                "arch": m.arch,
-                "auc": aucs,
-                "auc_mean": clean_mean,
-                "ci": {"mean": ci.get("mean"), **{t: ci.get(str(j)) for j, t in enumerate(tasks)}},
-                "probe_c": chosen,
-                "params": int(m.params),
-                "latency_ms": latency,
+            results[m.name] = ModelResult(
+                kind=m.kind,
+                arch=m.arch,
+                auc=aucs,
+                auc_mean=clean_mean,
+                ci={"mean": _pair(ci.get("mean"))}
+                | {t: _pair(ci.get(str(j))) for j, t in enumerate(tasks)},
+                probe_c={task: float(probes[j].c) for j, task in enumerate(tasks)},
+                params=int(m.params),
+                latency_ms=float(latency),
+                roc=roc,
                 **m.info,
-            }
+            )
             if prompts:
                 zs = zero_shot_scores(test_f[m.name], prompts.positive, prompts.negative)
                 zs_aucs = aucs_by_task(test_y, zs, prompts.tasks, zs_columns)
-                zero_shot[m.name] = {"auc": zs_aucs, "auc_mean": mean_finite(zs_aucs)}
+                zero_shot[m.name] = ZeroShotResult(zs_aucs, mean_finite(zs_aucs))
             for (name, severity), feats in degraded.items():
                 d_aucs = aucs_by_task(
                     test_y, apply_probes(probes, scaler, feats[m.name]), tasks, columns
                 )
-                entry: dict[str, Any] = {
-                    "auc": d_aucs,
-                    "auc_mean": mean_finite(d_aucs),
-                    "drop": mean_finite(d_aucs) - clean_mean,
-                }
+                zs_result = None
                 if prompts:
                     zs = zero_shot_scores(feats[m.name], prompts.positive, prompts.negative)
                     zs_aucs = aucs_by_task(test_y, zs, prompts.tasks, zs_columns)
-                    entry["zero_shot"] = {"auc": zs_aucs, "auc_mean": mean_finite(zs_aucs)}
-                robust.setdefault(m.name, {}).setdefault(name, {})[str(severity)] = entry
+                    zs_result = ZeroShotResult(zs_aucs, mean_finite(zs_aucs))
+                robust.setdefault(m.name, {}).setdefault(name, {})[severity] = DegradedResult(
+                    auc=d_aucs,
+                    auc_mean=mean_finite(d_aucs),
+                    drop=mean_finite(d_aucs) - clean_mean,
+                    zero_shot=zs_result,
+                )
             logger.info(
                 "eval: %s mean AUC %.3f (%.0f s)",
                 m.name,
-                results[m.name]["auc_mean"],
+                clean_mean,
                 time.perf_counter() - t0,
             )
         reference = results.get("teacher")
-        for r in results.values():
-            r["speedup"] = reference["latency_ms"] / r["latency_ms"] if reference else None
-            r["delta_vs_teacher"] = r["auc_mean"] - reference["auc_mean"] if reference else None
-        report: dict[str, Any] = {
-            "tasks": tasks,
-            "samples": {"train": int(len(train_y)), "test": int(len(test_y))},
-            "image_size": [h, w],
-            "latency": {"batch": e.latency_batch, "threads": e.latency_threads, "device": "cpu"},
-            "bootstrap": {"resamples": e.bootstrap, "confidence": e.confidence},
-            "models": results,
-        }
+        if reference is not None:
+            for r in results.values():
+                r.speedup = reference.latency_ms / r.latency_ms
+                r.delta_vs_teacher = r.auc_mean - reference.auc_mean
+        report = EvalReport(
+            tasks=tasks,
+            samples=Samples(train=int(len(train_y)), test=int(len(test_y))),
+            image_size=(h, w),
+            latency=LatencySetup(batch=e.latency_batch, threads=e.latency_threads, device="cpu"),
+            bootstrap=BootstrapSetup(resamples=e.bootstrap, confidence=e.confidence),
+            models=results,
+        )
         if degraded:
-            names = list(dict.fromkeys(name for name, _ in degraded))
-            severities = list(dict.fromkeys(s for _, s in degraded))
-            report["degrade"] = {
-                "corruption": names[0] if len(names) == 1 else {n: severities for n in names},
-                "corruptions": names,
-                "severities": severities,
-                "seed": cfg.run.seed,
-                "models": robust,
-            }
+            report.degrade = Degrade(
+                corruptions=list(dict.fromkeys(name for name, _ in degraded)),
+                severities=list(dict.fromkeys(s for _, s in degraded)),
+                seed=cfg.run.seed,
+                models=robust,
+            )
         if prompts:
-            report["zero_shot"] = {
-                "prompts": prompts.texts,
-                "tasks": prompts.tasks,
-                "models": zero_shot,
-            }
-        self.write(report, rocs)
+            report.zero_shot = ZeroShot(
+                tasks=prompts.tasks,
+                prompts={t: (p[0], p[1]) for t, p in prompts.texts.items()},
+                models=zero_shot,
+            )
+        self.write(report)
         return report
 
-    def write(self, report: dict[str, Any], rocs: dict[str, list]) -> None:
-        """report.json, report.md, auc.png, roc.png (robustness.png), and TensorBoard."""
-        from PIL import Image
-
-        from vlcd_dist.reporting.figures import auc_bars, robustness_curves, roc_grid
-
+    def write(self, report: EvalReport) -> None:
+        """config.yaml, the TensorBoard scalars, then report.json, which marks the stage
+        finished and so is written last."""
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_yaml(self.cfg))
-        write_text(self.out / "report.json", json.dumps(report, indent=1))
-        table = markdown_report(report)
-        (self.out / "report.md").write_text(table)
-        tasks = report["tasks"]
-        names = list(report["models"])
-        bars = auc_bars(
-            tasks + ["mean"],
-            {
-                n: [report["models"][n]["auc"][t] for t in tasks]
-                + [report["models"][n]["auc_mean"]]
-                for n in names
-            },
-        )
-        roc = roc_grid(
-            tasks, {n: rocs[n] for n in names}, {n: report["models"][n]["auc"] for n in names}
-        )
-        Image.fromarray(bars).save(self.out / "auc.png")
-        Image.fromarray(roc).save(self.out / "roc.png")
-        robust = None
-        if "degrade" in report:
-            robust = robustness_curves(robustness_points(report))
-            Image.fromarray(robust).save(self.out / "robustness.png")
+        write_text(self.out / "config.yaml", dump_yaml(self.cfg))
         tb = TBLogger(self.out / "tb", self.cfg.logging.tensorboard)
         try:
-            for name, r in report["models"].items():
-                values = {f"eval/{name}/auc_{t}": v for t, v in r["auc"].items()}
-                values[f"eval/{name}/auc_mean"] = r["auc_mean"]
-                values[f"eval/{name}/latency_ms"] = r["latency_ms"]
-                zs = report.get("zero_shot", {}).get("models", {}).get(name)
-                if zs:
-                    values.update(
-                        {f"eval/{name}/zero_shot_auc_{t}": v for t, v in zs["auc"].items()}
-                    )
-                    values[f"eval/{name}/zero_shot_auc_mean"] = zs["auc_mean"]
+            for name, r in report.models.items():
+                values = {f"eval/{name}/auc_{t}": v for t, v in r.auc.items()}
+                values[f"eval/{name}/auc_mean"] = r.auc_mean
+                values[f"eval/{name}/latency_ms"] = r.latency_ms
+                zs = report.zero_shot.models.get(name) if report.zero_shot else None
+                if zs is not None:
+                    values.update({f"eval/{name}/zero_shot_auc_{t}": v for t, v in zs.auc.items()})
+                    values[f"eval/{name}/zero_shot_auc_mean"] = zs.auc_mean
                 tb.scalars(values, 0)
-            if robust is not None:
-                # Severity as the step: TensorBoard draws mean AUC against severity.
-                for corruption, curves in robustness_points(report).items():
-                    for name, points in curves.items():
-                        for severity, auc in points:
-                            tb.scalars({f"eval/{name}/{corruption}/auc_mean": auc}, int(severity))
-                tb.image("eval/robustness", robust)
-            tb.image("eval/auc_bars", bars)
-            tb.image("eval/roc_curves", roc)
-            tb.text("eval/report", table)
-            tb.text("config", "```yaml\n" + dump_yaml(self.cfg) + "\n```")
+            # Severity as the step: TensorBoard draws mean AUC against severity.
+            for corruption, curves in report.robustness_curves().items():
+                for name, points in curves.items():
+                    for severity, auc in points:
+                        tb.scalars({f"eval/{name}/{corruption}/auc_mean": auc}, int(severity))
         finally:
             tb.close()
+        report.save(self.out / "report.json")
 
 
-def _f(v: float | None, sign: bool = False) -> str:
-    if v is None or not np.isfinite(v):
-        return "-"
-    return f"{v:+.3f}" if sign else f"{v:.3f}"
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """The report as Markdown: model x task AUC, mean [CI], params, latency, speed-up; then,
-    when run, the robustness table (mean AUC per severity, change from clean) and the zero-shot
-    table (zero-shot AUC / linear-probe AUC per task)."""
-    tasks = report["tasks"]
-    level = int(round(report["bootstrap"]["confidence"] * 100))
-    head = ["model", *tasks, f"mean AUC [{level}% CI]", "params (M)", "latency (ms)", "speed-up"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-    ]
-    for name, r in report["models"].items():
-        ci = r["ci"].get("mean")
-        mean = f"{r['auc_mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-        speed = f"{r['speedup']:.1f}x" if r.get("speedup") else "-"
-        row = [
-            name,
-            *(f"{r['auc'][t]:.3f}" for t in tasks),
-            mean,
-            f"{r['params'] / 1e6:.1f}",
-            f"{r['latency_ms']:.1f}",
-            speed,
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    lat = report["latency"]
-    h, w = report["image_size"]
-    notes = (
-        f"\nTest AUC-ROC of logistic-regression probes on L2-normalised features "
-        f"({report['samples']['train']} train / {report['samples']['test']} test samples, "
-        f"{h}x{w} px). Latency: median CPU forward of a batch of {lat['batch']} with "
-        f"{lat['threads']} thread(s); the teacher's is its image tower's.\n"
-    )
-    text = "\n".join(lines) + "\n" + notes
-    if "degrade" in report:
-        text += "\n" + _robustness_markdown(report)
-    if "zero_shot" in report:
-        text += "\n" + _zero_shot_markdown(report)
-    return text
-
-
-def _robustness_markdown(report: dict[str, Any]) -> str:
-    d = report["degrade"]
-    severities = [str(s) for s in d["severities"]]
-    out = []
-    for corruption in d["corruptions"]:
-        head = ["model", "clean", *(f"severity {s}" for s in severities)]
-        lines = [
-            f"### Robustness: {corruption}",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-        ]
-        for name, r in report["models"].items():
-            by_severity = d["models"].get(name, {}).get(corruption, {})
-            cells = [
-                f"{_f(by_severity[s]['auc_mean'])} ({_f(by_severity[s]['drop'], sign=True)})"
-                if s in by_severity
-                else "-"
-                for s in severities
-            ]
-            lines.append("| " + " | ".join([name, _f(r["auc_mean"]), *cells]) + " |")
-        out.append("\n".join(lines))
-    note = (
-        "\nMean test AUC of the probes trained on clean features, applied to test images "
-        "corrupted after decoding (change from clean in brackets).\n"
-    )
-    return "\n\n".join(out) + "\n" + note
-
-
-def _zero_shot_markdown(report: dict[str, Any]) -> str:
-    z = report["zero_shot"]
-    tasks = z["tasks"]
-    head = ["model", *tasks, "mean"]
-    lines = [
-        "### Zero-shot",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-    ]
-    for name, r in report["models"].items():
-        zs = z["models"].get(name)
-        if zs is None:
-            continue
-        probe_mean = mean_finite({t: r["auc"][t] for t in tasks})
-        cells = [f"{_f(zs['auc'][t])} / {_f(r['auc'][t])}" for t in tasks]
-        cells.append(f"{_f(zs['auc_mean'])} / {_f(probe_mean)}")
-        lines.append("| " + " | ".join([name, *cells]) + " |")
-    prompts = "\n".join(f'- {t}: "{p}" vs "{n}"' for t, (p, n) in z["prompts"].items())
-    note = (
-        "\nTest AUC of the zero-shot score cos(z, positive) - cos(z, negative), prompts embedded "
-        "by the teacher's text tower, no training; the linear-probe AUC after the slash. "
-        f"Prompts:\n\n{prompts}\n"
-    )
-    return "\n".join(lines) + "\n" + note
+def _pair(value: object) -> tuple[float, float] | None:
+    """A bootstrap interval as a (lo, hi) pair of floats, None when there is none."""
+    if value is None:
+        return None
+    lo, hi = value  # type: ignore[misc]
+    return float(lo), float(hi)

@@ -1,0 +1,153 @@
+"""The tables and notes of one eval report, built once for report.md (``vlcd eval``) and the
+HTML page (``vlcd report``): linear probes, robustness per corruption, zero-shot and prompts."""
+
+from __future__ import annotations
+
+from vlcd_dist.evaluation.results import EvalReport
+from vlcd_dist.reporting.document import Block, Heading, Note, TableBlock
+from vlcd_dist.reporting.tables import DASH, Table, finite, fmt
+
+
+def eval_table(report: EvalReport) -> Table:
+    """Model x task AUC, the mean with its interval, the gap to the teacher, size and speed."""
+    tasks = report.tasks
+    level = int(round(report.bootstrap.confidence * 100))
+    header = ["model", *tasks, "mean AUC", f"{level}% CI", "Δ vs teacher"]
+    header += ["params (M)", "latency (ms)", "speed-up"]
+    rows, values = [], []
+    for name, r in report.models.items():
+        ci = r.ci.get("mean")
+        delta = r.delta_vs_teacher
+        aucs = [r.auc[t] for t in tasks]
+        rows.append(
+            [
+                name,
+                *(fmt(v) for v in aucs),
+                fmt(r.auc_mean),
+                f"{ci[0]:.3f}–{ci[1]:.3f}" if ci is not None and all(map(finite, ci)) else DASH,
+                DASH if delta is None or r.kind == "teacher" else f"{delta:+.3f}",
+                fmt(r.params / 1e6, 1),
+                fmt(r.latency_ms, 1),
+                f"{r.speedup:.1f}x" if finite(r.speedup) else DASH,
+            ]
+        )
+        values.append([None, *aucs, r.auc_mean])
+    table = Table(header, rows, numeric=set(range(1, len(header))), code={0})
+    table.bold_best(range(1, 2 + len(tasks)), values)
+    return table
+
+
+def eval_notes(report: EvalReport) -> str:
+    """One paragraph on what the numbers of :func:`eval_table` are."""
+    s, lat, boot = report.samples, report.latency, report.bootstrap
+    h, w = report.image_size
+    interval = (
+        f"; the interval is a percentile bootstrap over test samples ({boot.resamples} resamples)"
+        if boot.resamples
+        else ""
+    )
+    return (
+        "Test AUC-ROC of logistic-regression probes on frozen, L2-normalised image features "
+        f"({s.train} train / {s.test} test samples, {h}x{w} px){interval}. Latency: median "
+        f"{lat.device.upper()} forward of a batch of {lat.batch} with {lat.threads} thread(s); "
+        "the teacher's is its image tower's. Bold: the best value of each AUC column."
+    )
+
+
+def robustness_tables(report: EvalReport) -> list[tuple[str, Table]]:
+    """Per corruption: model x severity mean AUC, with its change from the clean AUC."""
+    if report.degrade is None:
+        return []
+    d = report.degrade
+    out = []
+    for corruption in d.corruptions:
+        header = ["model", "clean", *(f"severity {s}" for s in d.severities)]
+        rows, values = [], []
+        for name, r in report.models.items():
+            row, vals = [name, fmt(r.auc_mean)], [None, r.auc_mean]
+            by_severity = d.models.get(name, {}).get(corruption, {})
+            for s in d.severities:
+                e = by_severity.get(s)
+                mean = e.auc_mean if e is not None else None
+                text = fmt(mean)
+                if finite(mean) and finite(r.auc_mean):
+                    change = round(mean - r.auc_mean, 3)  # type: ignore[operator]
+                    sign = "+" if change > 0 else "−" if change < 0 else "±"
+                    text += f" ({sign}{abs(change):.3f})"
+                row.append(text)
+                vals.append(mean)
+            rows.append(row)
+            values.append(vals)
+        table = Table(header, rows, numeric=set(range(1, len(header))), code={0})
+        table.bold_best(range(1, len(header)), values)
+        out.append((corruption, table))
+    return out
+
+
+def robustness_blocks(report: EvalReport) -> list[Block]:
+    """What the robustness study is, then a table per corruption."""
+    if report.degrade is None:
+        return []
+    blocks: list[Block] = [
+        Note(
+            f"The test split again under {report.degrade.description()}: test images corrupted "
+            "after decoding, scored by the probes fitted on clean training images. Each cell: "
+            "mean test AUC (change from clean)."
+        )
+    ]
+    for corruption, table in robustness_tables(report):
+        blocks += [Heading(f"Robustness: {corruption}"), TableBlock(table)]
+    return blocks
+
+
+def zero_shot_tables(report: EvalReport) -> tuple[Table, Table] | None:
+    """(AUC: model x prompted task, zero-shot / linear probe, and the means; prompts: task,
+    positive, negative), or None without zero-shot prompts."""
+    z = report.zero_shot
+    if z is None or not z.models:
+        return None
+    header = ["model", *z.tasks, "mean"]
+    rows, values = [], []
+    for name, zs in z.models.items():
+        probe = report.models[name]
+        finite_probe = [probe.auc[t] for t in z.tasks if finite(probe.auc[t])]
+        probe_mean = sum(finite_probe) / len(finite_probe) if finite_probe else None
+        cells = [f"{fmt(zs.auc[t])} / {fmt(probe.auc[t])}" for t in z.tasks]
+        rows.append([name, *cells, f"{fmt(zs.auc_mean)} / {fmt(probe_mean)}"])
+        values.append([None, *(zs.auc[t] for t in z.tasks), zs.auc_mean])
+    auc = Table(header, rows, numeric=set(range(1, len(header))), code={0})
+    auc.bold_best(range(1, len(header)), values)
+    prompts = Table(
+        ["task", "positive prompt", "negative prompt"],
+        [[t, pos, neg] for t, (pos, neg) in z.prompts.items()],
+        code={0},
+    )
+    return auc, prompts
+
+
+def zero_shot_blocks(report: EvalReport) -> list[Block]:
+    pair = zero_shot_tables(report)
+    if pair is None:
+        return []
+    auc, prompts = pair
+    return [
+        Note(
+            "No probe: an image's score for a task is cos(z, positive prompt) - cos(z, negative "
+            "prompt), the prompts embedded by the teacher's text tower and z the model's image "
+            "embedding (students share the teacher's embedding space). Each cell: zero-shot test "
+            "AUC-ROC / the linear probe's; bold: the best zero-shot AUC."
+        ),
+        TableBlock(auc),
+        Heading("Prompts"),
+        TableBlock(prompts),
+    ]
+
+
+def eval_blocks(report: EvalReport) -> list[Block]:
+    """report.md of ``vlcd eval``: the probe table, then robustness and zero-shot when run."""
+    blocks: list[Block] = [TableBlock(eval_table(report)), Note(eval_notes(report))]
+    blocks += robustness_blocks(report)
+    zero_shot = zero_shot_blocks(report)
+    if zero_shot:
+        blocks += [Heading("Zero-shot"), *zero_shot]
+    return blocks
