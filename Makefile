@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= train,dev,deepspeed
 
-.PHONY: install test demo demo-data lint bench clean
+.PHONY: install test test-fast demo demo-data lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest
+
+# Unit tests only: nothing that launches ranks (marker multiproc) or needs SLURM (marker slurm).
+test-fast: install
+	$(BIN)/python -m pytest -m "not multiproc and not slurm and not slow"
 
 # The built-in data: synthetic placenta pairs and natural crops of scikit-image photographs.
 demo-data: install

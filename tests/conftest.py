@@ -1,52 +1,73 @@
-"""Shared fixtures: small shard sets written once per session, and an offline environment."""
+"""Shared fixtures: small shard sets and tiny runs written once per session, the SLURM cluster
+check, an offline environment, and the ``multiproc`` marker of tests that launch ranks. Plain
+helpers are in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import shlex
-import socket
-import sys
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from helpers import (
+    DISTILL_STEPS,
+    TINY_RECIPE,
+    accelerate_launch,
+    cluster_problem,
+    distill_args,
+    run_cli,
+)
 
 # Tests never touch the network: no model hub, no telemetry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-REPO = Path(__file__).resolve().parents[1]
+LAUNCHING_FIXTURES = {"accelerate_distill"}
+"""Fixtures that start ranks: a test needing one (even through another fixture) is multiproc."""
+
+LAUNCHERS = ("accelerate.commands.launch", "torch.distributed.run", "torchrun", "srun", "sbatch")
+"""What a command line starts ranks with (argv entries); only multiproc tests may run one, or a
+stage as a process of its own (``python -m vlcd_dist STAGE``: a rank, if only one)."""
 
 
-def run_cli(*args: object) -> int:
-    """Run ``vlcd`` in-process. A single string is split like a shell line (no quoting needed:
-    test paths hold no spaces); several arguments are passed as they are."""
-    from vlcd_dist.cli import main
-
-    if len(args) == 1 and isinstance(args[0], str):
-        return main(shlex.split(args[0]))
-    return main([str(a) for a in args])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _launcher(argv: list[str]) -> str | None:
+    """The launcher ``argv`` starts ranks with, or None."""
+    names = [os.path.basename(a) for a in argv]
+    found = next((x for x in LAUNCHERS if x in names), None)
+    if found is None and any(names[i : i + 2] == ["-m", "vlcd_dist"] for i in range(len(names))):
+        return "python -m vlcd_dist"
+    return found
 
 
-def torchrun_cmd(nproc: int, script: Path, *args: str) -> list[str]:
-    """A torchrun command line for ``nproc`` local processes on a free port."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        "--nnodes=1",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
-        str(script),
-        *args,
-    ]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # item.fixturenames is the whole closure, so a fixture built on accelerate_distill counts.
+    for item in items:
+        if LAUNCHING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.multiproc)
+
+
+@pytest.fixture(autouse=True)
+def _no_launch_outside_multiproc(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """Fail a test that starts ranks without the multiproc marker, so that `make test-fast`
+    (``-m "not multiproc ..."``) never launches any: the marker cannot silently go missing."""
+    if request.node.get_closest_marker("multiproc") or request.node.get_closest_marker("slurm"):
+        return
+    original = subprocess.Popen
+
+    class Guarded(original):  # type: ignore[misc, valid-type]
+        def __init__(self, args, *rest, **kwargs) -> None:
+            argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+            launcher = _launcher([os.fsdecode(a) for a in argv])
+            if launcher is not None:
+                raise AssertionError(
+                    f"{request.node.nodeid} starts {launcher} but is not marked multiproc "
+                    "(pytest.mark.multiproc, or a fixture in conftest.LAUNCHING_FIXTURES)"
+                )
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Guarded)
 
 
 @pytest.fixture(scope="session")
@@ -77,27 +98,6 @@ def natural_shards(tmp_path_factory) -> Path:
 
 # --- training stages (tests/test_train_*.py) --------------------------------------------------
 
-TINY_RECIPE = """\
-run: {{seed: 0}}
-data:
-  placenta: {placenta}
-  natural: {natural}
-  image_size: [32, 32]
-  batch_size: 4
-  eval_batch_size: 8
-  num_workers: 1
-  shuffle_buffer: 8
-teacher: {{preset: tiny_resnet18_minilm, autocast_dtype: float32}}
-students: [tiny_mobilenetv3, tiny_resnet]
-optim: {{lr: 1.0e-3, warmup_steps: 1}}
-train_teacher: {{steps: 2, lock_text: true}}
-predistill: {{steps: 2}}
-distill: {{steps: 3}}
-checkpoint: {{every_steps: 2, keep_last: 2}}
-logging: {{every_steps: 1, progress: false}}
-eval: {{cv_folds: 2, bootstrap: 20, latency_iters: 2, probe_cs: [0.1, 1.0]}}
-"""
-
 
 @pytest.fixture(scope="session")
 def tiny_recipe(tmp_path_factory, placenta_shards, natural_shards) -> Path:
@@ -123,34 +123,6 @@ def tiny_pipeline(tmp_path_factory, tiny_recipe) -> dict[str, Path]:
     return {"root": root, "teacher": teacher, "predistill": root / "predistill"}
 
 
-DISTILL_STEPS = 3
-"""Optimizer steps of the 2-rank distill runs shared by the distributed tests."""
-
-
-def accelerate_cmd(*args: object) -> list[str]:
-    """The ``accelerate launch`` command line of 2 CPU ranks (gloo) on a free port."""
-    return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        *[str(a) for a in args],
-    ]  # fmt: skip
-
-
-def accelerate_launch(*args: object, timeout: int = 300, check: bool = True):
-    """Run ``accelerate launch`` with 2 CPU ranks (gloo) on a free port. With ``check``, fail
-    the test with the output unless it exits 0; returns the CompletedProcess."""
-    import subprocess
-
-    cmd = accelerate_cmd(*args)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
 @pytest.fixture(scope="session")
 def distill_sets(tiny_pipeline) -> list[str]:
     """--set overrides of a tiny distill from the session's teacher and predistilled students."""
@@ -161,17 +133,25 @@ def distill_sets(tiny_pipeline) -> list[str]:
     ]
 
 
-def distill_args(recipe: Path, out: Path, sets: list[str], *extra: object) -> list[object]:
-    """``-m vlcd_dist distill`` arguments for accelerate_launch."""
-    args: list[object] = ["-m", "vlcd_dist", "distill", "--config", recipe, "--out", out]
-    for s in sets:
-        args += ["--set", s]
-    return [*args, *extra]
-
-
 @pytest.fixture(scope="session")
 def accelerate_distill(tmp_path_factory, tiny_recipe, distill_sets) -> Path:
     """The tiny distill on 2 gloo ranks with the Accelerate backend (the reference run)."""
     out = tmp_path_factory.mktemp("dist") / "distill"
     accelerate_launch(*distill_args(tiny_recipe, out, distill_sets))
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skip (or, under CI, fail) before any fixture spends time training."""
+    problem = cluster_problem()
+    # Nodes finishing a job (state "completing") are idle again within seconds.
+    deadline = time.monotonic() + 30
+    while problem is not None and "completing" in problem and time.monotonic() < deadline:
+        time.sleep(2)
+        problem = cluster_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI must run the SLURM acceptance test, but: {problem}", pytrace=False)
+    pytest.skip(problem)

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import REPO
+from helpers import REPO, STUDENTS
 from safetensors.torch import load_file
-from test_train_stages import STUDENTS
 
 FAULTHOOK = REPO / "tests" / "workers" / "faulthook"
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DISTILL_STEPS as STEPS
-from conftest import accelerate_launch, distill_args
+from helpers import DISTILL_STEPS as STEPS
+from helpers import STUDENTS, accelerate_launch, distill_args, scalars
 from safetensors.torch import load_file
-from test_train_stages import STUDENTS, scalars
 
 pytest.importorskip("deepspeed")
+
+# Every test here launches 2 ranks (accelerate launch): not in `make test-fast`.
+pytestmark = pytest.mark.multiproc
 
 ZERO_STAGES = (0, 1)
 RESUME_FROM = 2  # the tiny recipe checkpoints every 2 steps

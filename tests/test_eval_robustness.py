@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_RECIPE, run_cli
+from helpers import STUDENTS, TINY_RECIPE, run_cli, scalars
 from PIL import Image
-from test_train_stages import STUDENTS, scalars
 
 from vlcd_dist.config import ConfigError
 from vlcd_dist.data.stream import ShardLoader, StreamConfig

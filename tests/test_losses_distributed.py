@@ -11,20 +11,22 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from safetensors.torch import load_file
 
 from vlcd_dist.losses import clip_loss, vlcd_loss
+from vlcd_dist.pipelines.launch import multi_rank_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "workers" / "dist_losses_worker.py"
+# torchrun with 2 ranks (the module fixture below): not in `make test-fast`.
+pytestmark = pytest.mark.multiproc
+
+WORKER = REPO / "tests" / "workers" / "dist_losses_worker.py"
 WORLD = 2
 ATOL = 1e-5
 
@@ -47,21 +49,12 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tens
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
-    # --standalone picks a free rendezvous port itself, so parallel test runs do not collide.
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc-per-node={WORLD}",
-        str(WORKER),
-        str(out),
-    ]
+    # No port: --standalone picks a free rendezvous port itself, so parallel runs do not collide.
+    cmd = multi_rank_command(WORLD, [WORKER, out], launcher="torchrun")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return [load_file(str(out / f"rank{r}.safetensors")) for r in range(WORLD)]

@@ -10,8 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import accelerate_launch, distill_args
-from test_train_stages import scalars
+from helpers import accelerate_launch, distill_args, scalars
 
 from vlcd_dist.config import load_config
 from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader, iter_tar, resolve_shards
@@ -81,6 +80,7 @@ def _sets(tiny_pipeline, shards: Path) -> list[str]:
     ]
 
 
+@pytest.mark.multiproc
 def test_distill_skips_and_counts_every_bad_sample(
     bad_set, tiny_recipe, tiny_pipeline, tmp_path
 ) -> None:
@@ -119,6 +119,7 @@ def _first_bad(recipe: Path, shards: Path, rank: int) -> str | None:
     return None
 
 
+@pytest.mark.multiproc
 def test_strict_mode_stops_at_the_first_bad_sample(
     bad_set, tiny_recipe, tiny_pipeline, tmp_path
 ) -> None:

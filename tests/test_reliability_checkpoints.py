@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from safetensors.torch import save_file
 
 from vlcd_dist.config import load_config
@@ -231,6 +231,7 @@ def test_keep_last_and_saving_a_step_again(backend, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".old_step_000006", "step_000007"]
 
 
+@pytest.mark.multiproc  # the stage runs as a process of its own, killed mid-save
 def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
     backend, tiny_recipe, tmp_path, capsys
 ) -> None:

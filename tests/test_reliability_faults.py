@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, accelerate_launch
+from helpers import REPO, accelerate_launch
 
 from vlcd_dist.config import ConfigError, TrainConfig, load_config
 from vlcd_dist.errors import VlcdError
@@ -22,6 +22,7 @@ WORKER = REPO / "tests" / "workers" / "skip_limit_worker.py"
 FAULTY, HEALTHY = "tiny_mobilenetv3", "tiny_resnet"  # the tiny recipe's students
 
 
+@pytest.mark.multiproc
 def test_nan_every_step_stops_both_ranks_at_the_same_step(tiny_recipe, tmp_path) -> None:
     out = tmp_path / "run"
     proc = accelerate_launch(

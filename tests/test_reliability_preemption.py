@@ -3,7 +3,7 @@ the same step and exit cleanly; under SLURM rank 0 requeues the job once, and th
 ends with the weights of an uninterrupted one.
 
 The faults are injected by tests/workers/faulthook (see its docstring) into the real command
-lines; the uninterrupted reference is conftest's ``accelerate_distill`` (same recipe, 3 steps).
+lines; the uninterrupted reference is the fixture ``accelerate_distill`` (same recipe, 3 steps).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DISTILL_STEPS, REPO, accelerate_cmd, accelerate_launch, distill_args
 from faults import (
     assert_same_exports,
     complete_checkpoints,
@@ -27,7 +26,15 @@ from faults import (
     stop,
     wait_for_file,
 )
-from test_slurm import ACTIVE, _job_state, slurm_cluster  # noqa: F401 - slurm_cluster: a fixture
+from helpers import (
+    ACTIVE,
+    DISTILL_STEPS,
+    REPO,
+    accelerate_cmd,
+    accelerate_launch,
+    distill_args,
+    job_state,
+)
 
 from vlcd_dist.config import ConfigError, load_config
 from vlcd_dist.distributed import slurm_requeue_id
@@ -104,6 +111,7 @@ def test_only_rank_0_requeues_and_a_refusal_is_an_error(monkeypatch) -> None:
 # -- two ranks under accelerate launch -------------------------------------------------------
 
 
+@pytest.mark.multiproc
 @pytest.mark.timeout(900)
 def test_signal_checkpoints_one_step_on_every_rank_and_resumes_exactly(
     accelerate_distill, tiny_recipe, distill_sets, tmp_path
@@ -163,9 +171,10 @@ def _restarts(job: str) -> int:
 
 
 @pytest.mark.slurm
+@pytest.mark.multiproc
 @pytest.mark.timeout(1500)
 def test_slurm_signal_requeues_once_and_resumes_exactly(
-    slurm_cluster,  # noqa: F811 - the fixture imported above
+    slurm_cluster,
     accelerate_distill,
     tiny_recipe,
     distill_sets,
@@ -194,7 +203,7 @@ def test_slurm_signal_requeues_once_and_resumes_exactly(
     try:
         deadline = time.monotonic() + 600
         while not ready.exists():
-            state = _job_state(job).get("JobState")
+            state = job_state(job).get("JobState")
             assert state is None or state in ACTIVE, (state, _tail(log))
             assert time.monotonic() < deadline, f"no fault after 600 s\n{_tail(log)}"
             time.sleep(1)
@@ -202,7 +211,7 @@ def test_slurm_signal_requeues_once_and_resumes_exactly(
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=60)
         fields: dict[str, str] = {}
         while time.monotonic() < deadline + 600:
-            fields = _job_state(job)
+            fields = job_state(job)
             state = fields.get("JobState", "")
             if state == "PENDING" and fields.get("Reason") == "BeginTime" and _restarts(job) > 0:
                 # SLURM holds a requeued job back for 2 minutes (cred_expire); not needed here.
@@ -211,7 +220,7 @@ def test_slurm_signal_requeues_once_and_resumes_exactly(
                 break
             time.sleep(1)
     finally:
-        if _job_state(job).get("JobState") in ACTIVE:
+        if job_state(job).get("JobState") in ACTIVE:
             subprocess.run(["scancel", job], timeout=60)
     text = log.read_text()
     assert (fields.get("JobState"), fields.get("ExitCode")) == ("COMPLETED", "0:0"), _tail(log)

@@ -17,12 +17,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DISTILL_STEPS, free_port
 from faults import (
     assert_same_exports,
     complete_checkpoints,
@@ -31,7 +29,9 @@ from faults import (
     stop,
     wait_for_file,
 )
+from helpers import DISTILL_STEPS
 
+from vlcd_dist.pipelines.launch import free_port, multi_rank_command
 from vlcd_dist.train.backend import (
     attempt_store,
     init_restartable_group,
@@ -48,23 +48,14 @@ CLEAR = "another rank exited or stopped responding"
 
 def _node_cmds(recipe: Path, out: Path, sets: list[str], *extra: str) -> list[list[str]]:
     """Two single-rank torchrun launchers forming one 2-rank job, like 2 SLURM nodes."""
-    port = str(free_port())
+    port = free_port()
     args = ["-m", "vlcd_dist", "distill", "--config", str(recipe), "--out", str(out)]
     for s in [*sets, f"run.collective_timeout_s={TIMEOUT_S}"]:
         args += ["--set", s]
     return [
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            "--nproc-per-node=1",
-            f"--node-rank={node}",
-            "--master-addr=127.0.0.1",
-            f"--master-port={port}",
-            *args,
-            *extra,
-        ]
+        multi_rank_command(
+            1, [*args, *extra], launcher="torchrun", port=port, nnodes=2, node_rank=node
+        )
         for node in (0, 1)
     ]
 
@@ -156,6 +147,7 @@ def test_group_left_to_the_backend(monkeypatch, caplog, env, warned) -> None:
     assert ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in caplog.text) == warned
 
 
+@pytest.mark.multiproc
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("kind", ["exit", "hang"])
 def test_surviving_rank_stops_with_a_clear_error(kind, tiny_recipe, distill_sets, tmp_path):
@@ -171,6 +163,7 @@ def test_surviving_rank_stops_with_a_clear_error(kind, tiny_recipe, distill_sets
     assert not (result["out"] / "checkpoints").is_dir() or not complete_checkpoints(result["out"])
 
 
+@pytest.mark.multiproc
 @pytest.mark.timeout(900)
 def test_torchrun_restart_resumes_from_the_last_checkpoint(
     accelerate_distill, tiny_recipe, distill_sets, tmp_path
@@ -181,12 +174,9 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(
     args = ["-m", "vlcd_dist", "distill", "--config", str(tiny_recipe), "--out", str(out)]
     for s in [*distill_sets, f"run.collective_timeout_s={TIMEOUT_S}"]:
         args += ["--set", s]
-    # --standalone: torchrun's c10d rendezvous on a free local port.
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--standalone", "--nproc-per-node=2", "--max-restarts=1",
-        *args, "--resume",  # always: without a checkpoint it starts fresh
-    ]  # fmt: skip
+    # No port: torchrun --standalone, its c10d rendezvous on a free local port. --resume always:
+    # without a checkpoint it starts fresh.
+    cmd = multi_rank_command(2, [*args, "--resume"], launcher="torchrun", max_restarts=1)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, accelerate_cmd
+from helpers import REPO, accelerate_cmd, scalars
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_train_stages import scalars
 
 from vlcd_dist.data.stream import ShardLoader, StreamConfig, plan_epoch, resolve_shards
 
@@ -129,6 +128,7 @@ def test_epoch_plan_puts_the_stops_mid_epoch(placenta_shards) -> None:
     assert all(sum(map(sum, p.quota)) > p.batches * 4 * 2 for p in plans)
 
 
+@pytest.mark.multiproc
 def test_killed_and_stopped_runs_resume_bit_for_bit(tiny_recipe, resume_sets, tmp_path) -> None:
     ref, run = tmp_path / "reference", tmp_path / "interrupted"
     _run(_worker(tiny_recipe, ref, "a", resume_sets), tmp_path / "reference.log")

@@ -10,9 +10,7 @@ it (.ci/run brings the cluster up).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,66 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, free_port
+from helpers import ACTIVE, REPO, STUDENTS, job_state, rank_env, scalars
 from safetensors.torch import load_file
-from test_train_stages import STUDENTS, scalars
 
 from vlcd_dist.distributed import dist_info
+from vlcd_dist.pipelines.launch import free_port, multi_rank_command
 from vlcd_dist.train.logging import rank_line
 
 STEPS = 3
 LOSS_TAGS = ("loss", "loss_contrastive", "loss_dist", "loss_gnd")
 JOB_TIMEOUT_S = 600
-# Job states in which the job may still change; anything else is final.
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 pytestmark = pytest.mark.slurm
-
-
-def _cluster_problem() -> str | None:
-    """Why a 2-node job cannot run here, or None when it can."""
-    missing = [c for c in ("sbatch", "sinfo", "scontrol") if shutil.which(c) is None]
-    if missing:
-        return (
-            f"no SLURM client ({', '.join(missing)} not found); "
-            "start a local cluster with scripts/slurm/up.sh (as root)"
-        )
-    proc = subprocess.run(
-        ["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=60
-    )
-    if proc.returncode != 0:
-        return f"no SLURM controller answers sinfo ({proc.stderr.strip()}); run scripts/slurm/up.sh"
-    usable = set()
-    for line in proc.stdout.splitlines():
-        if len(line.split()) == 2:
-            node, state = line.split()
-            # sinfo appends flags to the state (idle*, mixed~, ...).
-            if state.rstrip("*~#!%$@^-+") in ("idle", "mixed"):
-                usable.add(node)
-    if len(usable) < 2:
-        return f"a 2-node job needs 2 idle nodes; sinfo -N shows: {proc.stdout.strip()!r}"
-    return None
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    """Skip (or, under CI, fail) before any fixture spends time training."""
-    problem = _cluster_problem()
-    # Nodes finishing a job (state "completing") are idle again within seconds.
-    deadline = time.monotonic() + 30
-    while problem is not None and "completing" in problem and time.monotonic() < deadline:
-        time.sleep(2)
-        problem = _cluster_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"CI must run the SLURM acceptance test, but: {problem}", pytrace=False)
-    pytest.skip(problem)
-
-
-def _env() -> dict[str, str]:
-    # One thread per process in both runs, so both do the same arithmetic.
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
 def _stage_args(tiny_pipeline: dict[str, Path], out: Path) -> list[str]:
@@ -93,32 +43,12 @@ def _stage_args(tiny_pipeline: dict[str, Path], out: Path) -> list[str]:
     return ["--out", str(out), *[a for s in sets for a in ("--set", s)]]
 
 
-def _job_state(job: str) -> dict[str, str]:
-    """The job's fields (JobState, ExitCode, Reason, ...) from scontrol, else from sacct (a
-    finished job leaves scontrol after MinJobAge)."""
-    proc = subprocess.run(
-        ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=60
-    )
-    if proc.returncode == 0 and "JobState=" in proc.stdout:
-        return dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
-    proc = subprocess.run(
-        ["sacct", "-n", "-P", "-X", "-j", job, "-o", "State,ExitCode"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode == 0 and proc.stdout.strip():
-        state, code = proc.stdout.strip().splitlines()[0].split("|")
-        return {"JobState": state.split()[0], "ExitCode": code}
-    return {}
-
-
 def _wait(job: str, log: Path) -> dict[str, str]:
     """Poll until the job is final; cancel it and fail when it takes too long."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     fields: dict[str, str] = {}
     while time.monotonic() < deadline:
-        fields = _job_state(job)
+        fields = job_state(job)
         if fields.get("JobState") and fields["JobState"] not in ACTIVE:
             return fields
         time.sleep(2)
@@ -136,7 +66,7 @@ def slurm_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> di
     root = tmp_path_factory.mktemp("slurm")
     out = root / "distill"
     env = dict(
-        _env(),
+        rank_env(),  # one thread per process in both runs: the same arithmetic
         VLCD_STAGE="distill",
         VLCD_CONFIG=str(tiny_recipe),
         VLCD_ARGS=" ".join(_stage_args(tiny_pipeline, out)),  # test paths hold no spaces
@@ -170,22 +100,10 @@ def slurm_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> di
 def torchrun_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> Path:
     """The same recipe under torchrun: 2 processes on one node."""
     out = tmp_path_factory.mktemp("torchrun") / "distill"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        "--nnodes=1",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
-        "-m",
-        "vlcd_dist",
-        "distill",
-        "--config",
-        str(tiny_recipe),
-        *_stage_args(tiny_pipeline, out),
-    ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    program = ["-m", "vlcd_dist", "distill", "--config", str(tiny_recipe)]
+    program += _stage_args(tiny_pipeline, out)
+    cmd = multi_rank_command(2, program, launcher="torchrun", port=free_port())
+    proc = subprocess.run(cmd, env=rank_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return out
 
@@ -213,6 +131,7 @@ def test_rank_line_names_the_slurm_node() -> None:
     assert dist_info({}).node_name == dist_info({}).hostname
 
 
+@pytest.mark.multiproc
 @pytest.mark.timeout(1200)
 def test_one_rank_per_node(slurm_run) -> None:
     log = slurm_run["log"]
@@ -228,6 +147,7 @@ def test_one_rank_per_node(slurm_run) -> None:
     assert "[vlcd] stage distill finished with status 0" in log
 
 
+@pytest.mark.multiproc
 @pytest.mark.timeout(1200)
 def test_outputs_written_once_by_rank_0(slurm_run, torchrun_run) -> None:
     out = slurm_run["out"]
@@ -253,6 +173,7 @@ def test_outputs_written_once_by_rank_0(slurm_run, torchrun_run) -> None:
     assert _tree(ckpts) == _tree(torchrun_run / "checkpoints")
 
 
+@pytest.mark.multiproc
 @pytest.mark.timeout(1200)
 def test_losses_match_torchrun(slurm_run, torchrun_run) -> None:
     got = scalars(slurm_run["out"] / "tb")

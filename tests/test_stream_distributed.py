@@ -8,7 +8,13 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from conftest import REPO, torchrun_cmd
+import pytest
+from helpers import REPO
+
+from vlcd_dist.pipelines.launch import multi_rank_command
+
+# torchrun with 2 ranks: not in `make test-fast`.
+pytestmark = pytest.mark.multiproc
 
 SCRIPT = REPO / "tests" / "scripts" / "stream_epoch.py"
 
@@ -25,7 +31,7 @@ def test_two_ranks_two_workers_cover_the_epoch_once(natural_shards, tmp_path):
     assert len(list(natural_shards.glob("*.tar"))) == 8
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        torchrun_cmd(2, SCRIPT, str(natural_shards), str(tmp_path), "3", "2"),
+        multi_rank_command(2, [SCRIPT, natural_shards, tmp_path, "3", "2"], launcher="torchrun"),
         env=env,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from vlcd_dist.config import (
     ConfigError,

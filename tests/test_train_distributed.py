@@ -7,13 +7,15 @@ import json
 
 import pytest
 import torch
-from conftest import DISTILL_STEPS as STEPS
-from conftest import REPO, run_cli
-from conftest import accelerate_launch as accelerate
+from helpers import DISTILL_STEPS as STEPS
+from helpers import REPO, STUDENTS, run_cli, scalars
+from helpers import accelerate_launch as accelerate
 from safetensors.torch import load_file
-from test_train_stages import STUDENTS, scalars
 
 WORKER = REPO / "tests" / "workers" / "distill_fault_worker.py"
+
+# Every test here launches 2 ranks (accelerate launch): not in `make test-fast`.
+pytestmark = pytest.mark.multiproc
 
 
 def test_two_rank_distill(accelerate_distill, tiny_pipeline) -> None:

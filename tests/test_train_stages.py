@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers import STUDENTS, run_cli, scalars
 from safetensors.torch import load_file
 
 from vlcd_dist.anchors import AnchorCache
@@ -16,17 +16,6 @@ from vlcd_dist.config import load_config
 from vlcd_dist.models import create_teacher, teacher_config
 from vlcd_dist.models.exported import load_exported_student
 from vlcd_dist.train.stages import create_stage
-
-STUDENTS = ["tiny_mobilenetv3", "tiny_resnet"]
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the TensorBoard event files under ``folder``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def test_train_teacher_exports_weights_and_anchors(tiny_pipeline) -> None:

@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -35,32 +37,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_prefix(nproc: int) -> list[str]:
-    """The command that starts ``nproc`` ranks of ``python -m vlcd_dist``.
+Launcher = Literal["accelerate", "torchrun"]
 
-    ``--multi_gpu`` also on CPU: with ``Accelerator(cpu=True)`` it gives ``nproc`` gloo ranks,
-    whereas a MULTI_CPU config starts one process and expects mpirun (DESIGN.md section 8).
+
+def multi_rank_command(
+    nproc: int,
+    program: Sequence[str | os.PathLike[str]],
+    launcher: Launcher = "accelerate",
+    port: int | None = None,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    max_restarts: int = 0,
+) -> list[str]:
+    """The command that starts ``nproc`` local ranks of ``program`` (``["-m", "vlcd_dist", ...]``
+    or ``[script, *args]``): the one place the pipelines and the tests build a launch line.
+
+    ``launcher="accelerate"``: ``accelerate launch --multi_gpu``, also on CPU: with
+    ``Accelerator(cpu=True)`` it gives ``nproc`` gloo ranks, whereas a MULTI_CPU config starts
+    one process and expects mpirun (DESIGN.md section 8). Its main process listens on ``port``,
+    by default one free now.
+
+    ``launcher="torchrun"``: without ``port``, ``--standalone`` (torchrun picks its own free
+    rendezvous port, so nothing can take it between the choice and the start); with ``port``, a
+    static rendezvous at 127.0.0.1:``port``, which ``nnodes`` launchers (``node_rank`` 0, 1,
+    ...) on this machine share as SLURM nodes would. ``max_restarts``: how often torchrun
+    restarts the whole group after a rank fails.
     """
+    args = [str(a) for a in program]
+    if launcher == "accelerate":
+        if nnodes != 1 or max_restarts:
+            # Not needed by anything yet; refused rather than silently ignored.
+            raise ValueError("accelerate launch is built for one node without restarts here")
+        return [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port if port is not None else free_port()),
+            *args,
+        ]  # fmt: skip
+    if launcher != "torchrun":
+        raise ValueError(f"unknown launcher {launcher!r}; use 'accelerate' or 'torchrun'")
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if port is None:
+        if nnodes != 1:
+            raise ValueError("several torchrun nodes must share a rendezvous port: pass port")
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port}"]
+    cmd += [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}"]
+    if max_restarts:
+        cmd.append(f"--max-restarts={max_restarts}")
+    return [*cmd, *args]
+
+
+def launch_prefix(nproc: int) -> list[str]:
+    """The command that starts ``nproc`` ranks of ``python -m vlcd_dist`` (the plain module
+    for one rank: no launcher process in between)."""
     if nproc <= 1:
         return [sys.executable, "-m", "vlcd_dist"]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(nproc),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "vlcd_dist",
-    ]
+    return multi_rank_command(nproc, ["-m", "vlcd_dist"])
 
 
 def _done_file(stage: str, folder: Path) -> Path:
