@@ -24,6 +24,7 @@ from vlcd_dist.evaluation.results import (
     ZeroShot,
     ZeroShotResult,
 )
+from vlcd_dist.reporting.eval_files import eval_markdown
 from vlcd_dist.reporting.figures import DPI, pareto_chart, pareto_front, roc_grid, x_scale
 from vlcd_dist.reporting.page import write_report
 
@@ -239,12 +240,16 @@ def test_demo_ends_with_the_html_report(tmp_path, tiny_recipe, monkeypatch, caps
 
     ran = []
     monkeypatch.setattr(demo, "run_stage", lambda stage, *a, **k: ran.append(stage))
-    eval_dir = make_eval(tmp_path / "eval", make_report())
-    (eval_dir / "report.md").write_text("| model |\n")
+    report = make_report()
+    make_eval(tmp_path / "eval", report)  # report.json only: the table comes from it
     assert demo.run_demo(tmp_path, nproc=1, config=tiny_recipe) == 0
     assert ran == ["train-teacher", "predistill", "distill", "eval"]
     page = tmp_path / "report" / "report.html"
-    assert f"HTML report: {page}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"HTML report: {page}" in printed
+    assert eval_markdown(report) in printed
+    teacher = report.models["teacher"].auc_mean
+    assert f"teacher mean test AUC: {teacher:.3f}" in printed
     assert "mobilenetv3_large_100" in check_page(page)
 
 
@@ -335,7 +340,6 @@ def markdown_cells(md: str, first_line: str) -> list[list[str]]:
 
 
 def test_markdown_and_html_tables_show_the_same_cells(tmp_path) -> None:
-    from vlcd_dist.reporting.eval_files import eval_markdown
     from vlcd_dist.reporting.eval_tables import eval_table
 
     report = make_report(degrade=True, zero_shot=True)

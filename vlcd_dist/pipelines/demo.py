@@ -72,6 +72,7 @@ def run_demo(
 ) -> int:
     """Run every stage on the built-in data, print the report and write the HTML report.
     Returns an exit status."""
+    from vlcd_dist.reporting.eval_files import eval_markdown
     from vlcd_dist.reporting.page import write_report
 
     config = Path(config) if config is not None else DEMO_RECIPE
@@ -87,9 +88,12 @@ def run_demo(
     for stage, folder, extra in _stage_plan(out):
         run_stage(stage, folder, config, [*overrides, *extra], nproc, env)
     report_md = out / "eval" / "report.md"
+    report = EvalReport.load(out / "eval" / "report.json")
     print()
-    print(report_md.read_text())
-    _print_verdict(out / "eval" / "report.json")
+    # Rendered from report.json, the eval stage's marker of a finished run, rather than read
+    # from report.md, which the eval command writes after it.
+    print(eval_markdown(report))
+    _print_verdict(report)
     html = write_report(out)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     print(f"report: {report_md} (and report.json, auc.png, roc.png and their SVGs beside it)")
@@ -98,8 +102,7 @@ def run_demo(
     return 0
 
 
-def _print_verdict(path: Path) -> None:
-    report = EvalReport.load(path)
+def _print_verdict(report: EvalReport) -> None:
     teacher = report.models.get("teacher")
     if teacher is None:
         return
