@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import run_cli
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from vlcd_dist.errors import VlcdError
@@ -406,3 +408,43 @@ def test_pareto_labels_and_legends_overlap_nothing() -> None:
         assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height
         assert [t.get_text() for t in legend.get_texts()][: len(AUC)] == list(AUC)
         assert not any(box.overlaps(a.bbox) for a in f.axes if a.get_visible())
+
+
+def test_pareto_labels_clear_every_error_bar_marker_and_line_of_a_crowded_plot() -> None:
+    # The fresh-clone demo's figures: three students within 5 ms of each other, long names.
+    report = make_report()
+    demo = {
+        "teacher": (22.3, 0.822, (0.791, 0.849)),
+        "mobilenetv3_large_100": (4.7, 0.790, (0.764, 0.815)),
+        "efficientnet_b0": (5.7, 0.766, (0.737, 0.793)),
+        "efficientformer_l1": (9.2, 0.802, (0.771, 0.830)),
+    }
+    for name, (latency, mean, ci) in demo.items():
+        model = report.models[name]
+        model.latency_ms, model.auc_mean, model.ci["mean"] = latency, mean, ci
+    fig = pareto_chart(report)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    drawn = []  # pixel boxes of every segment, marker and cap in the plot
+    for line in ax.lines:
+        xy = ax.transData.transform(np.column_stack(line.get_data()))
+        if len(xy) > 1:
+            drawn += [
+                Bbox([np.minimum(a, b), np.maximum(a, b)]) for a, b in zip(xy, xy[1:], strict=False)
+            ]
+        elif line.get_marker() not in (None, "None", ""):
+            drawn.append(line.get_window_extent(renderer))
+    for collection in ax.collections:
+        for seg in collection.get_segments():
+            a, b = ax.transData.transform(np.asarray(seg))
+            drawn.append(Bbox([np.minimum(a, b), np.maximum(a, b)]))
+    labels = [t for t in ax.texts if t.get_text()]
+    assert len(labels) == len(demo)
+    texts = []
+    for label in labels:
+        label.update_positions(renderer)
+        texts.append(Text.get_window_extent(label, renderer))  # the text, not its leader line
+    for i, box in enumerate(texts):
+        hit = [d for d in drawn if Bbox.intersection(box, d) is not None]
+        assert not hit, (labels[i].get_text(), box, hit)
+        assert not any(box.overlaps(other) for other in texts[i + 1 :])

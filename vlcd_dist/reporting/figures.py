@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation, Text
 from matplotlib.transforms import Bbox
 
 from vlcd_dist.evaluation.results import EvalReport
@@ -298,15 +299,18 @@ def pareto_chart(report: EvalReport) -> Figure:
 # Label positions tried around a point, nearest first: (dx, dy) in points and the alignment.
 _OFFSETS = [
     (dx * r, dy * r, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
-    for r in (1, 2, 3.5, 5)
-    for dx, dy in ((7, 5), (7, -5), (-7, 5), (-7, -5), (0.5, 11), (0.5, -11))
-]
+    for r in (1, 2, 3.5, 5, 7, 9)
+    for dx, dy in (
+        (7, 5), (7, -5), (-7, 5), (-7, -5), (0.5, 11), (0.5, -11), (-0.5, 11), (-0.5, -11)
+    )
+]  # fmt: skip
 
 
 def _place_labels(fig: Figure, ax: Axes, points: Sequence[tuple[float, float, str, str]]) -> None:
     """Annotate each (x, y, text, colour) at the first offset of :data:`_OFFSETS` where its
-    text box stays inside the axes and overlaps no marker, error bar, line or earlier label;
-    labels moved off their point get a thin leader line. The layout is frozen first, so the
+    text box stays inside the axes and overlaps no marker, error bar, line or earlier label (or,
+    where no offset is free, the one whose box is least covered); labels moved off their point
+    get a thin leader line. The layout is frozen first, so the
     boxes measured here are the ones saved."""
     fig.canvas.draw()
     fig.set_layout_engine("none")
@@ -330,43 +334,63 @@ def _place_labels(fig: Figure, ax: Axes, points: Sequence[tuple[float, float, st
     for collection in ax.collections:  # the error bars (a collection has no extent of its own)
         for segment in getattr(collection, "get_segments", list)():
             segments(np.asarray(segment))
+
+    def annotate(x: float, y: float, text: str, c: str, dx: float, dy: float, ha: str, va: str):
+        far = abs(dx) > 8 or abs(dy) > 12
+        return ax.annotate(
+            text,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=9,
+            color="#202020",
+            # The leader runs to the text's corner nearest the point.
+            arrowprops={
+                "arrowstyle": "-",
+                "color": c,
+                "lw": 0.8,
+                "shrinkA": 0,
+                "shrinkB": 5,
+                "relpos": (0.0 if ha == "left" else 1.0, 0.0 if va == "bottom" else 1.0),
+            }
+            if far
+            else None,
+        )
+
+    def overlap(box: Bbox) -> float:
+        """Pixels of ``box`` covered by what is drawn already; inf when it leaves the axes."""
+        if not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)):
+            return float("inf")
+        covered = 0.0
+        for t in taken:
+            both = Bbox.intersection(box, t)
+            if both is not None:
+                covered += both.width * both.height
+        return covered
+
+    def text_box(ann: Annotation) -> Bbox:
+        # The text alone: an annotation's own extent also spans its leader line, which would
+        # make every far spot look as crowded as the path to it.
+        ann.update_positions(renderer)  # puts the text at its offset
+        return Text.get_window_extent(ann, renderer).padded(1.5)
+
     for x, y, text, c in points:
-        chosen = None
-        for dx, dy, ha, va in _OFFSETS:
-            far = abs(dx) > 8 or abs(dy) > 12
-            ann = ax.annotate(
-                text,
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                ha=ha,
-                va=va,
-                fontsize=9,
-                color="#202020",
-                arrowprops={"arrowstyle": "-", "color": c, "lw": 0.8, "shrinkA": 0, "shrinkB": 5}
-                if far
-                else None,
-            )
-            box = ann.get_window_extent(renderer).padded(1.5)
-            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-            if inside and not any(box.overlaps(t) for t in taken):
-                chosen = (ann, box)
-                break
+        # The first free spot, nearest first; when none is free, the least covered one (a
+        # crowded plot then still shows every label where it hides the least).
+        best: tuple[float, tuple[float, float, str, str]] | None = None
+        for offset in _OFFSETS:
+            ann = annotate(x, y, text, c, *offset)
+            cost = overlap(text_box(ann))
             ann.remove()
-        if chosen is None:  # nowhere free: the first spot, still inside the axes when it can be
-            dx, dy, ha, va = _OFFSETS[0]
-            ann = ax.annotate(
-                text,
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                ha=ha,
-                va=va,
-                fontsize=9,
-                color="#202020",
-            )
-            chosen = (ann, ann.get_window_extent(renderer))
-        taken.append(chosen[1])
+            if best is None or cost < best[0]:
+                best = (cost, offset)
+            if cost == 0:
+                break
+        assert best is not None
+        ann = annotate(x, y, text, c, *best[1])
+        taken.append(text_box(ann))
 
 
 # ---------------------------------------------------------------------------------------------
