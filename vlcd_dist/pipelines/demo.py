@@ -14,36 +14,16 @@ an interrupted stage continues from its newest checkpoint (``--resume``).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from vlcd_dist.config import TrainConfig, load_config
+from vlcd_dist.config import load_config
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
+from vlcd_dist.pipelines.builtin_data import REPO, ensure_shards
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
-PLACENTA_SYNTHETIC = 2000
-NATURAL_COUNT = 5000
-
-
-def ensure_shards(cfg: TrainConfig) -> None:
-    """Write the built-in shard sets named by the recipe when they are missing."""
-    placenta, natural = Path(cfg.data.placenta), Path(cfg.data.natural)
-    jobs = [
-        (placenta, ["shards", "placenta", "--synthetic", str(PLACENTA_SYNTHETIC)]),
-        (natural, ["shards", "natural", "--count", str(NATURAL_COUNT)]),
-    ]
-    for folder, argv in jobs:
-        if (folder / "sizes.json").is_file():
-            continue
-        print(f"==> writing the built-in shards: vlcd {' '.join(argv)} --out {folder}", flush=True)
-        cmd = [sys.executable, "-m", "vlcd_dist", *argv, "--out", str(folder)]
-        if subprocess.run(cmd).returncode != 0:
-            raise VlcdError(f"could not write the demo shards into {folder}")
 
 
 def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlcd_dist.config import ConfigError, TrainConfig, load_config
+from vlcd_dist.config import ConfigError, load_config
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
-from vlcd_dist.pipelines.demo import REPO, ensure_shards
+from vlcd_dist.pipelines.builtin_data import ensure_builtin_shards
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
 from vlcd_dist.reporting.sweep import INIT_KEY, sweep_table, write_outputs
 
@@ -247,13 +247,6 @@ def plan_sweep(
     )
 
 
-def _ensure_builtin_shards(cfg: TrainConfig) -> None:
-    """Write the demo's shard sets when the recipe points at them and they are missing."""
-    builtin = {(REPO / "shards" / "demo" / n).resolve() for n in ("placenta", "natural")}
-    if {Path(cfg.data.placenta).resolve(), Path(cfg.data.natural).resolve()} <= builtin:
-        ensure_shards(cfg)
-
-
 def run_sweep(
     config: Path,
     out: Path,
@@ -286,7 +279,7 @@ def run_sweep(
         if eval_sets:
             print("eval stages also: " + " ".join(f"--set {s}" for s in eval_sets))
         return None
-    _ensure_builtin_shards(load_config(plan.config, plan.sets))
+    ensure_builtin_shards(load_config(plan.config, plan.sets))
     nproc = nproc or default_nproc()
     env = stage_env(nproc)
     rerun = "the same vlcd sweep command"
