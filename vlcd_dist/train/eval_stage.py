@@ -1,26 +1,16 @@
-"""Evaluation: linear probes on frozen features, bootstrap intervals, size and CPU latency,
-robustness to tablet-camera degradations, and zero-shot scoring with the teacher's text tower.
+"""The eval stage (``vlcd eval``): it loads the teacher's image tower and every student, reads
+the placenta train and test splits on every rank, and measures with :mod:`vlcd_dist.evaluation`.
 
-For the teacher's image tower and every student: features of the placenta train and test
-splits (eval transform), L2-normalised, standardised on the train split; per task a logistic
-regression whose C is picked by stratified cross-validation on the train split (AUC); test
-AUC-ROC per task and their mean, with a percentile bootstrap interval over test samples (the
-same resamples for every task, so the mean's interval accounts for their correlation).
+Per model: features of both splits gathered from all ranks in key order, linear probes per task
+(C by stratified cross-validation on train), test AUC-ROC and ROC curves, a bootstrap interval
+of every task's AUC and of their mean (the same resamples for every task), parameters and CPU
+latency; with ``eval.degrade`` the test split again under each corruption and severity, scored
+by the probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
+``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower.
 
-Robustness (``eval.degrade``, ``vlcd eval --degrade``): the test split is read again with every
-photograph corrupted (:mod:`vlcd_dist.data.degrade`) after decoding and before the eval
-transform, seeded by its key, so every model sees the same corrupted image. The probes trained
-on clean train features score the corrupted test features; severity 0 runs through the same
-path and reproduces the clean AUCs exactly.
-
-Zero-shot (``eval.zero_shot_prompts``): per task a positive and a negative prompt, embedded by
-the teacher's text tower like a report's anchor; an image's score is
-cos(z, positive) - cos(z, negative) on its raw features z, which live in the teacher's
-embedding space for the teacher and for every distilled student. No training.
-
-Feature extraction is spread over the ranks (each reads its own shards) and gathered; probes,
-timing and reports are rank 0's. The probe, zero-shot and bootstrap functions take plain arrays
-and need no launcher, so they are usable on their own.
+Rank 0 writes report.json (:class:`~vlcd_dist.evaluation.results.EvalReport`, last: it marks
+the stage finished), config.yaml and the TensorBoard scalars; the ``eval`` command then renders
+report.md and the figures (:mod:`vlcd_dist.reporting.eval_files`).
 """
 
 from __future__ import annotations
@@ -66,16 +56,9 @@ from vlcd_dist.models.exported import load_exported_student, resolve_student_fil
 from vlcd_dist.train.backend import Backend, configure_threads
 from vlcd_dist.train.backends import create_backend
 from vlcd_dist.train.logging import TBLogger, setup_console_logging
+from vlcd_dist.train.stages import load_frozen_teacher
 
 logger = logging.getLogger("vlcd_dist.eval")
-
-
-# ---------------------------------------------------------------------------------------------
-# Probes and intervals on plain arrays
-
-
-# ---------------------------------------------------------------------------------------------
-# Degraded test images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +111,6 @@ class Evaluator:
 
     def models(self) -> list[EvalModel]:
         """The teacher's image tower (if included) and every configured student."""
-        from vlcd_dist.train.stages import load_frozen_teacher
-
         cfg = self.cfg
         out: list[EvalModel] = []
         if cfg.eval.include_teacher:
@@ -177,7 +158,6 @@ class Evaluator:
         """The recipe's prompts of the tasks ``chosen`` (see :func:`prompt_tasks`), embedded by
         the teacher's text tower each like a report's anchor (mean over its sentences)."""
         from vlcd_dist.anchors import compute_text_anchors
-        from vlcd_dist.train.stages import load_frozen_teacher
 
         prompts = self.cfg.eval.zero_shot_prompts
         teacher = self.frozen_teacher or load_frozen_teacher(self.cfg, self.device)
