@@ -179,6 +179,7 @@ class DeepSpeedLayout:
     its own files."""
 
     rank, world_size, is_main = 0, 1, True
+    name = DeepSpeedBackend.name
     opaque_dirs = DeepSpeedBackend.opaque_dirs
     trainee_problems = DeepSpeedBackend.trainee_problems
 
@@ -202,11 +203,30 @@ def test_deepspeed_layout_is_accepted_and_checked(backend, tmp_path) -> None:
     _truncate(path / "b" / "engine" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     shutil.rmtree(path / "a" / "engine")
     problems = ckpt.problems(path)
-    assert any(p.startswith("a/ has no DeepSpeed state (engine/)") for p in problems), problems
+    assert (
+        "a/ has no DeepSpeed state (engine/); a checkpoint of another backend? resume with the "
+        "backend that wrote it"
+    ) in problems
     assert "a/engine/mp_rank_00_model_states.pt is missing" in problems
     assert "b/engine/zero_pp_rank_0_mp_rank_00_optim_states.pt is 13 bytes, 27 were written" in (
         problems
     )
+
+
+def test_a_checkpoint_of_the_other_backend_is_refused_not_passed_over(backend, tmp_path) -> None:
+    # Accelerate's step 2, then DeepSpeed's step 4 in the same folder (a resume with the other
+    # --backend): the Accelerate run must not quietly go back to step 2.
+    trainees, scheds = _trainees(backend)
+    _save(Checkpointer(tmp_path, backend), 2, trainees, scheds)
+    newest = _save(Checkpointer(tmp_path, DeepSpeedLayout()), 4, trainees, scheds)
+    assert json.loads((newest / "meta.json").read_text())["backend"] == "deepspeed"
+    with pytest.raises(CheckpointError) as err:
+        Checkpointer(tmp_path, backend).latest()
+    assert str(err.value) == (
+        f"{newest} was written by the deepspeed backend, this run uses accelerate: resume with "
+        "--backend deepspeed (run.backend), or start a new --out"
+    )
+    assert Checkpointer(tmp_path, DeepSpeedLayout()).latest() == newest
 
 
 def test_keep_last_and_saving_a_step_again(backend, tmp_path) -> None:

@@ -197,3 +197,15 @@ def test_a_stage_stopped_before_finishing_stops_the_pipeline(tiny_recipe, tmp_pa
     with pytest.raises(VlcdError, match=r"stage distill stopped before finishing .*summary.json"):
         launch.run_stage("distill", tmp_path / "distill", tiny_recipe, [], 1, {}, "the sweep")
     assert ran == ["--resume"]
+
+
+def test_an_eval_report_of_another_version_is_not_a_finished_eval(tmp_path) -> None:
+    # A report.json of the previous format (no "format" field) would stop the pipeline later,
+    # when the demo or the sweep reads it: the eval runs again instead.
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("a: 1\n")
+    (folder / "report.json").write_text('{"tasks": [], "models": {}}')
+    assert not launch._finished("eval", folder, "a: 1\n")
+    (folder / "report.json").write_text("{")  # cut short
+    assert not launch._finished("eval", folder, "a: 1\n")

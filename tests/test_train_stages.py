@@ -163,3 +163,22 @@ def test_demo_commands(tmp_path) -> None:
     (folder / "summary.json").write_text("{}")
     assert launch._finished("distill", folder, "a: 1\n")
     assert not launch._finished("distill", folder, "a: 2\n")  # another recipe: rerun
+
+
+def test_eval_writes_report_json_last(tiny_recipe, tiny_pipeline, tmp_path, monkeypatch) -> None:
+    # report.json marks a finished eval (a pipeline skips the stage when it is there), so a
+    # failure while report.md and the figures are written must leave none behind.
+    from vlcd_dist.reporting import eval_files
+
+    def broken(out, report, tensorboard=True) -> None:
+        (Path(out) / "report.md").write_text("half")
+        raise RuntimeError("disk full while drawing")
+
+    monkeypatch.setattr(eval_files, "write_eval_outputs", broken)
+    out = tmp_path / "eval"
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_cli(
+            f"eval --config {tiny_recipe} --out {out} --set teacher.checkpoint={tiny_pipeline['teacher']} "  # noqa: E501
+            f"--set eval.students_from={tiny_pipeline['predistill']}"
+        )
+    assert (out / "config.yaml").is_file() and not (out / "report.json").exists()

@@ -14,3 +14,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def degrade_overrides(value: str | None) -> list[str]:
+    """The recipe overrides of ``--degrade [CORRUPTIONS]`` (None: the flag was not given; "":
+    the recipe's corruptions; "a,b": those)."""
+    if value is None:
+        return []
+    sets = ["eval.degrade.enabled=true"]
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if names:
+        sets.append(f"eval.degrade.corruptions=[{', '.join(names)}]")
+    return sets

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlcd_dist.cli.argtypes import positive_int
+from vlcd_dist.cli.argtypes import degrade_overrides, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -108,12 +108,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """A grid of distill + eval runs; see :mod:`vlcd_dist.pipelines.sweep`."""
     from vlcd_dist.pipelines.sweep import run_sweep
 
-    eval_sets = []
-    if args.degrade is not None:
-        eval_sets.append("eval.degrade.enabled=true")
-        names = [c.strip() for c in args.degrade.split(",") if c.strip()]
-        if names:
-            eval_sets.append(f"eval.degrade.corruptions=[{', '.join(names)}]")
+    eval_sets = degrade_overrides(args.degrade)
     run_sweep(
         args.config,
         args.out,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlcd_dist.cli.argtypes import degrade_overrides
+
 STAGES = {
     "train-teacher": "stage 0: contrastive (CLIP loss) pretraining of the teacher on placenta "
     "shards, then its text-anchor cache",
@@ -81,12 +83,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     """Load the recipe, build the stage, run it, release the process group."""
     from vlcd_dist.config import load_config
 
-    overrides = list(args.set)
-    if getattr(args, "degrade", None) is not None:
-        overrides.append("eval.degrade.enabled=true")
-        if args.degrade:
-            names = [c.strip() for c in args.degrade.split(",") if c.strip()]
-            overrides.append(f"eval.degrade.corruptions=[{', '.join(names)}]")
+    overrides = [*args.set, *degrade_overrides(getattr(args, "degrade", None))]
     cfg = load_config(args.config, overrides)
     if args.out is not None:
         cfg.run.out = str(args.out)
@@ -95,23 +92,20 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if getattr(args, "backend", None):
         cfg.run.backend = args.backend
     if args.command == "eval":
+        from vlcd_dist.reporting.eval_files import write_eval_outputs
         from vlcd_dist.train.eval_stage import Evaluator
 
-        runner = Evaluator(cfg)
+        # The stage writes report.md and the figures through the reporting layer's renderer,
+        # before report.json, its marker of a finished run.
+        runner = Evaluator(cfg, render=write_eval_outputs)
     else:
         from vlcd_dist.train.stages import create_stage
 
         runner = create_stage(cfg, args.command)
     try:
-        report = runner.run()
+        runner.run()
     finally:
         runner.backend.close()
-    if args.command == "eval" and report is not None:
-        # Rank 0 alone (run() returns the report there only), after the other ranks are done:
-        # the tables and figures are the reporting layer's, which the harness does not import.
-        from vlcd_dist.reporting.eval_files import write_eval_outputs
-
-        write_eval_outputs(cfg.run.out, report, tensorboard=cfg.logging.tensorboard)
     # A preempted stage checkpointed and stopped early: 0 (requeued, or rerun with --resume),
     # or preemption.EXIT_NOT_REQUEUED on rank 0 when a SLURM requeue failed.
     return int(getattr(runner, "exit_status", 0))

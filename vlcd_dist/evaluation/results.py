@@ -340,7 +340,10 @@ class EvalReport:
         """Read a report.json; VlcdError naming the file when it is not one this version of
         ``vlcd eval`` writes."""
         path = Path(path)
-        rerun = f"rerun `vlcd eval --out {path.parent}` to rewrite it"
+        rerun = (
+            f"rerun the eval (`vlcd eval --config RECIPE --out {path.parent}`, or the demo or "
+            "sweep that made it) to rewrite it"
+        )
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exn:

@@ -19,6 +19,7 @@ import yaml
 
 from vlcd_dist.config import dump_yaml, load_config
 from vlcd_dist.errors import VlcdError
+from vlcd_dist.evaluation.results import EvalReport
 
 
 def default_nproc() -> int:
@@ -119,7 +120,16 @@ def _finished(stage: str, folder: Path, resolved: str) -> bool:
             data["checkpoint"].pop("resume", None)
         return data
 
-    return recipe(written.read_text()) == recipe(resolved)
+    if recipe(written.read_text()) != recipe(resolved):
+        return False
+    if stage == "eval":
+        # A report.json this version cannot read (an older format, a damaged file) is not a
+        # finished eval: the stage runs again instead of the pipeline failing on it later.
+        try:
+            EvalReport.load(done)
+        except VlcdError:
+            return False
+    return True
 
 
 def stage_env(nproc: int) -> dict[str, str]:

@@ -1,9 +1,9 @@
 """The files ``vlcd eval`` writes from its report, after the stage: report.md, the figures
 (auc, roc and, with ``--degrade``, robustness; PNG and SVG) and TensorBoard's images and text.
 
-The eval stage (:mod:`vlcd_dist.train.eval_stage`) writes report.json, config.yaml and the
-TensorBoard scalars; the command calls :func:`write_eval_outputs` on rank 0 afterwards, so the
-harness never imports the reporting code.
+The eval stage (:mod:`vlcd_dist.train.eval_stage`) writes config.yaml and the TensorBoard
+scalars, then calls :func:`write_eval_outputs` on rank 0 (the ``eval`` command hands it over, so
+the harness never imports the reporting code), then writes report.json, its finish marker.
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ class Trainee:
 class Backend(ABC):
     """What a trainer needs from a distributed backend."""
 
+    name: str
+    """What ``run.backend`` calls it; recorded in every checkpoint it writes."""
     device: torch.device
     rank: int
     local_rank: int
@@ -213,6 +215,8 @@ class AccelerateBackend(Backend):
     One code path for both: ``Accelerator(cpu=True)`` when no GPU is usable gives gloo ranks
     (``accelerate launch --multi_gpu --num_processes N`` on CPU), and GPU ranks otherwise.
     """
+
+    name = "accelerate"
 
     def __init__(
         self,

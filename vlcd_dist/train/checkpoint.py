@@ -185,6 +185,7 @@ class Checkpointer:
         :class:`CheckpointError` instead of letting the run start again from step 0."""
         damaged: list[tuple[Path, list[str]]] = []
         for _, path in reversed(self.complete()):
+            self._check_writer(path)
             problems = self.problems(path)
             if not problems:
                 if damaged:
@@ -199,6 +200,20 @@ class Checkpointer:
                 "damaged files, or move the folder(s) away to start this stage from step 0"
             )
         return None
+
+    def _check_writer(self, path: Path) -> None:
+        """Refuse a checkpoint of another backend: its trainee files are laid out for that one,
+        and passing over it as damaged would resume from an older checkpoint without a word.
+        (Checkpoints written before the backend was recorded are checked as this backend's.)"""
+        try:
+            writer = json.loads((path / "meta.json").read_text()).get("backend")
+        except (OSError, ValueError, AttributeError):
+            return  # unreadable: problems() names what is wrong
+        if writer and writer != self.backend.name:
+            raise CheckpointError(
+                f"{path} was written by the {writer} backend, this run uses {self.backend.name}: "
+                f"resume with --backend {writer} (run.backend), or start a new --out"
+            )
 
     def problems(self, path: str | Path) -> list[str]:
         """What is wrong with the checkpoint in ``path``; empty when it is complete and intact.
@@ -310,6 +325,7 @@ class Checkpointer:
                 "stage": stage,
                 "step": state.step,
                 "world_size": backend.world_size,
+                "backend": backend.name,
                 "trainees": [t.name for t in trainees],
                 "state": asdict(state),
                 "config": config,
@@ -375,6 +391,7 @@ class Checkpointer:
         path = Path(path)
         if not (path / MARKER).is_file():
             raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+        self._check_writer(path)
         problems = self.problems(path)
         if problems:
             raise CheckpointError(f"checkpoint {path} is damaged: {'; '.join(problems)}")

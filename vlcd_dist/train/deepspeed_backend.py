@@ -68,6 +68,8 @@ class DeepSpeedBackend(Backend):
     None), ``zero_stage``, ``micro_batch``, ``grad_accum``, ``clip_grad_norm``.
     """
 
+    name = "deepspeed"
+
     def __init__(
         self,
         mixed_precision: str = "no",

@@ -8,15 +8,17 @@ latency; with ``eval.degrade`` the test split again under each corruption and se
 by the probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
 ``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower.
 
-Rank 0 writes report.json (:class:`~vlcd_dist.evaluation.results.EvalReport`, last: it marks
-the stage finished), config.yaml and the TensorBoard scalars; the ``eval`` command then renders
-report.md and the figures (:mod:`vlcd_dist.reporting.eval_files`).
+Rank 0 writes config.yaml, the TensorBoard scalars, the files of the renderer the caller
+hands in (the ``eval`` command passes :func:`vlcd_dist.reporting.eval_files.write_eval_outputs`:
+report.md and the figures; the harness does not import the reporting layer), and last
+report.json (:class:`~vlcd_dist.evaluation.results.EvalReport`), which marks the stage finished.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +94,16 @@ class Evaluator:
     """``vlcd eval``: report.json, config.yaml and TensorBoard scalars under run.out; the
     command renders report.md and the figures from the report (:mod:`vlcd_dist.reporting`)."""
 
-    def __init__(self, cfg: TrainConfig, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        backend: Backend | None = None,
+        render: Callable[..., None] | None = None,
+    ) -> None:
+        """``render(out, report, tensorboard=...)``: writes the human-readable files of a report
+        into ``out`` (rank 0, before report.json)."""
         self.cfg = cfg
+        self.render = render
         configure_threads(cfg.run.threads, cfg.run.flush_denormal)
         self.backend = backend or create_backend(
             "accelerate",
@@ -396,6 +406,9 @@ class Evaluator:
                         tb.scalars({f"eval/{name}/{corruption}/auc_mean": auc}, int(severity))
         finally:
             tb.close()
+        if self.render is not None:
+            self.render(self.out, report, tensorboard=self.cfg.logging.tensorboard)
+        # Last: the marker of a finished eval, so a failure above leaves the stage unfinished.
         report.save(self.out / "report.json")
 
 
