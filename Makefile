@@ -18,7 +18,8 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest
 
-# Unit tests only: nothing that launches ranks (marker multiproc) or needs SLURM (marker slurm).
+# Unit tests only: nothing that launches ranks (marker multiproc), needs SLURM (marker slurm) or
+# is an opt-in slow test (marker slow).
 test-fast: install
 	$(BIN)/python -m pytest -m "not multiproc and not slurm and not slow"
 

@@ -289,7 +289,11 @@ def test_an_old_or_broken_report_json_names_the_file_and_says_to_rerun(tmp_path)
     old = tmp_path / "old" / "report.json"
     old.parent.mkdir()
     old.write_text(json.dumps({"tasks": TASKS, "models": {}}))  # what vlcd eval wrote before
-    with pytest.raises(VlcdError, match=rf"{old}: not an eval report .*rerun `vlcd eval"):
+    with pytest.raises(
+        VlcdError,
+        match=rf"{old}: not an eval report .*rerun the eval \(`vlcd eval --config RECIPE --out "
+        rf"{old.parent}`, or the demo or sweep that made it\)",
+    ):
         EvalReport.load(old)
     broken = make_report().to_json()
     del broken["models"]["teacher"]["roc"]

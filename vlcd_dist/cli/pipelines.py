@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Runs distill and eval for every point of the cartesian product of the "
         "--grid axes, each in OUT/<point>/, after training the teacher and the predistillation "
         "once (unless the recipe or --from gives them). A finished point is not rerun; an "
-        "interrupted one resumes. Writes OUT/sweep.json, sweep.md, sweep.png and OUT/tb.",
+        "interrupted one resumes. Writes OUT/sweep.json, sweep.md, sweep.png (and sweep.svg) "
+        "and OUT/tb.",
         epilog="example: vlcd sweep --config configs/demo.yaml --out runs/sweep "
         "--grid loss.distill_lambda=0,0.01,0.1,1,10 --grid distill.init=predistilled,scratch",
     )

@@ -14,8 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Gathers the eval table, ROC curves, AUC bars, an accuracy-latency plot "
         "with its Pareto front, the robustness study and zero-shot table (when evaluated), the "
         "lambda sweep (OUT/sweep or --sweep) and the stages of a run folder into "
-        "OUT/report/report.html, with the PNG files beside it and TensorBoard logs in "
-        "OUT/report/tb.",
+        "OUT/report/report.html, with the figures beside it (PNG, and SVG for papers) and "
+        "TensorBoard logs in OUT/report/tb.",
     )
     report.add_argument(
         "run",
@@ -49,5 +49,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     page = write_report(
         args.run, out=args.out, sweep=args.sweep, tensorboard=not args.no_tensorboard
     )
-    print(f"report: {page} (and report.md, PNG files beside it)")
+    print(f"report: {page} (and report.md, the figures as PNG and SVG beside it)")
     return 0

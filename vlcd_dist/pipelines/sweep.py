@@ -18,7 +18,7 @@ in ``OUT/teacher`` and ``OUT/predistill``, unless the recipe already names them
 distill and eval stages only; keys of ``train_teacher`` and ``predistill`` are refused.
 
 Every stage is the command a user would type, started like the demo's
-(:func:`vlcd_dist.pipelines.demo.run_stage`): a finished stage of the same resolved recipe is not
+(:func:`vlcd_dist.pipelines.launch.run_stage`): a finished stage of the same resolved recipe is not
 rerun, an interrupted one resumes, so rerunning the sweep continues where it stopped. Point
 ``P`` lives in ``OUT/<P>/distill`` and ``OUT/<P>/eval``; at the end the sweep writes
 ``OUT/sweep.json`` (every point's values, overrides and AUCs), ``OUT/sweep.md`` (a table: point

@@ -24,6 +24,7 @@ from matplotlib.text import Annotation, Text
 from matplotlib.transforms import Bbox
 
 from vlcd_dist.evaluation.results import EvalReport
+from vlcd_dist.reporting.tables import finite
 
 DPI = 100
 """Pixels per inch of the PNG files: a figure of w x h inches is a (100 w) x (100 h) image."""
@@ -76,10 +77,6 @@ def save_figure(fig: Figure, folder: str | Path, stem: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _finite(v: float | None) -> bool:
-    return v is not None and math.isfinite(v)
-
-
 # ---------------------------------------------------------------------------------------------
 # Figures of one eval report
 
@@ -88,7 +85,7 @@ def auc_bars(report: EvalReport) -> Figure:
     """Grouped bars: a group per task and one for the mean, a bar per model; y from 0.5 (chance)
     or lower when an AUC is below it."""
     names = list(report.models)
-    values_all = [v for r in report.models.values() for v in r.auc.values() if _finite(v)]
+    values_all = [v for r in report.models.values() for v in r.auc.values() if finite(v)]
     lo = min([0.5, *(math.floor(v * 10) / 10 for v in values_all)])
     groups = [*report.tasks, "mean"]
     fig = new_figure(max(7.5, 1.1 * len(groups) + 3.5), 4.2)
@@ -99,7 +96,7 @@ def auc_bars(report: EvalReport) -> Figure:
         r = report.models[name]
         values = [r.auc[t] for t in report.tasks] + [r.auc_mean]
         # An undefined AUC is drawn as no bar (height 0 above lo), not as a 0.5 one.
-        heights = [max(0.0, v - lo) if _finite(v) else 0.0 for v in values]
+        heights = [max(0.0, v - lo) if finite(v) else 0.0 for v in values]
         ax.bar(
             x + (i - (len(names) - 1) / 2) * width,
             heights,
@@ -137,7 +134,7 @@ def roc_grid(report: EvalReport) -> Figure:
             if curve is None or len(curve.fpr) < 2:
                 continue
             (line,) = ax.plot(curve.fpr, curve.tpr, color=colour(i), lw=1.6, label=name)
-            handles.append((line, "–" if not _finite(auc) else f"{auc:.3f}"))
+            handles.append((line, "–" if not finite(auc) else f"{auc:.3f}"))
         ax.set_title(task, loc="left")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -229,13 +226,13 @@ def pareto_chart(report: EvalReport) -> Figure:
             xs += [x1, x1]
             ys += [y0, y1]
         # The staircase runs on to the right edge: anything slower and less accurate is behind.
-        xs.append(max(lat_ for lat_ in lat if _finite(lat_)) * 1.25)
+        xs.append(max(lat_ for lat_ in lat if finite(lat_)) * 1.25)
         ys.append(on[-1][1])
         ax.plot(xs, ys, ls="--", color=GREY, lw=1.2, zorder=1, label="Pareto front")
-    shown = [i for i in range(len(names)) if _finite(lat[i]) and _finite(auc[i])]
+    shown = [i for i in range(len(names)) if finite(lat[i]) and finite(auc[i])]
     for i in shown:
         ci = report.models[names[i]].ci.get("mean")
-        if ci is not None and _finite(ci[0]) and _finite(ci[1]):
+        if ci is not None and finite(ci[0]) and finite(ci[1]):
             ax.errorbar(
                 lat[i],
                 auc[i],
@@ -259,10 +256,10 @@ def pareto_chart(report: EvalReport) -> Figure:
         x_hi = max(lat[i] for i in shown) * 1.25
         ax.set_xlim(0, x_hi)
         lows = [auc[i] for i in shown] + [
-            c[0] for n in names if (c := report.models[n].ci.get("mean")) and _finite(c[0])
+            c[0] for n in names if (c := report.models[n].ci.get("mean")) and finite(c[0])
         ]
         highs = [auc[i] for i in shown] + [
-            c[1] for n in names if (c := report.models[n].ci.get("mean")) and _finite(c[1])
+            c[1] for n in names if (c := report.models[n].ci.get("mean")) and finite(c[1])
         ]
         span = max(0.02, max(highs) - min(lows))
         ax.set_ylim(max(0.0, min(lows) - 0.25 * span), min(1.0, max(highs) + 0.25 * span))

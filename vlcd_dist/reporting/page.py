@@ -27,6 +27,7 @@ import numpy as np
 
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
+from vlcd_dist.io import write_text
 from vlcd_dist.reporting.document import (
     Block,
     Card,
@@ -198,9 +199,9 @@ def write_report(
 
     title = f"VLCD report: {where.run.resolve().name}"
     md = markdown_page(title, str(where.run), sections)
-    (out / "report.md").write_text(md)
+    write_text(out / "report.md", md)
     html_path = out / "report.html"
-    html_path.write_text(html_page(title, str(where.run.resolve()), sections, "report.md"))
+    write_text(html_path, html_page(title, str(where.run.resolve()), sections, "report.md"))
     if tensorboard:
         _tensorboard(out / "tb", drawn, md)
     return html_path
