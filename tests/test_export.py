@@ -201,3 +201,16 @@ def test_onnx_refuses_a_size_a_fixed_size_student_must_resize_inside() -> None:
     check_onnx_input_size("tiny_mobilenetv3", SimpleNamespace(image_size=None), (96, 128))
     with pytest.raises(VlcdError, match=r"--image-size 224 224.*or use --format torchscript"):
         check_onnx_input_size("efficientformer_l1", fixed, (384, 512))
+
+
+def test_the_parser_offers_what_the_exporter_supports() -> None:
+    # cli/export.py spells the formats and the default opset out so that --help imports no
+    # torch; they must stay those of the exporter.
+    from vlcd_dist.deploy.export import DEFAULT_OPSET, FORMATS
+
+    parser = argparse.ArgumentParser()
+    export = add_export_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", "--student", "s", "--out", "o"])
+    assert args.opset == DEFAULT_OPSET
+    (fmt,) = [a for a in export._actions if a.dest == "format"]
+    assert tuple(fmt.choices) == FORMATS and fmt.default == FORMATS[0]
