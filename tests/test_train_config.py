@@ -22,7 +22,7 @@ from vlcd_dist.train.optim import warmup_cosine
 
 @pytest.mark.parametrize("name", ["demo", "paper"])
 def test_shipped_recipes_load(name: str) -> None:
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    cfg = load_config(REPO / "vlcd_dist" / "configs" / f"{name}.yaml")
     assert [s.name for s in cfg.students] == [
         "mobilenetv3_large_100",
         "efficientnet_b0",

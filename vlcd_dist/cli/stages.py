@@ -30,7 +30,7 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="YAML recipe, e.g. configs/demo.yaml (default: the built-in defaults)",
+        help="YAML recipe, e.g. vlcd_dist/configs/demo.yaml (default: the built-in defaults)",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (sets run.out)")
     p.add_argument(

@@ -1,10 +1,10 @@
 """Typed training recipes: one dataclass per component, read from YAML with ``--set`` overrides.
 
-A recipe (``configs/demo.yaml``, ``configs/paper.yaml``) is a YAML mapping whose top-level keys
+A recipe (``vlcd_dist/configs/demo.yaml``, ``vlcd_dist/configs/paper.yaml``) is a YAML mapping whose top-level keys
 are the sections of :class:`TrainConfig`. Every stage command reads the same recipe and uses
 the sections it needs. Overrides address any field by its dotted path, list items by index::
 
-    vlcd distill --config configs/demo.yaml --set optim.lr=3e-4 --set students.0.init_from=null
+    vlcd distill --config vlcd_dist/configs/demo.yaml --set optim.lr=3e-4 --set students.0.init_from=null
 
 Values are parsed as YAML (``null``, ``true``, ``[96, 128]``) and then converted to the field's
 type, so ``3e-4`` is a float even though YAML 1.1 would read it as a string. Unknown keys are

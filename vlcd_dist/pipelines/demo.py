@@ -23,7 +23,7 @@ from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.builtin_data import REPO, ensure_shards
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
 
-DEMO_RECIPE = REPO / "configs" / "demo.yaml"
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
@@ -57,7 +57,7 @@ def run_demo(
 
     config = Path(config) if config is not None else DEMO_RECIPE
     if not config.is_file():
-        raise VlcdError(f"demo recipe {config} not found; pass --config configs/demo.yaml")
+        raise VlcdError(f"demo recipe {config} not found; pass --config vlcd_dist/configs/demo.yaml")
     out = Path(out)
     cfg = load_config(config, overrides)
     ensure_shards(cfg)

@@ -1,6 +1,6 @@
 """``vlcd sweep``: one ``distill`` (every student at once) and one ``eval`` per point of a grid.
 
-    vlcd sweep --config configs/demo.yaml --out runs/sweep \\
+    vlcd sweep --config vlcd_dist/configs/demo.yaml --out runs/sweep \\
         --grid loss.distill_lambda=0,0.01,0.1,1,10 --grid distill.init=predistilled,scratch
 
 Each ``--grid KEY=V1,V2,...`` is an axis; the points are their cartesian product (the first
