@@ -4,13 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= train,dev,deepspeed
+# The tested versions of every dependency (pyproject.toml states only ranges); CONSTRAINTS= to
+# install the newest versions the ranges allow instead.
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: install test test-fast demo demo-data lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Submit a vlcd-dist stage to SLURM:
 #
-#   VLCD_STAGE=distill VLCD_CONFIG=vlcd_dist/configs/paper.yaml sbatch slurm/vlcd.sh
-#   VLCD_STAGE=distill VLCD_CONFIG=vlcd_dist/configs/paper.yaml sbatch --gpus-per-node=0 slurm/vlcd.sh  # CPU nodes
+#   VLCD_STAGE=distill VLCD_CONFIG=paper sbatch slurm/vlcd.sh
+#   VLCD_STAGE=distill VLCD_CONFIG=paper sbatch --gpus-per-node=0 slurm/vlcd.sh  # CPU nodes
 #
 # One task per node; each task runs `accelerate launch`, which starts one training process per
 # GPU of its node (or VLCD_PROCS_PER_NODE processes on CPU-only nodes, talking over gloo).
@@ -21,7 +21,7 @@
 #
 # ---- What you set per submission (environment variables) ---------------------------------------
 #   VLCD_STAGE    train-teacher | predistill | distill | eval          (required)
-#   VLCD_CONFIG   the YAML recipe                                      (default vlcd_dist/configs/paper.yaml)
+#   VLCD_CONFIG   the recipe: a YAML file or a built-in name           (default paper)
 #   VLCD_ARGS     more arguments for the stage, e.g. "--out /shared/runs/exp/distill
 #                 --set optim.lr=3e-4"; --out must be on storage every node sees
 #   VLCD_VENV     the virtual environment to run from                  (default .venv)
@@ -31,7 +31,7 @@ set -euo pipefail
 
 cd "${SLURM_SUBMIT_DIR:-.}"
 STAGE=${VLCD_STAGE:?set VLCD_STAGE to train-teacher, predistill, distill or eval}
-CONFIG=${VLCD_CONFIG:-vlcd_dist/configs/paper.yaml}
+CONFIG=${VLCD_CONFIG:-paper}
 VENV=${VLCD_VENV:-.venv}
 ARGS=${VLCD_ARGS:-}
 

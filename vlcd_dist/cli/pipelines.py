@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole method on the built-in data, with a report at the end",
         description="Writes the built-in shards if absent, then runs train-teacher, predistill, "
-        "distill and eval with vlcd_dist/configs/demo.yaml (the paper's architectures at a CPU-sized "
+        "distill and eval with the built-in demo recipe (the paper's architectures at a CPU-sized "
         "resolution), each under `accelerate launch` when --nproc > 1, and prints the report.",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
@@ -26,7 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="processes (ranks); default: the GPU count, else 2 when 2 CPUs are present",
     )
     demo.add_argument(
-        "--config", type=Path, default=None, help="recipe (default: vlcd_dist/configs/demo.yaml)"
+        "--config",
+        type=Path,
+        default=None,
+        help="recipe: a YAML file or a built-in recipe's name (default: demo, the file "
+        "vlcd_dist/configs/demo.yaml)",
     )
     demo.add_argument(
         "--set",
@@ -46,10 +50,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "once (unless the recipe or --from gives them). A finished point is not rerun; an "
         "interrupted one resumes. Writes OUT/sweep.json, sweep.md, sweep.png (and sweep.svg) "
         "and OUT/tb.",
-        epilog="example: vlcd sweep --config vlcd_dist/configs/demo.yaml --out runs/sweep "
+        epilog="example: vlcd sweep --config demo --out runs/sweep "
         "--grid loss.distill_lambda=0,0.01,0.1,1,10 --grid distill.init=predistilled,scratch",
     )
-    sweep.add_argument("--config", type=Path, required=True, help="YAML recipe")
+    sweep.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="recipe: a YAML file or a built-in recipe's name (demo, paper)",
+    )
     sweep.add_argument("--out", type=Path, required=True, help="output folder of the sweep")
     sweep.add_argument(
         "--grid",

@@ -30,7 +30,8 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="YAML recipe, e.g. vlcd_dist/configs/demo.yaml (default: the built-in defaults)",
+        help="recipe: a YAML file, or a built-in recipe's name: demo, paper (the files "
+        "vlcd_dist/configs/*.yaml; default: the schema's defaults)",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (sets run.out)")
     p.add_argument(

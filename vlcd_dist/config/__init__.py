@@ -1,10 +1,12 @@
 """Typed training recipes: one dataclass per component, read from YAML with ``--set`` overrides.
 
-A recipe (``vlcd_dist/configs/demo.yaml``, ``vlcd_dist/configs/paper.yaml``) is a YAML mapping whose top-level keys
-are the sections of :class:`TrainConfig`. Every stage command reads the same recipe and uses
-the sections it needs. Overrides address any field by its dotted path, list items by index::
+A recipe is a YAML mapping whose top-level keys are the sections of :class:`TrainConfig`. The
+built-in ones ship inside the package (``vlcd_dist/configs/demo.yaml`` and ``paper.yaml``) and are
+named by ``--config demo`` / ``--config paper`` from any folder. Every stage command reads the
+same recipe and uses the sections it needs. Overrides address any field by its dotted path, list
+items by index::
 
-    vlcd distill --config vlcd_dist/configs/demo.yaml --set optim.lr=3e-4 --set students.0.init_from=null
+    vlcd distill --config demo --set optim.lr=3e-4 --set students.0.init_from=null
 
 Values are parsed as YAML (``null``, ``true``, ``[96, 128]``) and then converted to the field's
 type, so ``3e-4`` is a float even though YAML 1.1 would read it as a string. Unknown keys are
@@ -22,6 +24,7 @@ from vlcd_dist.config.loading import (
     parse_override,
     to_dict,
 )
+from vlcd_dist.config.recipes import builtin_recipe, builtin_recipes, resolve_recipe
 from vlcd_dist.config.schema import (
     AUTOCAST_DTYPES,
     BACKENDS,
@@ -63,10 +66,13 @@ __all__ = [
     "TeacherStageConfig",
     "TrainConfig",
     "apply_override",
+    "builtin_recipe",
+    "builtin_recipes",
     "dump_yaml",
     "field_docs",
     "from_dict",
     "load_config",
     "parse_override",
+    "resolve_recipe",
     "to_dict",
 ]

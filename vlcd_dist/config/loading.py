@@ -15,6 +15,7 @@ from typing import Any, Union
 
 import yaml
 
+from vlcd_dist.config.recipes import resolve_recipe
 from vlcd_dist.config.schema import TrainConfig
 from vlcd_dist.errors import ConfigError, VlcdError
 
@@ -266,13 +267,12 @@ def _default_list(parts: list[str]) -> list[Any]:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None), apply ``--set`` overrides,
-    convert and validate. Raises ConfigError with the offending key and a fix."""
+    """Read a YAML recipe (a file, or a built-in recipe's name: see :mod:`.recipes`; the
+    defaults when ``path`` is None), apply ``--set`` overrides, convert and validate. Raises
+    ConfigError with the offending key and a fix."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} not found; see configs/ for examples")
+        path = resolve_recipe(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exn:

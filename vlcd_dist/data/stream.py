@@ -104,6 +104,16 @@ def resolve_shards(spec: str, split: str | None = None) -> ShardSet:
     """Find the shards and their sizes for a folder or a brace pattern such as
     ``/data/placenta/placenta-train-{000000..000009}.tar``."""
     path = Path(spec)
+    if "://" in spec:
+        raise DataError(
+            f"{spec}: shard sets are read from local or shared folders; copy the shards there "
+            "(streaming from http:// or s3:// is not supported yet)"
+        )
+    if not path.exists() and not spec.startswith("pipe:") and not any(c in spec for c in "{,"):
+        raise DataError(
+            f"no such folder: {spec} (a shard set is a folder written by `vlcd shards`, or a "
+            "brace pattern of .tar files beside a sizes.json)"
+        )
     if path.is_dir():
         folder = path
         sizes_file = folder / "sizes.json"
@@ -134,9 +144,7 @@ def resolve_shards(spec: str, split: str | None = None) -> ShardSet:
     missing = [n for n in names if n not in sizes_map]
     if missing:
         raise DataError(f"{sizes_file} has no entry for {missing[:5]}; rewrite it or the shards")
-    absent = [
-        u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()
-    ]
+    absent = [u for u in urls if not u.startswith("pipe:") and not Path(u).exists()]
     if absent:
         raise DataError(f"{len(absent)} shard file(s) listed but not found, e.g. {absent[0]}")
     info_file = folder / "info.json"

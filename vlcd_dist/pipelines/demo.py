@@ -1,7 +1,8 @@
 """``vlcd demo``: the whole method on the built-in data, one stage after another.
 
 1. Writes the built-in shards when absent (synthetic placenta pairs; natural crops of the
-   scikit-image photographs).
+   scikit-image photographs), at the built-in recipe's own data folders only; any other data
+   folder the recipe names must exist.
 2. Runs ``train-teacher``, ``predistill``, ``distill`` and ``eval`` with the demo recipe, each
    as its own ``accelerate launch`` of ``python -m vlcd_dist`` (or a plain process for one rank),
    exactly the commands a user would type; each stage's output folder feeds the next.
@@ -17,13 +18,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vlcd_dist.config import load_config
-from vlcd_dist.errors import VlcdError
+from vlcd_dist.config import builtin_recipe, load_config, resolve_recipe
 from vlcd_dist.evaluation.results import EvalReport
-from vlcd_dist.pipelines.builtin_data import REPO, ensure_shards
+from vlcd_dist.pipelines.builtin_data import ensure_builtin_shards
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
-
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
@@ -55,12 +53,10 @@ def run_demo(
     from vlcd_dist.reporting.eval_files import eval_markdown
     from vlcd_dist.reporting.page import write_report
 
-    config = Path(config) if config is not None else DEMO_RECIPE
-    if not config.is_file():
-        raise VlcdError(f"demo recipe {config} not found; pass --config vlcd_dist/configs/demo.yaml")
+    config = resolve_recipe(config) if config is not None else builtin_recipe("demo")
     out = Path(out)
     cfg = load_config(config, overrides)
-    ensure_shards(cfg)
+    ensure_builtin_shards(cfg)
     nproc = nproc or default_nproc()
     env = stage_env(nproc)
     started = time.perf_counter()

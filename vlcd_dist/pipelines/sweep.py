@@ -1,6 +1,6 @@
 """``vlcd sweep``: one ``distill`` (every student at once) and one ``eval`` per point of a grid.
 
-    vlcd sweep --config vlcd_dist/configs/demo.yaml --out runs/sweep \\
+    vlcd sweep --config demo --out runs/sweep \\
         --grid loss.distill_lambda=0,0.01,0.1,1,10 --grid distill.init=predistilled,scratch
 
 Each ``--grid KEY=V1,V2,...`` is an axis; the points are their cartesian product (the first
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlcd_dist.config import ConfigError, load_config
+from vlcd_dist.config import ConfigError, load_config, resolve_recipe
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.builtin_data import ensure_builtin_shards
@@ -181,9 +181,7 @@ def plan_sweep(
 ) -> Plan:
     """Validate the grid against the recipe and work out every stage's overrides, before
     anything runs (a bad key or value fails here, naming the --grid flag)."""
-    config, out, sets = Path(config), Path(out), list(sets)
-    if not config.is_file():
-        raise ConfigError(f"sweep: recipe {config} not found; see configs/ for examples")
+    config, out, sets = resolve_recipe(config), Path(out), list(sets)
     axes = parse_grid(grid)
     if not axes:
         raise ConfigError("sweep: give at least one --grid KEY=V1,V2,...")

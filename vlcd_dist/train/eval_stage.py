@@ -58,6 +58,7 @@ from vlcd_dist.models.exported import load_exported_student, resolve_student_fil
 from vlcd_dist.train.backend import Backend, configure_threads
 from vlcd_dist.train.backends import create_backend
 from vlcd_dist.train.logging import TBLogger, setup_console_logging
+from vlcd_dist.train.preflight import check_stage_inputs
 from vlcd_dist.train.stages import load_frozen_teacher
 
 logger = logging.getLogger("vlcd_dist.eval")
@@ -104,6 +105,7 @@ class Evaluator:
         into ``out`` (rank 0, before report.json)."""
         self.cfg = cfg
         self.render = render
+        check_stage_inputs(cfg, "eval")
         configure_threads(cfg.run.threads, cfg.run.flush_denormal)
         self.backend = backend or create_backend(
             "accelerate",

@@ -41,6 +41,7 @@ from vlcd_dist.train.checkpoint import Checkpointer, TrainState
 from vlcd_dist.train.logging import Progress, TBLogger, setup_console_logging
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
 from vlcd_dist.train.preemption import Preemption
+from vlcd_dist.train.preflight import check_stage_inputs
 
 logger = logging.getLogger("vlcd_dist.train")
 
@@ -70,6 +71,8 @@ class Trainer(ABC):
 
     def __init__(self, cfg: TrainConfig, backend: Backend | None = None) -> None:
         self.cfg = cfg
+        # Before the process group and any model: a mistyped path fails now, naming its key.
+        check_stage_inputs(cfg, self.stage)
         configure_threads(cfg.run.threads, cfg.run.flush_denormal)
         self.backend = backend or create_backend(
             cfg.run.backend,
