@@ -213,7 +213,7 @@ def test_eval_times_every_model_in_each_precision_alike(tiny_recipe, tiny_pipeli
     for m in models:
         backbone = m.module.teacher.image.backbone if m.kind == "teacher" else m.module.backbone
         backbone.register_forward_pre_hook(record(m.name))
-    latency = evaluator.time(models)
+    latency = evaluator.latency(models)
     assert list(latency) == ["fp32", "bf16"]
     for precision in latency:
         assert set(latency[precision]) == {"teacher", *STUDENTS}

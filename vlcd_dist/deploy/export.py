@@ -75,17 +75,14 @@ def _image_size(value: object, where: str) -> tuple[int, int] | None:
     return h, w
 
 
-def _stored_info(path: Path, required: bool) -> dict[str, Any] | None:
-    """The stored info of an exported student file; None for a plain state dict (unless
-    ``required``: --config promises training's files)."""
+def _stored_info(path: Path) -> dict[str, Any] | None:
+    """The stored info of an exported student file; None for a plain state dict."""
     from vlcd_dist.models.exported import read_student_info
     from vlcd_dist.models.weights import ModelError
 
     try:
         return read_student_info(path)
-    except ModelError as exn:
-        if required:
-            raise VlcdError(f"--config: {exn}") from exn
+    except ModelError:
         return None
 
 
@@ -142,6 +139,7 @@ def resolve_spec(
     from vlcd_dist.models.weights import ModelError
 
     size = _image_size(list(image_size), "--image-size") if image_size else None
+    stored: dict[str, Any] | None = None
     if config is not None:
         if weights is not None:
             raise VlcdError(
@@ -153,18 +151,16 @@ def resolve_spec(
                 f"--config {config}: no such file or folder; pass the {{student}}.json or "
                 ".safetensors that training wrote into OUT/export/, or the stage's OUT folder"
             )
-        described = None
         try:
-            if config.suffix == ".json":
-                described = read_student_info(config)
+            described = read_student_info(config) if config.suffix == ".json" else None
             weights = resolve_student_file(config, student)
+            stored = read_student_info(weights)
         except ModelError as exn:
             raise VlcdError(f"--config: {exn}") from exn
-        stored = _stored_info(weights, required=True)
-        if described is not None and described["build"] != stored["build"]:  # type: ignore[index]
+        if described is not None and described["build"] != stored["build"]:
             raise VlcdError(
                 f"--config {config} describes {described['build']}, but {weights} beside it "
-                f"holds {stored['build']}; they come from different runs: pass the "  # type: ignore[index]
+                f"holds {stored['build']}; they come from different runs: pass the "
                 ".safetensors alone"
             )
     elif student is None:
@@ -179,9 +175,7 @@ def resolve_spec(
                 f"training wrote (next to {student}.json), or leave out --weights to export a "
                 "randomly initialised student"
             )
-        stored = _stored_info(weights, required=False)
-    else:
-        stored = None
+        stored = _stored_info(weights)
     if stored is not None:
         assert weights is not None
         name, d, stored_size = _follow_stored(stored, weights, student, embed_dim, size)

@@ -4,7 +4,7 @@ the placenta train and test splits on every rank, and measures with :mod:`vlcd_d
 Per model: features of both splits gathered from all ranks in key order, linear probes per task
 (C by stratified cross-validation on train), test AUC-ROC and ROC curves, a bootstrap interval
 of every task's AUC and of their mean (the same resamples for every task), parameters and CPU
-latency in each of eval.latency_precisions, every model timed alike (:meth:`Evaluator.time`);
+latency in each of eval.latency_precisions, every model timed alike (:meth:`Evaluator.latency`);
 with ``eval.degrade`` the test split again under each corruption and severity, scored by the
 probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
 ``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower.
@@ -300,7 +300,7 @@ class Evaluator:
         robust: dict[str, dict[str, dict[int, DegradedResult]]] = {}
         zero_shot: dict[str, ZeroShotResult] = {}
         zs_columns = [tasks.index(t) for t in prompts.tasks] if prompts else []
-        latency = self.time(models)
+        latency = self.latency(models)
         for m in models:
             t0 = time.perf_counter()
             scaler = StandardScaler().fit(l2_normalize(train_f[m.name]))
@@ -393,7 +393,7 @@ class Evaluator:
         self.write(report)
         return report
 
-    def time(self, models: list[EvalModel]) -> dict[str, dict[str, float]]:
+    def latency(self, models: list[EvalModel]) -> dict[str, dict[str, float]]:
         """Median CPU latency (ms) of every model in every eval.latency_precisions entry, all
         timed alike at data.image_size: {precision: {model: ms}}."""
         e = self.cfg.eval
