@@ -273,9 +273,14 @@ def test_export_takes_what_a_distill_wrote(distilled: Path, tmp_path: Path) -> N
 
 
 def test_options_that_contradict_the_stored_student_are_refused(
-    distilled: Path, tmp_path: Path
+    distilled: Path, tiny_pipeline, tmp_path: Path
 ) -> None:
     weights = distilled / "export" / f"{STUDENT}.safetensors"
+    # A stage folder with two students: which one is asked, not guessed.
+    with pytest.raises(
+        VlcdError, match=r"holds 2 exported students \(tiny_mobilenetv3, tiny_resnet\)"
+    ):
+        _run(f"export --config {tiny_pipeline['predistill']} --out {tmp_path}")
     base = f"export --student {STUDENT} --weights {weights} --out {tmp_path}"
     with pytest.raises(VlcdError, match=r"--embed-dim 512 does not match .*embed_dim=64"):
         _run(f"{base} --embed-dim 512")
