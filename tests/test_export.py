@@ -16,13 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from PIL import Image
 from safetensors.torch import save_file
 
 from vlcd_dist.cli.export import add_parser as add_export_parser
 from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from vlcd_dist.deploy.export import file_sha256, random_images
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.models import create_student, state_dict_hash
+from vlcd_dist.models.exported import export_student, load_exported_student
 
 STUDENT = "tiny_mobilenetv3"
 D = 16
@@ -48,19 +51,17 @@ def _run(argv: str) -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    """What training leaves: {student}.safetensors + {student}.json, and the student itself."""
+    """What training leaves in OUT/export/ (written by training's own writer):
+    {student}.safetensors + {student}.json, and the student itself."""
     folder = tmp_path_factory.mktemp("student")
     torch.manual_seed(3)
-    student = create_student(STUDENT, embed_dim=D).eval()
+    student = create_student(STUDENT, embed_dim=D, image_size=(SIZE, SIZE)).eval()
     # Non-default BN statistics, so a file that ignored the weights could not match by chance.
     for m in student.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    state = {k: v.contiguous() for k, v in student.state_dict().items()}
-    save_file(state, str(folder / f"{STUDENT}.safetensors"))
-    config = {"name": STUDENT, "embed_dim": D, "image_size": [SIZE, SIZE]}
-    (folder / f"{STUDENT}.json").write_text(json.dumps(config))
+    export_student(student, folder, {"name": STUDENT}, {"stage": "distill", "step": 1})
     return folder, student
 
 
@@ -155,10 +156,15 @@ def test_missing_weights_unknown_student_and_bad_config_are_explained(
         _run(f"export --student tiny_mobilenet --out {tmp_path}")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"embed_dim": 8}))
-    with pytest.raises(VlcdError, match=r"lacks \['name'\]"):
+    with pytest.raises(VlcdError, match=r"bad\.json is not the JSON of an exported student"):
         _run(f"export --config {bad} --out {tmp_path}")
-    with pytest.raises(VlcdError, match=r"--config .*missing\.json: no such file"):
+    with pytest.raises(VlcdError, match=r"--config .*missing\.json: no such file or folder"):
         _run(f"export --config {tmp_path / 'missing.json'} --out {tmp_path}")
+    # A plain state dict carries no build info: its embed_dim must be given, not guessed.
+    plain = tmp_path / "plain.safetensors"
+    save_file(create_student(STUDENT, embed_dim=D).state_dict(), str(plain))
+    with pytest.raises(VlcdError, match=r"plain state dict .* pass --embed-dim D"):
+        _run(f"export --student {STUDENT} --weights {plain} --out {tmp_path}")
     # Weights that belong to another embed_dim: the load error says what the file must hold.
     other = tmp_path / "other.safetensors"
     save_file(create_student(STUDENT, embed_dim=D + 1).state_dict(), str(other))
@@ -214,3 +220,100 @@ def test_the_parser_offers_what_the_exporter_supports() -> None:
     assert args.opset == DEFAULT_OPSET
     (fmt,) = [a for a in export._actions if a.dest == "format"]
     assert tuple(fmt.choices) == FORMATS and fmt.default == FORMATS[0]
+
+
+def _onnx_features(model: Path, images: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_recipe: Path, distill_sets: list[str], tmp_path_factory) -> Path:
+    """The files of a real (tiny, in-process) distill of one student at a non-square size."""
+    out = tmp_path_factory.mktemp("distill") / "run"
+    sets = [*distill_sets, "distill.steps=1", "data.image_size=[32,48]"]
+    sets.append(f"students=[{STUDENT}]")
+    args = ["distill", "--config", tiny_recipe, "--out", out]
+    for s in sets:
+        args += ["--set", s]
+    assert run_cli(*args) == 0
+    return out
+
+
+def test_export_takes_what_a_distill_wrote(distilled: Path, tmp_path: Path) -> None:
+    weights = distilled / "export" / f"{STUDENT}.safetensors"
+    student, info = load_exported_student(weights)
+    assert info["build"]["image_size"] == [32, 48] and info["build"]["embed_dim"] == 64
+    images = random_images(3, (32, 48), seed=7)
+    with torch.inference_mode():
+        want = student.eval()(images).numpy()
+    # The JSON as training wrote it, the .safetensors alone, the stage folder, and --student
+    # with --weights: each exports the trained student at its stored size and embed_dim.
+    sources = {
+        "json": f"--config {distilled / 'export' / STUDENT}.json",
+        "safetensors": f"--config {weights}",
+        "folder": f"--config {distilled}",
+        "weights": f"--student {STUDENT} --weights {weights}",
+    }
+    for label, source in sources.items():
+        out = tmp_path / label
+        assert _run(f"export {source} --out {out} --repeats 1 --threads 1 --quiet") == 0, label
+        sidecar = json.loads((out / f"{STUDENT}.onnx.json").read_text())
+        assert sidecar["input"]["shape"] == ["batch", 3, 32, 48], label
+        assert sidecar["output"]["dim"] == 64, label
+        assert sidecar["student"]["stored"]["stage"] == "distill", label
+        assert sidecar["weights"]["file_sha256"] == file_sha256(weights), label
+        got = _onnx_features(out / sidecar["model_file"], images)
+        assert got.shape == (3, 64), label
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=label)
+
+
+def test_options_that_contradict_the_stored_student_are_refused(
+    distilled: Path, tiny_pipeline, tmp_path: Path
+) -> None:
+    weights = distilled / "export" / f"{STUDENT}.safetensors"
+    # A stage folder with two students: which one is asked, not guessed.
+    with pytest.raises(
+        VlcdError, match=r"holds 2 exported students \(tiny_mobilenetv3, tiny_resnet\)"
+    ):
+        _run(f"export --config {tiny_pipeline['predistill']} --out {tmp_path}")
+    base = f"export --student {STUDENT} --weights {weights} --out {tmp_path}"
+    with pytest.raises(VlcdError, match=r"--embed-dim 512 does not match .*embed_dim=64"):
+        _run(f"{base} --embed-dim 512")
+    with pytest.raises(VlcdError, match=r"--image-size \(224, 224\) .*trained at 32x48"):
+        _run(f"{base} --image-size 224")
+    with pytest.raises(VlcdError, match=r"--student 'tiny_resnet' does not match"):
+        _run(f"export --config {weights} --student tiny_resnet --out {tmp_path}")
+    with pytest.raises(VlcdError, match=r"already names the weights"):
+        _run(f"export --config {weights} --weights {weights} --out {tmp_path}")
+    # A JSON whose weights beside it belong to another student (files of two runs mixed).
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    other = create_student(STUDENT, embed_dim=8, image_size=(32, 32))
+    export_student(other, mixed, {"name": STUDENT}, {})
+    (mixed / f"{STUDENT}.json").write_text((distilled / "export" / f"{STUDENT}.json").read_text())
+    with pytest.raises(VlcdError, match=r"different runs"):
+        _run(f"export --config {mixed / STUDENT}.json --out {tmp_path}")
+
+
+def test_efficientformer_exports_to_onnx_at_its_trained_grid(tmp_path: Path) -> None:
+    # Trained at 64x96, its attention biases are laid out for a 2x3 grid: export must rebuild
+    # it so (not at 224x224) and the ONNX file must run at 64x96.
+    torch.manual_seed(0)
+    student = create_student("efficientformer_l1", embed_dim=D, image_size=(64, 96)).eval()
+    export_student(student, tmp_path / "export", {"name": "efficientformer_l1"}, {})
+    weights = tmp_path / "export" / "efficientformer_l1.safetensors"
+    out = tmp_path / "onnx"
+    assert _run(f"export --config {weights} --out {out} --repeats 1 --threads 1 --quiet") == 0
+    sidecar = json.loads((out / "efficientformer_l1.onnx.json").read_text())
+    assert sidecar["input"]["shape"] == ["batch", 3, 64, 96]
+    images = random_images(2, (64, 96), seed=3)
+    with torch.inference_mode():
+        want = student(images).numpy()
+    got = _onnx_features(out / sidecar["model_file"], images)
+    assert got.shape == (2, D)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

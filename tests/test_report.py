@@ -44,6 +44,13 @@ LATENCY = {
     "efficientnet_b0": 17.8,
     "efficientformer_l1": 18.1,
 }
+# The same models timed in bf16 (under autocast): slower than fp32 here, as on many CPUs.
+LATENCY_BF16 = {
+    "teacher": 60.2,
+    "mobilenetv3_large_100": 30.1,
+    "efficientnet_b0": 20.0,
+    "efficientformer_l1": 24.3,
+}
 
 
 def _roc(k: int) -> Roc:
@@ -65,9 +72,12 @@ def make_report(degrade: bool = False, zero_shot: bool = False) -> EvalReport:
             ci={"mean": (mean - 0.03, mean + 0.03), **{t: None for t in TASKS}},
             probe_c={t: 1.0 for t in TASKS},
             params=5_000_000,
-            latency_ms=LATENCY[name],
+            latency_ms={"fp32": LATENCY[name], "bf16": LATENCY_BF16[name]},
             roc={t: _roc(k) for t in TASKS},
-            speedup=LATENCY["teacher"] / LATENCY[name],
+            speedup={
+                "fp32": LATENCY["teacher"] / LATENCY[name],
+                "bf16": LATENCY_BF16["teacher"] / LATENCY_BF16[name],
+            },
             delta_vs_teacher=mean - teacher_mean,
             weights=f"{name}.safetensors",
         )
@@ -75,7 +85,7 @@ def make_report(degrade: bool = False, zero_shot: bool = False) -> EvalReport:
         tasks=TASKS,
         samples=Samples(train=40, test=8),
         image_size=(32, 32),
-        latency=LatencySetup(batch=1, threads=1),
+        latency=LatencySetup(batch=1, threads=1, precisions=["fp32", "bf16"]),
         bootstrap=BootstrapSetup(resamples=20, confidence=0.95),
         models=models,
     )
@@ -263,7 +273,7 @@ def test_the_typed_report_round_trips_through_report_json(tmp_path) -> None:
     )
     path = report.save(tmp_path / "report.json")
     raw = json.loads(path.read_text())
-    assert raw["format"] == "vlcd-eval-report" and raw["version"] == 2
+    assert raw["format"] == "vlcd-eval-report" and raw["version"] == 3
     # One spelling of the robustness study: a list of corruptions, integer severities.
     assert raw["degrade"]["corruptions"] == ["tablet_camera"] and "corruption" not in raw["degrade"]
     assert raw["degrade"]["severities"] == [1, 3]
@@ -425,7 +435,7 @@ def test_pareto_labels_clear_every_error_bar_marker_and_line_of_a_crowded_plot()
     }
     for name, (latency, mean, ci) in demo.items():
         model = report.models[name]
-        model.latency_ms, model.auc_mean, model.ci["mean"] = latency, mean, ci
+        model.latency_ms["fp32"], model.auc_mean, model.ci["mean"] = latency, mean, ci
     fig = pareto_chart(report)
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
@@ -452,3 +462,24 @@ def test_pareto_labels_clear_every_error_bar_marker_and_line_of_a_crowded_plot()
         hit = [d for d in drawn if Bbox.intersection(box, d) is not None]
         assert not hit, (labels[i].get_text(), box, hit)
         assert not any(box.overlaps(other) for other in texts[i + 1 :])
+
+
+def test_latency_and_speed_up_are_reported_per_precision() -> None:
+    from vlcd_dist.reporting.eval_tables import eval_notes, eval_table
+
+    report = make_report()
+    report.models["efficientformer_l1"].resizes_to = (224, 224)
+    table = eval_table(report)
+    columns = ["latency fp32 (ms)", "speed-up fp32", "latency bf16 (ms)", "speed-up bf16"]
+    assert table.header[-4:] == columns
+    rows = {row[0]: row[-4:] for row in table.rows}
+    # Each speed-up is the teacher's time over the model's in the same precision.
+    assert rows["mobilenetv3_large_100"] == ["16.0", "2.9x", "30.1", "2.0x"]
+    assert rows["teacher"] == ["45.7", "1.0x", "60.2", "1.0x"]
+    notes = eval_notes(report)
+    assert "every model timed in each precision alike (fp32, bf16 under autocast)" in notes
+    assert "Resized inside the model, and timed so: efficientformer_l1 to 224x224." in notes
+    back = EvalReport.from_json(json.loads(json.dumps(report.to_json())))
+    assert back.models["efficientformer_l1"].resizes_to == (224, 224)
+    assert back.models["efficientnet_b0"].speedup == report.models["efficientnet_b0"].speedup
+    assert back.latency.precisions == ["fp32", "bf16"]

@@ -78,6 +78,8 @@ def test_overrides_reach_any_field(tmp_path) -> None:
         ("optim.lr", "expected KEY=VALUE"),
         ("checkpoint.resume=maybe", "expected true or false"),
         ("loss.distill_lambda=-2", "use a finite number >= 0"),
+        ("eval.latency_precisions=[fp32,int8]", "out of ['fp32', 'bf16', 'fp16']"),
+        ("eval.latency_precisions=[]", "e.g. [fp32, bf16]"),
     ],
 )
 def test_bad_values_are_refused_with_a_fix(override: str, message: str) -> None:

@@ -124,8 +124,11 @@ def test_eval_writes_report_plots_and_tensorboard(tiny_recipe, tiny_pipeline, tm
     for r in report["models"].values():
         finite = [v for v in r["auc"].values() if np.isfinite(v)]
         assert finite and all(0 <= v <= 1 for v in finite)
-        assert r["params"] > 0 and r["latency_ms"] > 0 and r["speedup"] > 0
-    assert report["models"]["teacher"]["speedup"] == pytest.approx(1.0)
+        assert r["params"] > 0 and r["resizes_to"] is None
+        assert list(r["latency_ms"]) == list(r["speedup"]) == ["fp32"]
+        assert r["latency_ms"]["fp32"] > 0 and r["speedup"]["fp32"] > 0
+    assert report["latency"]["precisions"] == ["fp32"]
+    assert report["models"]["teacher"]["speedup"]["fp32"] == pytest.approx(1.0)
     table = (out / "report.md").read_text()
     assert table.startswith("| model | meconium | fir | mir | chorioamnionitis | sepsis | mean AUC")
     assert all(f"| `{name}` |" in table for name in report["models"])
@@ -182,3 +185,39 @@ def test_eval_writes_report_json_last(tiny_recipe, tiny_pipeline, tmp_path, monk
             f"--set eval.students_from={tiny_pipeline['predistill']}"
         )
     assert (out / "config.yaml").is_file() and not (out / "report.json").exists()
+
+
+def test_eval_times_every_model_in_each_precision_alike(tiny_recipe, tiny_pipeline) -> None:
+    from vlcd_dist.train.eval_stage import Evaluator
+
+    sets = [
+        f"teacher.checkpoint={tiny_pipeline['teacher']}",
+        f"eval.students_from={tiny_pipeline['predistill']}",
+        "teacher.autocast_dtype=bfloat16",  # how the teacher makes features: not how it is timed
+        "eval.latency_precisions=[fp32,bf16]",
+        "eval.latency_iters=2",
+        "eval.latency_batch=2",
+    ]
+    evaluator = Evaluator(load_config(tiny_recipe, sets))
+    models = evaluator.models()
+    calls: dict[str, list[tuple[object, tuple[int, ...]]]] = {m.name: [] for m in models}
+
+    def record(name):
+        def hook(module, args):
+            on = torch.is_autocast_enabled("cpu")
+            calls[name].append((torch.get_autocast_dtype("cpu") if on else None, args[0].shape))
+
+        return hook
+
+    # The backbone is what computes: it sees the precision and the size that are timed.
+    for m in models:
+        backbone = m.module.teacher.image.backbone if m.kind == "teacher" else m.module.backbone
+        backbone.register_forward_pre_hook(record(m.name))
+    latency = evaluator.latency(models)
+    assert list(latency) == ["fp32", "bf16"]
+    for precision in latency:
+        assert set(latency[precision]) == {"teacher", *STUDENTS}
+    for name, seen in calls.items():
+        # 3 warm-up and 2 timed calls per precision, fp32 without autocast, then bf16.
+        assert [dtype for dtype, _ in seen] == [None] * 5 + [torch.bfloat16] * 5, name
+        assert {shape for _, shape in seen} == {(2, 3, 32, 32)}, name

@@ -22,7 +22,9 @@ CPU and on the GPU when there is one, and the speed-up over the teacher.
 Fairness: every model gets the same input, warm-up calls before timing, and the timed repeats
 run round-robin over the models (a different model first in each round), so a burst of load on
 a shared machine hits all models alike; the median of the repeats is reported and every raw time
-is kept in the JSON. Weights are random: speed and MACs do not depend on their values.
+is kept in the JSON. Weights are random: speed and MACs do not depend on their values. Every
+model is built for --image-size, as training builds it for data.image_size (EfficientFormer's
+attention grid is re-laid for it), so no model resizes its input inside.
 """
 
 
@@ -130,7 +132,7 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
             print(f"[bench models] {msg}", file=sys.stderr, flush=True)
 
     try:
-        models = build_models(args.teacher, args.models, args.embed_dim)
+        models = build_models(args.teacher, args.models, args.embed_dim, image_size)
     except ModelError as exn:
         raise VlcdError(f"{exn} (check --teacher/--models)") from exn
     report = run_benchmark(

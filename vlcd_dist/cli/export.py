@@ -15,9 +15,12 @@ that says how to feed the model (input size, RGB, [0, 1] range, mean/std, NCHW),
 which weights it holds (hashes), how closely it matches eager PyTorch on sample images, and how
 fast it runs next to eager PyTorch at batch 1.
 
-The student is rebuilt from its name and embed_dim (``--student``), or from the JSON config that
-training writes next to its weights (``--config {student}.json``), and its weights are read from a
-plain safetensors state dict (``{student}.safetensors``); nothing is unpickled.
+The student is what training wrote into OUT/export/: pass ``--config`` its ``{student}.json``
+(the ``.safetensors`` beside it holds the weights), the ``{student}.safetensors`` alone, or the
+stage's folder (with ``--student NAME`` when it holds several students). Its stored name,
+embed_dim and image size are used; an option asking for other values is refused. Or build a
+student by name (``--student``, with ``--weights`` a plain state dict, or random weights);
+nothing is unpickled.
 """
 
 
@@ -29,22 +32,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--student", help="student name (registered or a timm model)")
-    which.add_argument(
+    p.add_argument(
         "--config",
         type=Path,
-        help="the student's JSON config from training ({name, embed_dim, image_size}); its "
-        "sibling .safetensors is the default --weights",
+        default=None,
+        help="what training wrote: OUT/export/{student}.json, the .safetensors beside it, or "
+        "the stage's OUT folder; its stored name, embed_dim and image size are used",
+    )
+    p.add_argument(
+        "--student",
+        default=None,
+        help="student name (registered or a timm model); with --config a folder, which student",
     )
     p.add_argument(
         "--weights",
         type=Path,
         default=None,
-        help="safetensors state dict of the whole student (default: random init, with a warning)",
+        help="safetensors of the whole --student (default: random init, with a warning)",
     )
     p.add_argument(
-        "--embed-dim", type=positive_int, default=None, help="d (default: config's, or 512)"
+        "--embed-dim",
+        type=positive_int,
+        default=None,
+        help="d (default: the stored one; 512 for a random init)",
     )
     p.add_argument(
         "--image-size",
@@ -52,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         nargs="+",
         default=None,
         metavar="PX",
-        help="input SIDE, or HEIGHT WIDTH (default: config's, the student's fixed size, or 224)",
+        help="input SIDE, or HEIGHT WIDTH (default: the stored size, else the student's fixed "
+        "size, else 224)",
     )
     p.add_argument(
         "--format", choices=("onnx", "torchscript"), default="onnx", help="what to write"

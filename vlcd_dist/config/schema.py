@@ -9,6 +9,7 @@ from typing import Any
 from vlcd_dist.data.stream import StreamConfig
 from vlcd_dist.distributed import signal_number
 from vlcd_dist.errors import ConfigError
+from vlcd_dist.evaluation.efficiency import PRECISIONS
 from vlcd_dist.losses import LossConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -296,6 +297,8 @@ class EvalConfig:
     """Timed forwards per model (after 3 warm-up ones); the median is reported."""
     latency_threads: int = 1
     """CPU threads while timing."""
+    latency_precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    """Precisions every model is timed in, each reported apart: fp32, bf16, fp16 (autocast)."""
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     """Robustness study: probes trained on clean features, applied to corrupted test images."""
     zero_shot_prompts: dict[str, list[str]] = field(default_factory=dict)
@@ -459,6 +462,14 @@ class TrainConfig:
             "eval.latency_*",
             [e.latency_batch, e.latency_iters, e.latency_threads],
             "all >= 1",
+        )
+        _check(
+            bool(e.latency_precisions)
+            and set(e.latency_precisions) <= set(PRECISIONS)
+            and len(set(e.latency_precisions)) == len(e.latency_precisions),
+            "eval.latency_precisions",
+            e.latency_precisions,
+            f"a list of distinct precisions out of {list(PRECISIONS)}, e.g. [fp32, bf16]",
         )
 
 

@@ -46,9 +46,12 @@ class ExportSpec:
     image_size: tuple[int, int] | None
     """(H, W) of the exported input in pixels; None: the student's own size, else 224x224."""
     weights: Path | None
-    """Plain safetensors state dict of the whole student; None: random init."""
+    """Safetensors of the whole student (an exported student or a plain state dict); None:
+    random init."""
     config_file: Path | None = None
-    """The JSON config it came from, if any."""
+    """What --config named (a .json, a .safetensors or a folder), if anything."""
+    stored: dict[str, Any] | None = None
+    """The exported student's stored info (build, stage, step, ...) when ``weights`` has it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,26 +75,48 @@ def _image_size(value: object, where: str) -> tuple[int, int] | None:
     return h, w
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The student's JSON config: at least {"name", "embed_dim"}, optionally "image_size"."""
-    if not path.is_file():
-        raise VlcdError(
-            f"--config {path}: no such file; pass the {{student}}.json that training wrote next "
-            "to the student's weights, or use --student NAME --embed-dim D instead"
-        )
+def _stored_info(path: Path) -> dict[str, Any] | None:
+    """The stored info of an exported student file; None for a plain state dict."""
+    from vlcd_dist.models.exported import read_student_info
+    from vlcd_dist.models.weights import ModelError
+
     try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exn:
-        raise VlcdError(f"--config {path} is not valid JSON: {exn}") from exn
-    if not isinstance(cfg, dict):
-        raise VlcdError(f"--config {path}: expected a JSON object, found {type(cfg).__name__}")
-    missing = [k for k in ("name", "embed_dim") if k not in cfg]
-    if missing:
-        raise VlcdError(
-            f"--config {path} lacks {missing}; it needs at least "
-            '{"name": STUDENT, "embed_dim": D, "image_size": [H, W]}'
-        )
-    return cfg
+        return read_student_info(path)
+    except ModelError:
+        return None
+
+
+def _follow_stored(
+    stored: dict[str, Any],
+    source: Path,
+    student: str | None,
+    embed_dim: int | None,
+    image_size: tuple[int, int] | None,
+) -> tuple[str, int, tuple[int, int] | None]:
+    """(name, d, size) of an exported student: the stored values; an option that asks for
+    something else is refused (the weights were trained for the stored ones)."""
+    from vlcd_dist.models.exported import stored_image_size
+
+    build = stored["build"]
+    name, d, size = str(build["name"]), int(build["embed_dim"]), stored_image_size(stored)
+    asked = {
+        "--student": (student, name),
+        "--embed-dim": (embed_dim, d),
+        "--image-size": (image_size, size),
+    }
+    for option, (value, have) in asked.items():
+        if value is not None and have is not None and value != have:
+            shown = "x".join(map(str, have)) if isinstance(have, tuple) else have
+            raise VlcdError(
+                f"{option} {value!r} does not match {source}, which holds {name} with "
+                f"embed_dim={d} trained at {_size_text(size)}; drop {option} to export it as "
+                f"stored ({option.lstrip('-')} {shown})"
+            )
+    return name, d, size
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "no stored size" if size is None else f"{size[0]}x{size[1]}"
 
 
 def resolve_spec(
@@ -101,27 +126,80 @@ def resolve_spec(
     embed_dim: int | None,
     image_size: Sequence[int] | None,
 ) -> ExportSpec:
-    """Combine --student/--config with the explicit options (which win over the config).
+    """What to export, from training's files or from --student.
 
-    With --config and no --weights, the ``.safetensors`` beside the config (same stem) is used
-    when it exists, since training writes the two together.
+    config: what training wrote, as it wrote it: ``{name}.json`` (its ``.safetensors`` beside
+    it holds the weights), the ``{name}.safetensors`` alone, or the export or stage folder
+    (``student`` picks one when it holds several). weights: a ``.safetensors`` to load into
+    ``--student``. An exported student's stored name, embed_dim and image size are used; an
+    option asking for other values is refused. Only plain state dicts and random init need
+    --embed-dim (else 512) and --image-size (else the student's own size, or 224x224).
     """
-    if (student is None) == (config is None):
-        raise VlcdError("give exactly one of --student NAME or --config FILE.json")
-    cfg: dict[str, Any] = {}
+    from vlcd_dist.models.exported import read_student_info, resolve_student_file
+    from vlcd_dist.models.weights import ModelError
+
+    size = _image_size(list(image_size), "--image-size") if image_size else None
+    stored: dict[str, Any] | None = None
     if config is not None:
-        cfg = read_config(config)
-        sibling = config.with_suffix(".safetensors")
-        if weights is None and sibling.is_file():
-            logger.info("using the weights next to %s: %s", config, sibling)
-            weights = sibling
-    name = student if student is not None else str(cfg["name"])
-    d = embed_dim if embed_dim is not None else cfg.get("embed_dim", 512)
-    if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
-        raise VlcdError(f"embed_dim={d!r} (from {config or '--embed-dim'}): use a positive int")
-    where = "--image-size" if image_size else f"--config {config}"
-    size = _image_size(list(image_size) if image_size else cfg.get("image_size"), where)
-    return ExportSpec(name, d, size, weights, config)
+        if weights is not None:
+            raise VlcdError(
+                f"--config {config} already names the weights; drop --weights (or drop --config "
+                "and pass --student NAME --weights FILE)"
+            )
+        if not config.exists():
+            raise VlcdError(
+                f"--config {config}: no such file or folder; pass the {{student}}.json or "
+                ".safetensors that training wrote into OUT/export/, or the stage's OUT folder"
+            )
+        try:
+            described = read_student_info(config) if config.suffix == ".json" else None
+            weights = resolve_student_file(config, student)
+            stored = read_student_info(weights)
+        except ModelError as exn:
+            raise VlcdError(f"--config: {exn}") from exn
+        if described is not None and described["build"] != stored["build"]:
+            raise VlcdError(
+                f"--config {config} describes {described['build']}, but {weights} beside it "
+                f"holds {stored['build']}; they come from different runs: pass the "
+                ".safetensors alone"
+            )
+    elif student is None:
+        raise VlcdError(
+            "give --config (the {student}.json or .safetensors training wrote, or its folder) "
+            "or --student NAME"
+        )
+    elif weights is not None:
+        if not weights.is_file():
+            raise VlcdError(
+                f"--weights {weights}: no such file; pass the {student}.safetensors that "
+                f"training wrote (next to {student}.json), or leave out --weights to export a "
+                "randomly initialised student"
+            )
+        stored = _stored_info(weights)
+    if stored is not None:
+        assert weights is not None
+        name, d, stored_size = _follow_stored(stored, weights, student, embed_dim, size)
+        if stored_size is None and size is None:
+            logger.warning(
+                "%s stores no image size; exporting at %s (pass --image-size H W to choose)",
+                weights,
+                "the student's own size or 224x224",
+            )
+        return ExportSpec(name, d, size or stored_size, weights, config, stored)
+    assert student is not None
+    if weights is not None and embed_dim is None:
+        raise VlcdError(
+            f"--weights {weights} is a plain state dict without the stored build info that "
+            "training writes; pass --embed-dim D (and --image-size H W), or pass training's "
+            "file with --config"
+        )
+    if weights is not None and size is None:
+        logger.warning(
+            "--weights %s stores no image size; exporting at the student's own size or 224x224 "
+            "(pass --image-size H W to choose)",
+            weights,
+        )
+    return ExportSpec(student, embed_dim or 512, size, weights, config)
 
 
 def file_sha256(path: Path) -> str:
@@ -134,38 +212,43 @@ def file_sha256(path: Path) -> str:
 
 
 def build_student(spec: ExportSpec) -> tuple[nn.Module, dict[str, Any]]:
-    """The student in eval mode with its weights, and a record of where the weights came from."""
+    """The student in eval mode with its weights, and a record of where the weights came from.
+
+    An exported student is rebuilt by :func:`~vlcd_dist.models.exported.load_exported_student`
+    from its stored build info; otherwise ``spec`` says what to build.
+    """
     from vlcd_dist.models import ModelError, create_student, list_students, state_dict_hash
+    from vlcd_dist.models.exported import load_exported_student
     from vlcd_dist.models.weights import load_into, load_state_dict
 
-    if spec.weights is not None and not spec.weights.is_file():
-        raise VlcdError(
-            f"--weights {spec.weights}: no such file; pass the {spec.name}.safetensors that "
-            f"training wrote (next to {spec.name}.json), or leave out --weights to export a "
-            "randomly initialised student"
-        )
+    record: dict[str, Any] = {"file": None, "file_sha256": None, "random_init": True}
     try:
-        student = create_student(spec.name, embed_dim=spec.embed_dim)
+        if spec.stored is not None and spec.weights is not None:
+            student, _ = load_exported_student(spec.weights)
+        else:
+            student = create_student(
+                spec.name, embed_dim=spec.embed_dim, image_size=spec.image_size
+            )
     except ModelError as exn:
         raise VlcdError(
             f"--student {spec.name!r}: {exn}. Registered students: {list_students()}"
         ) from exn
-    record: dict[str, Any] = {"file": None, "file_sha256": None, "random_init": True}
     if spec.weights is None:
         logger.warning(
-            "no weights given: exporting a randomly initialised %s; pass --weights "
-            "%s.safetensors (or --config next to it) to export the trained student",
+            "no weights given: exporting a randomly initialised %s; pass --config "
+            "%s.safetensors (what training wrote) to export the trained student",
             spec.name,
             spec.name,
         )
     else:
-        try:
-            load_into(student, load_state_dict(spec.weights), source=str(spec.weights))
-        except ModelError as exn:
-            raise VlcdError(
-                f"{exn}. --weights must be the whole student's state dict (backbone.* and proj.*) "
-                f"of {spec.name} with embed_dim={spec.embed_dim}"
-            ) from exn
+        if spec.stored is None:
+            try:
+                load_into(student, load_state_dict(spec.weights), source=str(spec.weights))
+            except ModelError as exn:
+                raise VlcdError(
+                    f"{exn}. --weights must be the whole student's state dict (backbone.* and "
+                    f"proj.*) of {spec.name} with embed_dim={spec.embed_dim}"
+                ) from exn
         record = {
             "file": str(spec.weights),
             "file_sha256": file_sha256(spec.weights),
@@ -319,6 +402,8 @@ def export_torchscript(student: nn.Module, example: torch.Tensor, path: Path) ->
     """
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", category=FutureWarning)
+        # The student's resize-if-other-size branch is fixed by the (fixed) input size.
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         # check_trace=False: our own verification (fresh inputs, two batch sizes, vs eager)
         # is stricter than the tracer's re-run on the example, and skips a second trace.
         traced = torch.jit.trace(student, example, check_trace=False)
@@ -578,6 +663,7 @@ def export_student(
                     "architecture", spec.name
                 ),
                 "config_file": str(spec.config_file) if spec.config_file else None,
+                "stored": spec.stored,
             },
             "weights": weights,
             "preprocessing": prep,

@@ -2,7 +2,7 @@
 throughput per precision and device, and the speed-up over the teacher's image tower, timed
 round-robin so that load on a shared machine hits every model alike. ``vlcd bench models``
 (:mod:`vlcd_dist.cli.bench`, whose help says what is measured) drives it; the eval stage uses
-:func:`measure_latency`.
+:func:`latency_by_precision`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,22 +52,30 @@ class BenchModel:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_models(teacher: str, students: Sequence[str], embed_dim: int | None) -> list[BenchModel]:
+def build_models(
+    teacher: str,
+    students: Sequence[str],
+    embed_dim: int | None,
+    image_size: tuple[int, int],
+) -> list[BenchModel]:
     """The teacher's image tower first, then the students, all in eval mode with random weights.
 
     teacher: a registered teacher name (its image_model and embed_dim are used).
     students: registered student names or timm model names.
     embed_dim: d of every projection; None takes the teacher's.
+    image_size: (H, W) every model is built for, as training builds them at data.image_size, so
+    what is timed is what runs (EfficientFormer re-lays its attention grid instead of resizing
+    the input to 224x224 inside the model).
     """
     from vlcd_dist.models import ImageTower, create_student, teacher_config
 
     cfg = teacher_config(teacher)
     d = cfg.embed_dim if embed_dim is None else embed_dim
     # "none": random init without the warning, since weights do not change speed or MACs.
-    tower = ImageTower(cfg.image_model, d, weights="none")
+    tower = ImageTower(cfg.image_model, d, weights="none", image_size=image_size)
     models = [BenchModel(f"teacher:{teacher}", "teacher", tower.eval(), cfg.image_model)]
     for name in students:
-        student = create_student(name, embed_dim=d)
+        student = create_student(name, embed_dim=d, image_size=image_size)
         arch = getattr(student.backbone, "pretrained_cfg", {}).get("architecture", name)
         models.append(BenchModel(name, "student", student.eval(), str(arch)))
     return models
@@ -106,7 +114,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _forward_fn(
-    module: nn.Module, device: torch.device, dtype: torch.dtype | None
+    module: Callable[[torch.Tensor], torch.Tensor], device: torch.device, dtype: torch.dtype | None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A call images -> features under inference mode and, for bf16/fp16, autocast."""
 
@@ -423,26 +431,41 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-def measure_latency(
-    fn: Callable[[torch.Tensor], torch.Tensor],
+def latency_by_precision(
+    models: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     shape: tuple[int, ...],
+    precisions: Sequence[str],
     iters: int,
     threads: int,
     memory_format: torch.memory_format = torch.contiguous_format,
-) -> float:
-    """Median wall time (ms) of ``fn`` on a random batch of ``shape`` with ``threads`` CPU
-    threads, after 3 warm-up calls."""
+    warmup: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Median CPU wall time (ms) of every model in every precision: {precision: {model: ms}}.
+
+    models: {name: images -> features}, plain forwards on CPU that apply no precision of their
+    own. Each precision ("fp32", or "bf16"/"fp16" as autocast over the whole forward) is applied
+    to every model alike, on the same random batch of ``shape``: ``warmup`` untimed calls per
+    model, then ``iters`` timed rounds over the models (:func:`round_robin`), with ``threads``
+    CPU threads. A speed-up is only meaningful between two models of the same precision.
+    """
+    cpu = torch.device("cpu")
+    names = list(models)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = torch.randn(*shape).contiguous(memory_format=memory_format)
-        times = []
-        with torch.no_grad():
-            for i in range(3 + iters):
-                t0 = time.perf_counter()
-                fn(x)
-                if i >= 3:
-                    times.append((time.perf_counter() - t0) * 1000)
-        return float(statistics.median(times))
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        x = x.contiguous(memory_format=memory_format)
+        out: dict[str, dict[str, float]] = {}
+        for precision in precisions:
+            calls = [_forward_fn(models[n], cpu, PRECISIONS[precision]) for n in names]
+            for call in calls:
+                for _ in range(warmup):
+                    call(x)
+            times: list[list[float]] = [[] for _ in names]
+            for order in round_robin(len(names), iters):
+                for i in order:
+                    times[i].append(time_call(calls[i], x))
+            out[precision] = {n: _median(t) * 1e3 for n, t in zip(names, times, strict=True)}
+        return out
     finally:
         torch.set_num_threads(before)

@@ -8,18 +8,19 @@ message naming it instead of being half-understood.
 Shapes of the JSON (``NaN`` stands for an AUC that is undefined, e.g. a task without positive
 test samples)::
 
-    {"format": "vlcd-eval-report", "version": 2,
+    {"format": "vlcd-eval-report", "version": 3,
      "tasks": [task, ...],
      "samples": {"train": int, "test": int},
      "image_size": [h, w],
-     "latency": {"batch": int, "threads": int, "device": "cpu"},
+     "latency": {"batch": int, "threads": int, "device": "cpu", "precisions": [str, ...]},
      "bootstrap": {"resamples": int, "confidence": float},
      "models": {name: {"kind": "teacher" | "student", "arch": str, "weights": str | null,
                        "stage": str | null, "step": int | null, "init_from": str | null,
                        "auc": {task: float}, "auc_mean": float,
                        "ci": {"mean": [lo, hi] | null, task: [lo, hi] | null, ...},
-                       "probe_c": {task: float}, "params": int, "latency_ms": float,
-                       "speedup": float | null, "delta_vs_teacher": float | null,
+                       "probe_c": {task: float}, "params": int,
+                       "latency_ms": {precision: float}, "speedup": {precision: float},
+                       "resizes_to": [h, w] | null, "delta_vs_teacher": float | null,
                        "roc": {task: {"fpr": [float], "tpr": [float]}}}},
      "degrade": null | {"corruptions": [name, ...], "severities": [int, ...], "seed": int,
                         "models": {model: {corruption: {"<severity>": {
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_json
 
 FORMAT = "vlcd-eval-report"
-VERSION = 2
-"""Version 1 (no ``format`` field) had no ROC points and two spellings of the corruption."""
+VERSION = 3
+"""Version 1 (no ``format`` field) had no ROC points and two spellings of the corruption;
+version 2 had one latency per model, the teacher's timed in its own autocast precision."""
 
 Interval = tuple[float, float]
 
@@ -71,12 +73,17 @@ class ModelResult:
     probe_c: dict[str, float]
     """Inverse regularisation strength picked by cross-validation, per task."""
     params: int
-    latency_ms: float
-    """Median CPU forward time of one batch (see :attr:`EvalReport.latency`)."""
+    latency_ms: dict[str, float]
+    """{precision: median CPU forward time of one batch}, every model timed in each precision
+    alike (see :attr:`EvalReport.latency`)."""
     roc: dict[str, Roc]
     """The probes' ROC curve per task on the test split."""
-    speedup: float | None = None
-    """The teacher's latency over this model's; None when the teacher was not evaluated."""
+    speedup: dict[str, float] = field(default_factory=dict)
+    """{precision: the teacher's latency over this model's, both in that precision}; empty when
+    the teacher was not evaluated."""
+    resizes_to: tuple[int, int] | None = None
+    """(H, W) the model resizes its input to inside (a student trained at another size than
+    :attr:`EvalReport.image_size`; its latency includes the resize); None: it runs as fed."""
     delta_vs_teacher: float | None = None
     """auc_mean minus the teacher's; None when the teacher was not evaluated."""
     weights: str | None = None
@@ -143,6 +150,8 @@ class LatencySetup:
     batch: int
     threads: int
     device: str = "cpu"
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    """The precisions every model was timed in; the first is the one figures plot."""
 
 
 @dataclass
@@ -215,6 +224,7 @@ class EvalReport:
                 "params": r.params,
                 "latency_ms": r.latency_ms,
                 "speedup": r.speedup,
+                "resizes_to": list(r.resizes_to) if r.resizes_to else None,
                 "delta_vs_teacher": r.delta_vs_teacher,
                 "roc": {t: {"fpr": c.fpr, "tpr": c.tpr} for t, c in r.roc.items()},
             }
@@ -252,6 +262,7 @@ class EvalReport:
                 "batch": self.latency.batch,
                 "threads": self.latency.threads,
                 "device": self.latency.device,
+                "precisions": self.latency.precisions,
             },
             "bootstrap": {
                 "resamples": self.bootstrap.resamples,
@@ -280,8 +291,9 @@ class EvalReport:
                 ci={k: _interval(v) for k, v in r["ci"].items()},
                 probe_c=_floats(r["probe_c"]),
                 params=int(r["params"]),
-                latency_ms=float(r["latency_ms"]),
-                speedup=_optional_float(r["speedup"]),
+                latency_ms=_floats(r["latency_ms"]),
+                speedup=_floats(r["speedup"]),
+                resizes_to=_size(r["resizes_to"]),
                 delta_vs_teacher=_optional_float(r["delta_vs_teacher"]),
                 roc={
                     t: Roc([float(v) for v in c["fpr"]], [float(v) for v in c["tpr"]])
@@ -320,6 +332,7 @@ class EvalReport:
                 int(data["latency"]["batch"]),
                 int(data["latency"]["threads"]),
                 str(data["latency"]["device"]),
+                [str(p) for p in data["latency"]["precisions"]],
             ),
             bootstrap=BootstrapSetup(
                 int(data["bootstrap"]["resamples"]), float(data["bootstrap"]["confidence"])
@@ -370,6 +383,13 @@ def _floats(values: dict[str, Any]) -> dict[str, float]:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    h, w = value
+    return int(h), int(w)
 
 
 def _interval(value: Any) -> Interval | None:

@@ -49,17 +49,54 @@ def export_student(
 
 
 def read_student_info(path: str | Path) -> dict[str, Any]:
-    """The build info stored in an exported student file (its safetensors metadata)."""
-    from safetensors import safe_open
+    """The build info and provenance of an exported student, from its ``.safetensors``
+    metadata or from the ``.json`` written beside it (the same dict either way)."""
+    path = Path(path)
+    how = "export one with `vlcd predistill` or `vlcd distill`"
+    if path.suffix == ".json":
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError) as exn:
+            raise ModelError(f"{path}: cannot read the exported student's JSON ({exn})") from exn
+        if not isinstance(info, dict) or info.get("format") != STUDENT_FORMAT:
+            raise ModelError(
+                f'{path} is not the JSON of an exported student (no "format": '
+                f"{STUDENT_FORMAT!r}); pass the {{student}}.json or .safetensors that training "
+                f"wrote into OUT/export/, or {how}"
+            )
+    else:
+        from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != STUDENT_FORMAT:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exn:  # noqa: BLE001 - safetensors raises several types
+            raise ModelError(f"{path}: not a readable safetensors file ({exn})") from exn
+        if meta.get("format") != STUDENT_FORMAT:
+            raise ModelError(f"{path} is not an exported student ({STUDENT_FORMAT}); {how}")
+        info = json.loads(meta["info"])
+    build = info.get("build")
+    if not isinstance(build, dict) or not {"name", "embed_dim", "image_size"} <= set(build):
         raise ModelError(
-            f"{path} is not an exported student ({STUDENT_FORMAT}); export one with "
-            "`vlcd predistill` or `vlcd distill`"
+            f'{path}: exported student without its build info ("build": {{name, embed_dim, '
+            f"image_size}}); {how}"
         )
-    return json.loads(meta["info"])
+    return info
+
+
+def stored_image_size(info: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) an exported student was trained at (its build info), None when it has none."""
+    size = info["build"].get("image_size")
+    return None if size is None else (int(size[0]), int(size[1]))
+
+
+def _is_student(path: Path) -> bool:
+    """True for a file :func:`read_student_info` accepts (not the teacher, not anchors)."""
+    try:
+        read_student_info(path)
+    except ModelError:
+        return False
+    return True
 
 
 def load_exported_student(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -67,21 +104,46 @@ def load_exported_student(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
     info = read_student_info(path)
     build = info["build"]
     student = create_student(
-        build["name"], embed_dim=build["embed_dim"], image_size=build["image_size"]
+        build["name"], embed_dim=int(build["embed_dim"]), image_size=stored_image_size(info)
     )
     load_into(student, load_file(str(path)), source=str(path))
     return student, info
 
 
-def resolve_student_file(init_from: str | Path, name: str) -> Path:
-    """The exported weights of student ``name`` given a file, an export folder or a stage
-    output folder (which holds export/)."""
+def resolve_student_file(init_from: str | Path, name: str | None = None) -> Path:
+    """The exported weights (``.safetensors``) of student ``name`` given that file, the
+    ``.json`` beside it, an export folder or a stage output folder (which holds export/).
+
+    ``name`` may be None when the folder holds exactly one exported student.
+    """
     path = Path(init_from).expanduser()
-    candidates = (
-        [path]
-        if path.is_file()
-        else [path / f"{name}.safetensors", path / "export" / f"{name}.safetensors"]
-    )
+    if path.is_file():
+        if path.suffix != ".json":
+            return path
+        weights = path.with_suffix(".safetensors")
+        if weights.is_file():
+            return weights
+        raise ModelError(
+            f"{path}: no {weights.name} beside it; training writes the two together into "
+            "OUT/export/ (copy both, or pass the .safetensors)"
+        )
+    if name is None:
+        found = sorted(
+            {
+                f.stem
+                for d in (path, path / "export")
+                for f in d.glob("*.safetensors")
+                if _is_student(f)
+            }
+        )
+        if len(found) != 1:
+            raise ModelError(
+                f"{path} holds {'no' if not found else len(found)} exported students"
+                + (f" ({', '.join(found)})" if found else "")
+                + "; name the student (e.g. --student NAME), or pass its .safetensors"
+            )
+        name = found[0]
+    candidates = [path / f"{name}.safetensors", path / "export" / f"{name}.safetensors"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -86,4 +86,5 @@ def _print_verdict(report: EvalReport) -> None:
     for name, r in report.models.items():
         if r.kind == "student":
             delta = r.auc_mean - teacher.auc_mean
-            print(f"  {name}: {r.auc_mean:.3f} ({delta:+.3f} vs teacher, {r.speedup:.1f}x faster)")
+            speed = ", ".join(f"{v:.1f}x faster in {p}" for p, v in r.speedup.items())
+            print(f"  {name}: {r.auc_mean:.3f} ({delta:+.3f} vs teacher, {speed})")

@@ -12,8 +12,10 @@ def eval_table(report: EvalReport) -> Table:
     """Model x task AUC, the mean with its interval, the gap to the teacher, size and speed."""
     tasks = report.tasks
     level = int(round(report.bootstrap.confidence * 100))
-    header = ["model", *tasks, "mean AUC", f"{level}% CI", "Δ vs teacher"]
-    header += ["params (M)", "latency (ms)", "speed-up"]
+    precisions = report.latency.precisions
+    header = ["model", *tasks, "mean AUC", f"{level}% CI", "Δ vs teacher", "params (M)"]
+    for p in precisions:
+        header += [f"latency {p} (ms)", f"speed-up {p}"]
     rows, values = [], []
     for name, r in report.models.items():
         ci = r.ci.get("mean")
@@ -27,14 +29,21 @@ def eval_table(report: EvalReport) -> Table:
                 f"{ci[0]:.3f}–{ci[1]:.3f}" if ci is not None and all(map(finite, ci)) else DASH,
                 DASH if delta is None or r.kind == "teacher" else f"{delta:+.3f}",
                 fmt(r.params / 1e6, 1),
-                fmt(r.latency_ms, 1),
-                f"{r.speedup:.1f}x" if finite(r.speedup) else DASH,
+                *(
+                    cell
+                    for p in precisions
+                    for cell in (fmt(r.latency_ms.get(p), 1), _times(r.speedup.get(p)))
+                ),
             ]
         )
         values.append([None, *aucs, r.auc_mean])
     table = Table(header, rows, numeric=set(range(1, len(header))), code={0})
     table.bold_best(range(1, 2 + len(tasks)), values)
     return table
+
+
+def _times(speedup: float | None) -> str:
+    return f"{speedup:.1f}x" if finite(speedup) else DASH
 
 
 def eval_notes(report: EvalReport) -> str:
@@ -46,12 +55,24 @@ def eval_notes(report: EvalReport) -> str:
         if boot.resamples
         else ""
     )
+    resized = ", ".join(
+        f"{name} to {r.resizes_to[0]}x{r.resizes_to[1]}"
+        for name, r in report.models.items()
+        if r.resizes_to is not None
+    )
     return (
         "Test AUC-ROC of logistic-regression probes on frozen, L2-normalised image features "
         f"({s.train} train / {s.test} test samples, {h}x{w} px){interval}. Latency: median "
-        f"{lat.device.upper()} forward of a batch of {lat.batch} with {lat.threads} thread(s); "
-        "the teacher's is its image tower's. Bold: the best value of each AUC column."
+        f"{lat.device.upper()} forward of a batch of {lat.batch} with {lat.threads} thread(s), "
+        f"every model timed in each precision alike ({_precisions(lat.precisions)}) and each "
+        "speed-up taken within one precision; the teacher's is its image tower's."
+        + (f" Resized inside the model, and timed so: {resized}." if resized else "")
+        + " Bold: the best value of each AUC column."
     )
+
+
+def _precisions(precisions: list[str]) -> str:
+    return ", ".join("fp32" if p == "fp32" else f"{p} under autocast" for p in precisions)
 
 
 def robustness_tables(report: EvalReport) -> list[tuple[str, Table]]:

@@ -214,7 +214,8 @@ def pareto_chart(report: EvalReport) -> Figure:
     """Mean AUC against latency, a point per model with its bootstrap interval; the Pareto front
     as a dashed staircase, its models filled, dominated ones hollow; each point labelled."""
     names = list(report.models)
-    lat = [report.models[n].latency_ms for n in names]
+    precision = report.latency.precisions[0]
+    lat = [report.models[n].latency_ms.get(precision, math.nan) for n in names]
     auc = [report.models[n].auc_mean for n in names]
     front = pareto_front(lat, auc)
     fig = new_figure(8.5, 4.8)
@@ -264,8 +265,8 @@ def pareto_chart(report: EvalReport) -> Figure:
         span = max(0.02, max(highs) - min(lows))
         ax.set_ylim(max(0.0, min(lows) - 0.25 * span), min(1.0, max(highs) + 0.25 * span))
     ax.set_xlabel(
-        f"median {report.latency.device.upper()} latency per forward of {report.latency.batch} "
-        "image(s) (ms)"
+        f"median {report.latency.device.upper()} {precision} latency per forward of "
+        f"{report.latency.batch} image(s) (ms)"
     )
     ax.set_ylabel("mean test AUC")
     ax.set_title("mean test AUC vs latency (up and left is better)", loc="left")

@@ -19,6 +19,7 @@ from the run; only files that exist beside the page are referenced.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,12 @@ def summary_cards(report: EvalReport) -> Cards:
         if r.kind == "student" and teacher is not None and finite(r.delta_vs_teacher):
             d = r.delta_vs_teacher
             facts.append((f"{d:+.3f} vs teacher", "up" if d >= 0 else "down"))  # type: ignore[operator]
-        if finite(r.speedup) and r.kind != "teacher":
-            facts.append((f"{r.speedup:.1f}x faster", ""))
-        if finite(r.latency_ms):
-            facts.append((f"{r.latency_ms:.1f} ms", ""))
+        for precision, ms in r.latency_ms.items():
+            speedup = r.speedup.get(precision)
+            if finite(speedup) and r.kind != "teacher":
+                facts.append((f"{speedup:.1f}x faster in {precision}", ""))
+            if finite(ms):
+                facts.append((f"{ms:.1f} ms {precision}", ""))
         cards.append(Card(name, fmt(r.auc_mean), facts or [(r.kind, "")]))
     return Cards(cards)
 
@@ -105,20 +108,16 @@ def pareto_note(report: EvalReport) -> str:
     from vlcd_dist.reporting.figures import pareto_front
 
     names = list(report.models)
-    front = pareto_front(
-        [report.models[n].latency_ms for n in names], [report.models[n].auc_mean for n in names]
-    )
-    on = sorted(
-        (n for n, f in zip(names, front, strict=True) if f),
-        key=lambda n: report.models[n].latency_ms,
-    )
+    precision = report.latency.precisions[0]
+    lat = {n: report.models[n].latency_ms.get(precision, math.nan) for n in names}
+    front = pareto_front([lat[n] for n in names], [report.models[n].auc_mean for n in names])
+    on = sorted((n for n, f in zip(names, front, strict=True) if f), key=lambda n: lat[n])
     listed = ", ".join(
-        f"{n} ({fmt(report.models[n].auc_mean)} AUC, {fmt(report.models[n].latency_ms, 1)} ms)"
-        for n in on
+        f"{n} ({fmt(report.models[n].auc_mean)} AUC, {fmt(lat[n], 1)} ms)" for n in on
     )
     return (
-        f"On the Pareto front (no other model is both faster and more accurate): {listed}. "
-        "Bars: the bootstrap interval of the mean AUC."
+        f"On the Pareto front of {precision} latency (no other model is both faster and more "
+        f"accurate): {listed}. Bars: the bootstrap interval of the mean AUC."
     )
 
 

@@ -4,8 +4,9 @@ the placenta train and test splits on every rank, and measures with :mod:`vlcd_d
 Per model: features of both splits gathered from all ranks in key order, linear probes per task
 (C by stratified cross-validation on train), test AUC-ROC and ROC curves, a bootstrap interval
 of every task's AUC and of their mean (the same resamples for every task), parameters and CPU
-latency; with ``eval.degrade`` the test split again under each corruption and severity, scored
-by the probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
+latency in each of eval.latency_precisions, every model timed alike (:meth:`Evaluator.latency`);
+with ``eval.degrade`` the test split again under each corruption and severity, scored by the
+probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
 ``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower.
 
 Rank 0 writes config.yaml, the TensorBoard scalars, the files of the renderer the caller
@@ -29,7 +30,7 @@ import torch
 from vlcd_dist.config import TrainConfig, dump_yaml
 from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.evaluation.efficiency import measure_latency
+from vlcd_dist.evaluation.efficiency import latency_by_precision
 from vlcd_dist.evaluation.features import FeatureFn, extract_features
 from vlcd_dist.evaluation.metrics import (
     aucs_by_task,
@@ -76,9 +77,16 @@ class EvalModel:
     kind: str  # "teacher" or "student"
     arch: str
     module: torch.nn.Module
+    """What moves between devices (it holds ``timed``)."""
     features: FeatureFn
+    """The features the probes see (the teacher's under its own autocast, as in training)."""
+    timed: FeatureFn
+    """The plain forward that is timed: every eval.latency_precisions entry is applied to it
+    as to every other model (the teacher's image tower without its own autocast)."""
     params: int
     info: dict[str, Any] = field(default_factory=dict)
+    resizes_to: tuple[int, int] | None = None
+    """The size the model resizes data.image_size batches to inside, if it does."""
 
 
 @dataclass
@@ -136,6 +144,7 @@ class Evaluator:
                     arch=f"{frozen.cfg.image_model} ({frozen.cfg.name})",
                     module=frozen,
                     features=frozen.encode_image,
+                    timed=image,
                     params=sum(p.numel() for p in image.parameters()),
                     info={"weights": frozen.cfg.checkpoint},
                 )
@@ -150,6 +159,7 @@ class Evaluator:
             path = resolve_student_file(source, spec.name)
             student, info = load_exported_student(path)
             student.eval().to(self.device, memory_format=self.backend.memory_format)
+            size = student.image_size
             out.append(
                 EvalModel(
                     name=spec.name,
@@ -157,11 +167,13 @@ class Evaluator:
                     arch=spec.name,
                     module=student,
                     features=student,
+                    timed=student,
                     params=sum(p.numel() for p in student.parameters()),
                     info={
                         "weights": str(path),
                         **{k: info.get(k) for k in ("stage", "step", "init_from")},
                     },
+                    resizes_to=size if size and size != tuple(cfg.data.image_size) else None,
                 )
             )
         return out
@@ -290,6 +302,7 @@ class Evaluator:
         robust: dict[str, dict[str, dict[int, DegradedResult]]] = {}
         zero_shot: dict[str, ZeroShotResult] = {}
         zs_columns = [tasks.index(t) for t in prompts.tasks] if prompts else []
+        latency = self.latency(models)
         for m in models:
             t0 = time.perf_counter()
             scaler = StandardScaler().fit(l2_normalize(train_f[m.name]))
@@ -308,15 +321,6 @@ class Evaluator:
                 if e.bootstrap
                 else {}
             )
-            module = m.module.to("cpu")
-            latency = measure_latency(
-                m.features,
-                (e.latency_batch, 3, h, w),
-                e.latency_iters,
-                e.latency_threads,
-                self.backend.memory_format,
-            )
-            module.to(self.device)
             clean_mean = mean_finite(aucs)
             results[m.name] = ModelResult(
                 kind=m.kind,
@@ -327,8 +331,9 @@ class Evaluator:
                 | {t: _pair(ci.get(str(j))) for j, t in enumerate(tasks)},
                 probe_c={task: float(probes[j].c) for j, task in enumerate(tasks)},
                 params=int(m.params),
-                latency_ms=float(latency),
+                latency_ms={p: ms[m.name] for p, ms in latency.items()},
                 roc=roc,
+                resizes_to=m.resizes_to,
                 **m.info,
             )
             if prompts:
@@ -359,13 +364,18 @@ class Evaluator:
         reference = results.get("teacher")
         if reference is not None:
             for r in results.values():
-                r.speedup = reference.latency_ms / r.latency_ms
+                r.speedup = {p: reference.latency_ms[p] / ms for p, ms in r.latency_ms.items()}
                 r.delta_vs_teacher = r.auc_mean - reference.auc_mean
         report = EvalReport(
             tasks=tasks,
             samples=Samples(train=int(len(train_y)), test=int(len(test_y))),
             image_size=(h, w),
-            latency=LatencySetup(batch=e.latency_batch, threads=e.latency_threads, device="cpu"),
+            latency=LatencySetup(
+                batch=e.latency_batch,
+                threads=e.latency_threads,
+                device="cpu",
+                precisions=list(e.latency_precisions),
+            ),
             bootstrap=BootstrapSetup(resamples=e.bootstrap, confidence=e.confidence),
             models=results,
         )
@@ -385,6 +395,26 @@ class Evaluator:
         self.write(report)
         return report
 
+    def latency(self, models: list[EvalModel]) -> dict[str, dict[str, float]]:
+        """Median CPU latency (ms) of every model in every eval.latency_precisions entry, all
+        timed alike at data.image_size: {precision: {model: ms}}."""
+        e = self.cfg.eval
+        h, w = self.cfg.data.image_size
+        for m in models:
+            m.module.to("cpu")
+        try:
+            return latency_by_precision(
+                {m.name: m.timed for m in models},
+                (e.latency_batch, 3, h, w),
+                e.latency_precisions,
+                e.latency_iters,
+                e.latency_threads,
+                self.backend.memory_format,
+            )
+        finally:
+            for m in models:
+                m.module.to(self.device)
+
     def write(self, report: EvalReport) -> None:
         """config.yaml, the TensorBoard scalars, then report.json, which marks the stage
         finished and so is written last."""
@@ -395,7 +425,7 @@ class Evaluator:
             for name, r in report.models.items():
                 values = {f"eval/{name}/auc_{t}": v for t, v in r.auc.items()}
                 values[f"eval/{name}/auc_mean"] = r.auc_mean
-                values[f"eval/{name}/latency_ms"] = r.latency_ms
+                values.update({f"eval/{name}/latency_ms_{p}": v for p, v in r.latency_ms.items()})
                 zs = report.zero_shot.models.get(name) if report.zero_shot else None
                 if zs is not None:
                     values.update({f"eval/{name}/zero_shot_auc_{t}": v for t, v in zs.auc.items()})
