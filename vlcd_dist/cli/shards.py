@@ -111,7 +111,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--manifest",
         type=Path,
         help="CSV/TSV/JSONL with columns image (path relative to --images), report, optional "
-        "split (train/test) and study_id; every other column is a 0/1 task label",
+        "split (train/test) and study_id; every other column is a 0/1 task label. Every "
+        "photograph is decoded and hashed: one on both sides of the split is refused, copies "
+        "within one split are reported",
     )
     src.add_argument(
         "--synthetic", type=positive_int, metavar="N", help="write N synthetic samples"
@@ -122,8 +124,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--test-fraction",
         type=float,
         default=0.2,
-        help="test share when the manifest has no split column (grouped by study_id, "
-        "stratified by labels)",
+        help="test share when the manifest has no split column (grouped by study_id, and "
+        "by photograph: copies stay on one side; stratified by labels)",
     )
     pla.add_argument(
         "--skip-bad",
@@ -195,6 +197,7 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
         )
         total = args.synthetic
         split_counts = {s: splits.count(s) for s in placenta.SPLITS}
+        copies = []
     else:
         if args.images is None:
             raise VlcdError("--manifest needs --images ROOT, the folder its image paths are under")
@@ -214,6 +217,16 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             raise VlcdError(f"no usable rows in {args.manifest}")
         if not any(r.split for r in rows):
             placenta.split_rows(rows, tasks, args.test_fraction, args.seed)
+        # Copies across the split were refused above (or kept on one side by split_rows).
+        copies = placenta.duplicate_photos(rows)
+        if copies:
+            listing = "\n".join(f"  {line}" for line in placenta.describe_duplicates(copies))
+            print(
+                f"warning: {len(copies)} photograph(s) appear more than once within one split "
+                f"(identical pixels under other file names); all copies are written, so each "
+                f"weighs more than once:\n{listing}",
+                file=sys.stderr,
+            )
         jobs = placenta.manifest_jobs(rows, args.shard_size)
         make_sample = partial(
             placenta.manifest_sample, root=str(args.images), max_side=args.max_side
@@ -235,6 +248,7 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
     info = dict(fingerprint, tasks=tasks, splits=split_counts)
+    info["duplicate_photos"] = [[r.image for r in group] for group in copies]
     return _write(args, jobs, make_sample, total, fingerprint, info)
 
 
