@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlcd_dist.cli.argtypes import positive_int
+from vlcd_dist.cli.argtypes import non_negative_float, positive_int
 from vlcd_dist.errors import VlcdError
 
 if TYPE_CHECKING:
@@ -55,7 +55,15 @@ def _add_writer_options(p: argparse.ArgumentParser, shard_size: int) -> None:
         action="store_true",
         help="delete shards already in --out that came from other settings, and start again",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--progress-every",
+        type=non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (a SLURM log), one progress line every SECONDS "
+        "instead of a bar (0: one per shard)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -205,7 +213,12 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             raise VlcdError(f"manifest not found: {args.manifest}")
         selected = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
         tasks, rows, problems = placenta.read_manifest(
-            args.manifest, args.images, tasks=selected, workers=args.workers
+            args.manifest,
+            args.images,
+            tasks=selected,
+            workers=args.workers,
+            progress=not args.quiet,
+            progress_every_s=args.progress_every,
         )
         if problems and not args.skip_bad:
             listing = "\n".join(f"  {p}" for p in problems)
@@ -274,6 +287,7 @@ def _write(
         overwrite=args.overwrite,
         desc=f"{fingerprint['kind']} shards",
         progress=not args.quiet,
+        progress_every_s=args.progress_every,
     )
     reused = f", {record['reused_shards']} already complete" if record["reused_shards"] else ""
     print(

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
+from ..progress import DEFAULT_EVERY_S, Progress
 from . import synthetic_placenta
 from .natural import encode_jpeg, load_resized, safe_key
 from .writer import SampleError, ShardJob, chunk_jobs
@@ -125,8 +126,12 @@ def read_manifest(
     *,
     tasks: list[str] | None = None,
     workers: int = 1,
+    progress: bool = False,
+    progress_every_s: float = DEFAULT_EVERY_S,
 ) -> tuple[list[str], list[ManifestRow], list[str]]:
     """Read and validate a manifest. Returns (tasks, good rows, problems).
+
+    ``progress`` shows the decoding of the photographs (see :class:`vlcd_dist.progress.Progress`).
 
     Every problem is one line ``"<file> row N, field 'F': what is wrong"``. Problems with the
     manifest as a whole (missing columns, unknown --tasks) raise :class:`ManifestError` at once.
@@ -204,13 +209,24 @@ def read_manifest(
     # Decoding every photograph dominates the time on a large manifest; it runs in parallel.
     paths = [images_root / c.image if c.image else None for _, c in candidates]
     to_check = [p for p in paths if p is not None]
-    if workers > 1 and len(to_check) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            verdicts = dict(
-                zip(to_check, pool.map(inspect_image, to_check, chunksize=16), strict=True)
-            )
-    else:
-        verdicts = {p: inspect_image(p) for p in to_check}
+    with Progress(
+        len(to_check),
+        "checking photographs",
+        unit="img",
+        enabled=progress,
+        every_s=progress_every_s,
+    ) as shown:
+        verdicts = {}
+        if workers > 1 and len(to_check) > 64:
+            with ProcessPoolExecutor(workers) as pool:
+                found = pool.map(inspect_image, to_check, chunksize=16)
+                for path, verdict in zip(to_check, found, strict=True):
+                    verdicts[path] = verdict
+                    shown.update(1)
+        else:
+            for path in to_check:
+                verdicts[path] = inspect_image(path)
+                shown.update(1)
     for (ok, row), path in zip(candidates, paths, strict=True):
         if path is not None:
             trouble, row.pixels = verdicts[path]
