@@ -98,7 +98,8 @@ def _filter(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def _defocus(radius_ref: float) -> Step:
-    """A uniform disc (an out-of-focus lens), anti-aliased so a sub-pixel radius is exact."""
+    """A uniform disc (an out-of-focus lens), weighted by pixel coverage, so the blur grows
+    smoothly with the radius, below a pixel too."""
 
     def step(image: np.ndarray, seed: int) -> np.ndarray:
         radius = radius_ref * _scale(image)
