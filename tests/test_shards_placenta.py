@@ -182,6 +182,106 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
     assert sum(json.loads((out / "sizes.json").read_text()).values()) == 2
 
 
+def _copies(images: Path, names: list[str]) -> tuple[str, str]:
+    """Two copies of photographs under new names: names[1]'s bytes as copy/a.jpg, and
+    names[2] decoded and saved again losslessly as copy/b.png."""
+    (images / "copy").mkdir()
+    (images / "copy" / "a.jpg").write_bytes((images / names[1]).read_bytes())
+    with Image.open(images / names[2]) as img:
+        img.convert("RGB").save(images / "copy" / "b.png")
+    return "copy/a.jpg", "copy/b.png"
+
+
+def test_a_photograph_on_both_sides_of_the_split_is_refused(tmp_path, capsys):
+    images = tmp_path / "images"
+    names = _write_images(images, 6)  # names[1] and names[2] are JPEGs
+    copy_a, copy_b = _copies(images, names)
+    rows = _manifest_rows([*names, copy_a, copy_b])
+    for i, row in enumerate(rows):
+        row["study_id"] = f"study{i}"
+        row["split"] = "test" if i >= 6 else "train"  # both copies (rows 8, 9) in test
+    manifest = tmp_path / "m.csv"
+    _write_csv(manifest, rows)
+    out = tmp_path / "out"
+    cmd = f"shards placenta --manifest {manifest} --images {images} --out {out} --workers 1 --quiet"
+    assert run_cli(cmd) == 2
+    err = capsys.readouterr().err
+    assert "4 problem(s)" in err
+    lines = [ln.strip() for ln in err.splitlines() if "same photograph" in ln]
+    # Each copy's row names the rows and files on the other side (header = row 1).
+    expected = {
+        3: f"as row 8 ('{copy_a}')",
+        4: f"as row 9 ('{copy_b}')",
+        8: f"as row 3 ('{names[1]}')",
+        9: f"as row 4 ('{names[2]}')",
+    }
+    assert len(lines) == 4
+    for row_no, other in expected.items():
+        line = next(ln for ln in lines if f"row {row_no}, field 'image'" in ln)
+        assert other in line and "other split" in line
+    assert not list(out.glob("*.tar"))
+
+    # --skip-bad leaves every copy out, on both sides.
+    assert run_cli(cmd + " --skip-bad") == 0
+    info = json.loads((out / "info.json").read_text())
+    assert info["splits"] == {"train": 4, "test": 0}
+    assert info["duplicate_photos"] == []
+
+
+def test_copies_within_one_split_are_written_and_named(tmp_path, capsys):
+    images = tmp_path / "images"
+    names = _write_images(images, 6)
+    copy_a, copy_b = _copies(images, names)
+    rows = _manifest_rows([*names, copy_a, copy_b])
+    for i, row in enumerate(rows):
+        row["study_id"] = f"study{i}"
+        row["split"] = "train"
+    manifest = tmp_path / "m.csv"
+    _write_csv(manifest, rows)
+    out = tmp_path / "out"
+    cmd = f"shards placenta --manifest {manifest} --images {images} --out {out} --workers 1 --quiet"
+    assert run_cli(cmd) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 photograph(s) appear more than once within one split" in err
+    assert f"train: row 3 ('{names[1]}'), row 8 ('{copy_a}')" in err
+    assert f"train: row 4 ('{names[2]}'), row 9 ('{copy_b}')" in err
+    info = json.loads((out / "info.json").read_text())
+    assert info["duplicate_photos"] == [[names[1], copy_a], [names[2], copy_b]]
+    assert info["splits"] == {"train": 8, "test": 0}
+
+
+def test_automatic_split_keeps_copies_of_a_photograph_on_one_side(tmp_path):
+    images = tmp_path / "images"
+    names = _write_images(images, 24)
+    # Every photograph twice, the copy under another name and in a study of its own.
+    (images / "copy").mkdir()
+    copies = []
+    for i, name in enumerate(names):
+        copy = f"copy/{i}{Path(name).suffix}"
+        (images / copy).write_bytes((images / name).read_bytes())
+        copies.append(copy)
+    rows = _manifest_rows(names + copies)
+    for i, row in enumerate(rows):
+        row["study_id"] = f"study{i}"
+    manifest = tmp_path / "m.csv"
+    _write_csv(manifest, rows)
+    out = tmp_path / "out"
+    assert (
+        run_cli(
+            f"shards placenta --manifest {manifest} --images {images} --out {out} --workers 1 --quiet --test-fraction 0.5"
+        )
+        == 0
+    )
+    side = {}
+    for url in out.glob("*.tar"):
+        for raw in iter_tar(str(url)):
+            meta = json.loads(raw["json"])
+            side[meta["source"]] = meta["split"]
+    assert len(side) == 48
+    assert {side[n] for n in names} == {"train", "test"}  # a real split
+    assert all(side[n] == side[c] for n, c in zip(names, copies, strict=True))
+
+
 def test_manifest_level_errors_are_explained(tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text("img,text,a\nx.jpg,hello,1\n")

@@ -16,6 +16,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A number of at least 0, or an argparse error that says so."""
+    try:
+        value = float(text)
+    except ValueError as exn:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exn
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def degrade_overrides(value: str | None) -> list[str]:
     """The recipe overrides of ``--degrade [CORRUPTIONS]`` (None: the flag was not given; "":
     the recipe's corruptions; "a,b": those)."""

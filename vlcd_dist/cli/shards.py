@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlcd_dist.cli.argtypes import positive_int
+from vlcd_dist.cli.argtypes import non_negative_float, positive_int
 from vlcd_dist.errors import VlcdError
 
 if TYPE_CHECKING:
@@ -55,7 +55,15 @@ def _add_writer_options(p: argparse.ArgumentParser, shard_size: int) -> None:
         action="store_true",
         help="delete shards already in --out that came from other settings, and start again",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--progress-every",
+        type=non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (a SLURM log), one progress line every SECONDS "
+        "instead of a bar (0: one per shard)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +119,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--manifest",
         type=Path,
         help="CSV/TSV/JSONL with columns image (path relative to --images), report, optional "
-        "split (train/test) and study_id; every other column is a 0/1 task label",
+        "split (train/test) and study_id; every other column is a 0/1 task label. Every "
+        "photograph is decoded and hashed: one on both sides of the split is refused, copies "
+        "within one split are reported",
     )
     src.add_argument(
         "--synthetic", type=positive_int, metavar="N", help="write N synthetic samples"
@@ -122,8 +132,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--test-fraction",
         type=float,
         default=0.2,
-        help="test share when the manifest has no split column (grouped by study_id, "
-        "stratified by labels)",
+        help="test share when the manifest has no split column (grouped by study_id, and "
+        "by photograph: copies stay on one side; stratified by labels)",
     )
     pla.add_argument(
         "--skip-bad",
@@ -195,6 +205,7 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
         )
         total = args.synthetic
         split_counts = {s: splits.count(s) for s in placenta.SPLITS}
+        copies = []
     else:
         if args.images is None:
             raise VlcdError("--manifest needs --images ROOT, the folder its image paths are under")
@@ -202,7 +213,12 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             raise VlcdError(f"manifest not found: {args.manifest}")
         selected = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
         tasks, rows, problems = placenta.read_manifest(
-            args.manifest, args.images, tasks=selected, workers=args.workers
+            args.manifest,
+            args.images,
+            tasks=selected,
+            workers=args.workers,
+            progress=not args.quiet,
+            progress_every_s=args.progress_every,
         )
         if problems and not args.skip_bad:
             listing = "\n".join(f"  {p}" for p in problems)
@@ -214,6 +230,16 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             raise VlcdError(f"no usable rows in {args.manifest}")
         if not any(r.split for r in rows):
             placenta.split_rows(rows, tasks, args.test_fraction, args.seed)
+        # Copies across the split were refused above (or kept on one side by split_rows).
+        copies = placenta.duplicate_photos(rows)
+        if copies:
+            listing = "\n".join(f"  {line}" for line in placenta.describe_duplicates(copies))
+            print(
+                f"warning: {len(copies)} photograph(s) appear more than once within one split "
+                f"(identical pixels under other file names); all copies are written, so each "
+                f"weighs more than once:\n{listing}",
+                file=sys.stderr,
+            )
         jobs = placenta.manifest_jobs(rows, args.shard_size)
         make_sample = partial(
             placenta.manifest_sample, root=str(args.images), max_side=args.max_side
@@ -235,6 +261,7 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
     info = dict(fingerprint, tasks=tasks, splits=split_counts)
+    info["duplicate_photos"] = [[r.image for r in group] for group in copies]
     return _write(args, jobs, make_sample, total, fingerprint, info)
 
 
@@ -260,6 +287,7 @@ def _write(
         overwrite=args.overwrite,
         desc=f"{fingerprint['kind']} shards",
         progress=not args.quiet,
+        progress_every_s=args.progress_every,
     )
     reused = f", {record['reused_shards']} already complete" if record["reused_shards"] else ""
     print(

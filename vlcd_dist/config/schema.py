@@ -241,7 +241,9 @@ class LoggingConfig:
     tensorboard: bool = True
     """Write TensorBoard event files under OUT/tb."""
     progress: bool = True
-    """Show a progress bar on rank 0."""
+    """Show progress on rank 0: a bar in a terminal, else a line every progress_every_s."""
+    progress_every_s: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (a SLURM log; 0: each step)."""
 
 
 @dataclass
@@ -447,6 +449,8 @@ class TrainConfig:
         _check(
             self.logging.every_steps >= 1, "logging.every_steps", self.logging.every_steps, ">= 1"
         )
+        every_s = self.logging.progress_every_s
+        _check(every_s >= 0, "logging.progress_every_s", every_s, ">= 0 seconds")
         e = self.eval
         _check(e.cv_folds >= 2, "eval.cv_folds", e.cv_folds, ">= 2")
         _check(

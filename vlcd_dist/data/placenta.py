@@ -7,11 +7,17 @@ A sample holds ``__key__``, ``jpg`` (the photograph), ``txt`` (the report) and `
 Train and test go to separate shard files (``placenta-train-000000.tar``,
 ``placenta-test-000000.tar``) so each split's size is known from ``sizes.json`` without reading.
 Task names come from the manifest's columns; nothing here knows the placenta tasks.
+
+Every manifest photograph is decoded in full and its pixels hashed (:func:`inspect_image`), so
+the same photograph under two file names, or re-saved losslessly in another format, is known: a
+photograph on both sides of the split is refused (it would leak test images into training),
+the automatic split keeps copies on one side, and copies within one side are reported.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -21,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import DataError
+from ..progress import DEFAULT_EVERY_S, Progress
 from . import synthetic_placenta
 from .natural import encode_jpeg, load_resized, safe_key
 from .writer import SampleError, ShardJob, chunk_jobs
@@ -43,6 +50,7 @@ class ManifestRow:
     split: str
     study_id: str
     key: str = ""
+    pixels: str = ""  # hash of the decoded photograph (see inspect_image)
 
 
 class ManifestError(DataError):
@@ -93,17 +101,23 @@ def _parse_label(value) -> int | None:
     return None
 
 
-def check_image(path: Path) -> str | None:
-    """None when ``path`` decodes as an image, else what is wrong with it."""
+def inspect_image(path: Path) -> tuple[str | None, str]:
+    """(what is wrong with ``path`` or None, a hash of its decoded pixels or "").
+
+    The hash covers the photograph as it is shown: decoded in full, turned upright by its EXIF
+    orientation, as RGB, with its size. Two files hash alike exactly when they show the same
+    pixels, whatever their names, formats (a PNG of a decoded JPEG) or metadata.
+    """
     if not path.is_file():
-        return f"file not found: {path}"
+        return f"file not found: {path}", ""
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (64, 64))  # decodes every block, at 1/8 scale: fast, still thorough
-            img.load()
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exn:
-        return f"unreadable image {path}: {exn}"
-    return None
+        return f"unreadable image {path}: {exn}", ""
+    digest = hashlib.blake2b(f"{rgb.width}x{rgb.height}:".encode(), digest_size=16)
+    digest.update(rgb.tobytes())
+    return None, digest.hexdigest()
 
 
 def read_manifest(
@@ -112,8 +126,12 @@ def read_manifest(
     *,
     tasks: list[str] | None = None,
     workers: int = 1,
+    progress: bool = False,
+    progress_every_s: float = DEFAULT_EVERY_S,
 ) -> tuple[list[str], list[ManifestRow], list[str]]:
     """Read and validate a manifest. Returns (tasks, good rows, problems).
+
+    ``progress`` shows the decoding of the photographs (see :class:`vlcd_dist.progress.Progress`).
 
     Every problem is one line ``"<file> row N, field 'F': what is wrong"``. Problems with the
     manifest as a whole (missing columns, unknown --tasks) raise :class:`ManifestError` at once.
@@ -188,24 +206,54 @@ def read_manifest(
         study = str(rec.get("study_id") or "").strip() or f"image:{image}"
         candidates.append((ok, ManifestRow(row_no, image, report, labels, split, study)))
 
-    # Image checks dominate the time on a large manifest; they run in parallel.
+    # Decoding every photograph dominates the time on a large manifest; it runs in parallel.
     paths = [images_root / c.image if c.image else None for _, c in candidates]
     to_check = [p for p in paths if p is not None]
-    if workers > 1 and len(to_check) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            verdicts = dict(
-                zip(to_check, pool.map(check_image, to_check, chunksize=64), strict=True)
-            )
-    else:
-        verdicts = {p: check_image(p) for p in to_check}
+    with Progress(
+        len(to_check),
+        "checking photographs",
+        unit="img",
+        enabled=progress,
+        every_s=progress_every_s,
+    ) as shown:
+        verdicts = {}
+        if workers > 1 and len(to_check) > 64:
+            with ProcessPoolExecutor(workers) as pool:
+                found = pool.map(inspect_image, to_check, chunksize=16)
+                for path, verdict in zip(to_check, found, strict=True):
+                    verdicts[path] = verdict
+                    shown.update(1)
+        else:
+            for path in to_check:
+                verdicts[path] = inspect_image(path)
+                shown.update(1)
     for (ok, row), path in zip(candidates, paths, strict=True):
-        if path is not None and verdicts[path] is not None:
-            problem(row.row, "image", verdicts[path])
-            ok = False
+        if path is not None:
+            trouble, row.pixels = verdicts[path]
+            if trouble is not None:
+                problem(row.row, "image", trouble)
+                ok = False
         if ok:
             rows.append(row)
 
     if has_split:
+        # The same photograph on both sides: every copy is a problem, naming the other side's.
+        leaked_photos = set()
+        for group in duplicate_photos(rows):
+            if len({r.split for r in group}) > 1:
+                leaked_photos.add(group[0].pixels)
+                for r in group:
+                    others = ", ".join(
+                        f"row {o.row} ({o.image!r})" for o in group if o.split != r.split
+                    )
+                    problem(
+                        r.row,
+                        "image",
+                        f"{r.image!r} ({r.split}) shows the same photograph (identical pixels) "
+                        f"as {others} in the other split; a photograph on both sides leaks test "
+                        "images into training: keep its copies in one split",
+                    )
+        rows = [r for r in rows if r.pixels not in leaked_photos]
         sides = defaultdict(set)
         for r in rows:
             sides[r.study_id].add(r.split)
@@ -216,6 +264,24 @@ def read_manifest(
         rows = [r for r in rows if r.study_id not in leaked]
     _assign_keys(rows)
     return chosen, rows, [text for _, text in sorted(problems, key=lambda p: p[0])]
+
+
+def duplicate_photos(rows: list[ManifestRow]) -> list[list[ManifestRow]]:
+    """Groups of two or more rows showing the same photograph (same decoded pixels), in row
+    order; rows without a hash are never grouped."""
+    by_pixels: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in rows:
+        if r.pixels:
+            by_pixels[r.pixels].append(r)
+    return sorted((g for g in by_pixels.values() if len(g) > 1), key=lambda g: g[0].row)
+
+
+def describe_duplicates(groups: list[list[ManifestRow]]) -> list[str]:
+    """One line per group of copies, for the console: ``train: row 3 ('a.jpg'), row 9 (...)``."""
+    return [
+        f"{group[0].split or '?'}: " + ", ".join(f"row {r.row} ({r.image!r})" for r in group)
+        for group in groups
+    ]
 
 
 def _assign_keys(rows: list[ManifestRow]) -> None:
@@ -252,17 +318,35 @@ def assign_split(groups: dict[str, list[int]], fraction: float, seed: int) -> se
 
 
 def split_rows(rows: list[ManifestRow], tasks: list[str], fraction: float, seed: int) -> None:
-    """Fill in ``split`` for rows that lack one, grouped by study and stratified by labels."""
+    """Fill in ``split`` for rows that lack one, grouped by study and stratified by labels.
+
+    Studies that share a photograph (identical pixels) form one group, so copies of a
+    photograph never end up on both sides.
+    """
+    # Union-find over studies, joined by shared photographs; a group is named by its smallest
+    # study id, so a manifest without copies splits exactly as its studies alone would.
+    parent = {r.study_id: r.study_id for r in rows}
+
+    def root(study: str) -> str:
+        while parent[study] != study:
+            parent[study] = parent[parent[study]]
+            study = parent[study]
+        return study
+
+    for group in duplicate_photos(rows):
+        for r in group[1:]:
+            a, b = root(group[0].study_id), root(r.study_id)
+            parent[max(a, b)] = min(a, b)
     groups: dict[str, list[int]] = {}
     for r in rows:
         vec = [r.labels[t] for t in tasks]
-        prev = groups.get(r.study_id)
-        groups[r.study_id] = (
+        prev = groups.get(root(r.study_id))
+        groups[root(r.study_id)] = (
             vec if prev is None else [max(a, b) for a, b in zip(prev, vec, strict=True)]
         )
     test = assign_split(groups, fraction, seed)
     for r in rows:
-        r.split = "test" if r.study_id in test else "train"
+        r.split = "test" if root(r.study_id) in test else "train"
 
 
 def manifest_sample(row: ManifestRow, root: str, max_side: int) -> dict:
@@ -320,6 +404,9 @@ __all__ = [
     "ManifestRow",
     "SampleError",
     "assign_split",
+    "describe_duplicates",
+    "duplicate_photos",
+    "inspect_image",
     "manifest_jobs",
     "manifest_sample",
     "read_manifest",

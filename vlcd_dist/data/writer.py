@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from tqdm import tqdm
 
 from ..errors import DataError
 from ..io import fsync_dir, fsync_file, write_json
+from ..progress import DEFAULT_EVERY_S, Progress
 
 PLAN_FILE = ".vlcd-plan.json"
 SIZES_FILE = "sizes.json"
@@ -157,11 +157,13 @@ def write_shards(
     overwrite: bool = False,
     desc: str = "writing shards",
     progress: bool = True,
+    progress_every_s: float = DEFAULT_EVERY_S,
 ) -> dict[str, Any]:
     """Write every job's shard into ``out_dir`` and return the shard set's ``info`` record.
 
     make_sample must be picklable (a top-level function or a ``functools.partial`` of one) when
-    ``workers > 1``. ``total`` is the number of items, for the progress bar. Items that raise
+    ``workers > 1``. ``total`` is the number of items, for the progress display (a bar in a
+    terminal, else a line every ``progress_every_s`` seconds). Items that raise
     :class:`SampleError` are left out and listed in ``info["skipped"]``.
     """
     out = Path(out_dir)
@@ -169,15 +171,14 @@ def write_shards(
     _check_plan(out, fingerprint, overwrite)
     started = time.time()
     results: list[ShardResult] = []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     task = partial(write_one_shard, out_dir=str(out), make_sample=make_sample)
-    if workers <= 1:
-        for job in jobs:
-            results.append(task(job))
-            bar.update(len(job.items))
-    else:
-        results = _run_pool(task, iter(jobs), workers, bar)
-    bar.close()
+    with Progress(total, desc, unit="img", enabled=progress, every_s=progress_every_s) as shown:
+        if workers <= 1:
+            for job in jobs:
+                results.append(task(job))
+                shown.update(len(job.items))
+        else:
+            results = _run_pool(task, iter(jobs), workers, shown)
 
     results.sort(key=lambda r: r.name)
     sizes = {r.name: r.count for r in results}
@@ -195,7 +196,7 @@ def write_shards(
     return record
 
 
-def _run_pool(task, jobs: Iterator[ShardJob], workers: int, bar: tqdm) -> list[ShardResult]:
+def _run_pool(task, jobs: Iterator[ShardJob], workers: int, shown: Progress) -> list[ShardResult]:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn" if os.name != "posix" else "fork")
@@ -220,8 +221,8 @@ def _run_pool(task, jobs: Iterator[ShardJob], workers: int, bar: tqdm) -> list[S
             done, in_flight = wait(in_flight, timeout=0.25, return_when=FIRST_COMPLETED)
             for future in done:
                 results.append(future.result())
-            bar.update(counter.value - bar.n)
-    bar.update(counter.value - bar.n)
+            shown.advance_to(counter.value)
+    shown.advance_to(counter.value)
     return results
 
 

@@ -1,4 +1,5 @@
-"""TensorBoard and console output of the trainers; only rank 0 writes anything.
+"""TensorBoard and console output of the trainers; only rank 0 writes anything (the progress
+display is :mod:`vlcd_dist.progress`, shared with shard writing).
 
 Tags: every trained model has its own namespace (``<student>/loss``, ``<student>/lr``, ...);
 throughput lives under ``perf/``, skipped-sample counts under ``data/``, evaluation under
@@ -11,7 +12,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -105,35 +105,6 @@ class TBLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-class Progress:
-    """A rank-0 tqdm bar with loss and images/s; silent elsewhere or when disabled."""
-
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
-        self.bar: Any = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                initial=initial,
-                desc=desc,
-                unit="step",
-                dynamic_ncols=True,
-                file=sys.stdout,
-            )
-
-    def update(self, n: int, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 class Meter:

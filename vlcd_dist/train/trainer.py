@@ -25,6 +25,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ from vlcd_dist.data.stream import SKIP_KINDS, ShardLoader
 from vlcd_dist.distributed import is_collective_failure
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_text
+from vlcd_dist.progress import Progress
 from vlcd_dist.train.backend import Backend, Trainee, configure_threads
 from vlcd_dist.train.backends import create_backend
 from vlcd_dist.train.checkpoint import Checkpointer, TrainState
-from vlcd_dist.train.logging import Progress, TBLogger, setup_console_logging
+from vlcd_dist.train.logging import TBLogger, setup_console_logging
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
 from vlcd_dist.train.preemption import Preemption
 from vlcd_dist.train.preflight import check_stage_inputs
@@ -295,7 +297,11 @@ class Trainer(ABC):
         log_every = cfg.logging.every_steps
         ckpt_every = cfg.checkpoint.every_steps
         progress = Progress(
-            total, self.state.step, self.stage, cfg.logging.progress and backend.is_main
+            total,
+            self.stage,
+            initial=self.state.step,
+            enabled=cfg.logging.progress and backend.is_main,
+            every_s=cfg.logging.progress_every_s,
         )
         for trainee in self.trainees:
             trainee.model.train()
@@ -305,7 +311,7 @@ class Trainer(ABC):
         steps_in_interval = 0
         images_in_interval = 0
         batches = self._batches()
-        speed: float | None = None  # images/s on the progress bar (smoothed)
+        speed: float | None = None  # images/s on the progress display (smoothed)
         try:
             while self.state.step < total:
                 t0 = time.perf_counter()
@@ -332,12 +338,12 @@ class Trainer(ABC):
                     interval_start = time.perf_counter()
                     data_time = 0.0
                     steps_in_interval = images_in_interval = 0
-                if progress.bar is not None:
+                if progress.enabled:
                     step_s = time.perf_counter() - t0
                     rate = images * backend.world_size / max(step_s, 1e-9)
                     speed = rate if speed is None else 0.8 * speed + 0.2 * rate
-                    postfix = {name[:12]: f"{p['loss'].item():.3f}" for name, p in parts.items()}
-                    progress.update(1, **postfix, **{"img/s": f"{speed:.1f}"})
+                    # Read only when shown: a loss read off the GPU waits for the step.
+                    progress.update(1, partial(_shown_losses, parts, speed))
                 if self.preemption.agreed and self.state.step < total:
                     logger.warning(
                         "%s: preemption signal; checkpointing step %d and stopping",
@@ -509,6 +515,14 @@ class Trainer(ABC):
             **self.summary(),
         }
         write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+
+
+def _shown_losses(parts: dict[str, dict[str, torch.Tensor]], speed: float) -> dict[str, str]:
+    """What the progress display shows: each trainee's loss under its whole name (students may
+    share a prefix: efficientnet_b0 and efficientformer_l1), then images/s."""
+    shown = {name: f"{p['loss'].item():.3f}" for name, p in parts.items()}
+    shown["img/s"] = f"{speed:.1f}"
+    return shown
 
 
 def _tag(part: str) -> str:
