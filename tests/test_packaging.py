@@ -5,6 +5,7 @@ state ranges (a cluster keeps its torch) while make installs the tested versions
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -82,6 +83,8 @@ def test_wheel_ships_the_recipes_and_resolves_them_from_another_folder(tmp_path)
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # Nothing may point the fresh environment back at a source tree.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = (
         "import json, vlcd_dist; from vlcd_dist.config import load_config, resolve_recipe, "
         "to_dict; p = resolve_recipe('demo'); "
@@ -89,7 +92,12 @@ def test_wheel_ships_the_recipes_and_resolves_them_from_another_folder(tmp_path)
         "'cfg': to_dict(load_config('demo'))}))"
     )
     out = subprocess.run(
-        [str(python), "-c", probe], cwd=elsewhere, capture_output=True, text=True, check=True
+        [str(python), "-c", probe],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     got = json.loads(out.stdout)
     assert Path(got["package"]).is_relative_to(site)
@@ -99,7 +107,7 @@ def test_wheel_ships_the_recipes_and_resolves_them_from_another_folder(tmp_path)
     )
     # The vlcd command of the wheel names the recipe's own (missing) data folder, i.e. it read it.
     cmd = [str(venv / "bin" / "vlcd"), "train-teacher", "--config", "demo", "--out", "x"]
-    run = subprocess.run(cmd, cwd=elsewhere, capture_output=True, text=True)
+    run = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert run.returncode == 2, run.stderr
     assert "data.placenta='shards/demo/placenta': no such folder" in run.stderr
     assert not (elsewhere / "x").exists()
