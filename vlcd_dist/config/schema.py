@@ -14,6 +14,7 @@ from vlcd_dist.losses import LossConfig
 MIXED_PRECISION = ("no", "bf16", "fp16")
 BACKENDS = ("accelerate", "deepspeed")
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
+TEXT_FEATURES = ("sentence_mean", "report")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +112,8 @@ class TeacherSection:
     text_pooling: str | None = None
     """"cls" or "mean"; None: preset's."""
     max_text_length: int | None = None
-    """Tokens kept per report; None: preset's."""
+    """Tokens kept per text (sentence or report; truncations are counted); None: preset's
+    (the presets: the most the text model takes)."""
     embed_dim: int | None = None
     """d, shared with every student; None: preset's."""
     checkpoint: str | None = None
@@ -198,8 +200,12 @@ class TeacherStageConfig(StageConfig):
 
     lock_text: bool = False
     """Freeze the text encoder (its projection still trains), as open_clip's --lock-text."""
+    text_feature: str = "sentence_mean"
+    """A report's text feature in the CLIP loss: "sentence_mean" (mean of its sentences'
+    embeddings, as the text anchors; with lock_text the encoder runs once per sentence before
+    training, not every step) or "report" (the whole report, cut at teacher.max_text_length)."""
     anchor_batch_size: int = 128
-    """Sentences per text-tower batch when building the anchor cache."""
+    """Sentences per text-tower batch when building the anchor cache (and locked text states)."""
 
 
 @dataclass
@@ -383,6 +389,18 @@ class TrainConfig:
             "run.threads",
             self.run.threads,
             "null or >= 1",
+        )
+        _check(
+            self.train_teacher.text_feature in TEXT_FEATURES,
+            "train_teacher.text_feature",
+            self.train_teacher.text_feature,
+            f"one of {TEXT_FEATURES}",
+        )
+        _check(
+            self.train_teacher.anchor_batch_size >= 1,
+            "train_teacher.anchor_batch_size",
+            self.train_teacher.anchor_batch_size,
+            ">= 1",
         )
         _check(
             self.teacher.autocast_dtype in AUTOCAST_DTYPES,
