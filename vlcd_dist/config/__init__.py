@@ -41,6 +41,7 @@ from vlcd_dist.config.schema import (
     TeacherSection,
     TeacherStageConfig,
     TrainConfig,
+    ZeroShotPrompt,
 )
 from vlcd_dist.errors import ConfigError
 
@@ -64,6 +65,7 @@ __all__ = [
     "TeacherSection",
     "TeacherStageConfig",
     "TrainConfig",
+    "ZeroShotPrompt",
     "apply_override",
     "dump_yaml",
     "field_docs",

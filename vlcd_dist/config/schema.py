@@ -281,6 +281,59 @@ class DegradeConfig:
 
 
 @dataclass
+class ZeroShotPrompt:
+    """The prompts of one zero-shot task; each side's embeddings are averaged (CLIP's prompt
+    ensembling). A recipe may also give the pair [positive prompt, negative prompt]."""
+
+    positive: list[str] = field(default_factory=list)
+    """Prompts of the finding present, e.g. ["meconium staining of the membranes", ...]."""
+    negative: list[str] = field(default_factory=list)
+    """Prompts of it absent, worded as a report says it ("membranes without discolouration")."""
+
+    def __post_init__(self) -> None:
+        for side in ("positive", "negative"):
+            value = getattr(self, side)
+            prompts = [value] if isinstance(value, str) else value
+            ok = (
+                isinstance(prompts, (list, tuple))
+                and bool(prompts)
+                and all(isinstance(p, str) and p.strip() for p in prompts)
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{side}={value!r}: expected one or more non-empty prompts, e.g. "
+                    f"{_PROMPT_EXAMPLE[side]!r}"
+                )
+            setattr(self, side, [str(p) for p in prompts])
+
+
+_PROMPT_EXAMPLE = {
+    "positive": ["meconium staining of the membranes", "green-brown membranes"],
+    "negative": ["membranes without discolouration", "thin, translucent membranes"],
+}
+
+
+def _zero_shot_prompt(task: str, value: object) -> ZeroShotPrompt:
+    """A recipe's prompts of one task: a ZeroShotPrompt, its mapping, or the pair
+    [positive, negative] of earlier recipes."""
+    if isinstance(value, ZeroShotPrompt):
+        return value
+    try:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"positive", "negative"})
+            if not unknown:
+                return ZeroShotPrompt(**value)
+        elif isinstance(value, (list, tuple)) and len(value) == 2:
+            return ZeroShotPrompt(positive=[value[0]], negative=[value[1]])
+    except ConfigError as exn:
+        raise ConfigError(f"zero_shot_prompts.{task}.{exn}") from exn
+    raise ConfigError(
+        f"zero_shot_prompts.{task}={value!r}: expected {{positive: [prompt, ...], negative: "
+        "[prompt, ...]}, or the pair [positive prompt, negative prompt]"
+    )
+
+
+@dataclass
 class EvalConfig:
     """Linear probes, bootstrap intervals and latency of the teacher and every student."""
 
@@ -304,28 +357,17 @@ class EvalConfig:
     """CPU threads while timing."""
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     """Robustness study: probes trained on clean features, applied to corrupted test images."""
-    zero_shot_prompts: dict[str, list[str]] = field(default_factory=dict)
-    """{task: [positive prompt, negative prompt]}: zero-shot AUCs via the teacher's text tower."""
+    zero_shot_prompts: dict[str, ZeroShotPrompt | list[str]] = field(default_factory=dict)
+    """{task: {positive: [...], negative: [...]}} (or [positive, negative]): zero-shot AUCs."""
 
     def __post_init__(self) -> None:
         prompts = {} if self.zero_shot_prompts is None else self.zero_shot_prompts
         if not isinstance(prompts, dict):
             raise ConfigError(
                 f"zero_shot_prompts={prompts!r}: expected a mapping "
-                "{task: [positive prompt, negative prompt]}"
+                "{task: {positive: [prompt, ...], negative: [prompt, ...]}}"
             )
-        for task, pair in prompts.items():
-            ok = (
-                isinstance(pair, (list, tuple))
-                and len(pair) == 2
-                and all(isinstance(p, str) and p.strip() for p in pair)
-            )
-            if not ok:
-                raise ConfigError(
-                    f"zero_shot_prompts.{task}={pair!r}: expected [positive prompt, negative "
-                    'prompt], e.g. ["meconium staining of the membranes", "no meconium"]'
-                )
-        self.zero_shot_prompts = {str(t): [str(p) for p in pair] for t, pair in prompts.items()}
+        self.zero_shot_prompts = {str(t): _zero_shot_prompt(t, v) for t, v in prompts.items()}
 
 
 @dataclass

@@ -25,7 +25,8 @@ test samples)::
                         "models": {model: {corruption: {"<severity>": {
                             "auc": {task: float}, "auc_mean": float, "drop": float,
                             "zero_shot": null | {"auc": {task: float}, "auc_mean": float}}}}}},
-     "zero_shot": null | {"tasks": [task, ...], "prompts": {task: [positive, negative]},
+     "zero_shot": null | {"tasks": [task, ...],
+                          "prompts": {task: {"positive": [str, ...], "negative": [str, ...]}},
                           "models": {model: {"auc": {task: float}, "auc_mean": float}}}}
 """
 
@@ -41,8 +42,11 @@ from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_json
 
 FORMAT = "vlcd-eval-report"
-VERSION = 2
-"""Version 1 (no ``format`` field) had no ROC points and two spellings of the corruption."""
+VERSION = 3
+"""Version 1 (no ``format`` field) had no ROC points and two spellings of the corruption;
+version 2 had one prompt per side (``"prompts": {task: [positive, negative]}``) and is still
+read."""
+READABLE_VERSIONS = (2, 3)
 
 Interval = tuple[float, float]
 
@@ -127,8 +131,8 @@ class ZeroShot:
     """Zero-shot scoring with the teacher's text tower: the prompts and each model's AUCs."""
 
     tasks: list[str]
-    prompts: dict[str, tuple[str, str]]
-    """task -> (positive prompt, negative prompt)."""
+    prompts: dict[str, tuple[list[str], list[str]]]
+    """task -> (positive prompts, negative prompts); each side's embeddings were ensembled."""
     models: dict[str, ZeroShotResult]
 
 
@@ -239,7 +243,10 @@ class EvalReport:
             z = self.zero_shot
             zero_shot = {
                 "tasks": z.tasks,
-                "prompts": {t: list(p) for t, p in z.prompts.items()},
+                "prompts": {
+                    t: {"positive": list(pos), "negative": list(neg)}
+                    for t, (pos, neg) in z.prompts.items()
+                },
                 "models": {m: _zero_shot_json(r) for m, r in z.models.items()},
             }
         return {
@@ -308,7 +315,7 @@ class EvalReport:
             z = data["zero_shot"]
             zero_shot = ZeroShot(
                 tasks=[str(t) for t in z["tasks"]],
-                prompts={t: (str(p[0]), str(p[1])) for t, p in z["prompts"].items()},
+                prompts={t: _prompts(p) for t, p in z["prompts"].items()},
                 models={m: _zero_shot(r) for m, r in z["models"].items()},
             )
         h, w = data["image_size"]
@@ -353,10 +360,10 @@ class EvalReport:
                 f"{path}: not an eval report of this version (no format {FORMAT!r}; an older "
                 f"vlcd eval wrote it without ROC points); {rerun}"
             )
-        if data.get("version") != VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise VlcdError(
-                f"{path}: eval report version {data.get('version')!r}, this vlcd reads version "
-                f"{VERSION}; {rerun}"
+                f"{path}: eval report version {data.get('version')!r}, this vlcd reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; {rerun}"
             )
         try:
             return cls.from_json(data)
@@ -377,6 +384,14 @@ def _interval(value: Any) -> Interval | None:
         return None
     lo, hi = value
     return float(lo), float(hi)
+
+
+def _prompts(value: Any) -> tuple[list[str], list[str]]:
+    """A task's prompts: {"positive": [...], "negative": [...]}, or version 2's pair."""
+    if isinstance(value, dict):
+        return [str(p) for p in value["positive"]], [str(p) for p in value["negative"]]
+    pos, neg = value
+    return [str(pos)], [str(neg)]
 
 
 def _zero_shot_json(r: ZeroShotResult) -> dict[str, Any]:
