@@ -165,15 +165,14 @@ class TextTower(nn.Module):
         if max_length is not None and max_length > limit:
             raise ModelError(
                 f"text max_length={max_length}: {model_name_or_path} takes at most {limit} "
-                "tokens (its position embeddings); lower it, or leave it unset for the maximum"
+                "tokens (its maximum sequence length); lower it, or leave it unset for the maximum"
             )
         self.max_length = limit if max_length is None else int(max_length)
         self.truncated = 0
         """Texts :meth:`tokenize` has cut at max_length so far (a text tokenized twice counts
         twice)."""
-        hidden = int(self.encoder.config.hidden_size)
-        self.proj = nn.Linear(hidden, embed_dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=hidden**-0.5)
+        self.proj = nn.Linear(self.hidden_size, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=self.hidden_size**-0.5)
 
     @property
     def hidden_size(self) -> int:
