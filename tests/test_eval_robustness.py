@@ -22,13 +22,27 @@ from vlcd_dist.data.stream import ShardLoader, StreamConfig
 from vlcd_dist.data.synthetic_placenta import make_sample
 from vlcd_dist.evaluation.metrics import auc_roc
 from vlcd_dist.evaluation.robustness import DegradedShardLoader, image_seed
-from vlcd_dist.evaluation.zeroshot import prompt_tasks, zero_shot_scores
+from vlcd_dist.evaluation.zeroshot import ensemble_prompts, prompt_tasks, zero_shot_scores
 
 # Two synthetic findings under names no code knows.
 RENAMED = {"meconium": "green_membranes", "chorioamnionitis": "cloudy_plate"}
 PROMPTS = {
-    "green_membranes": ["meconium staining of the membranes", "no meconium staining"],
-    "cloudy_plate": ["acute chorioamnionitis", "no chorioamnionitis"],
+    # Several prompts a side (ensembled), and an earlier recipe's [positive, negative] pair.
+    "green_membranes": {
+        "positive": [
+            "meconium staining of the membranes",
+            "green discolouration, e.g. of the plate",
+        ],
+        "negative": ["membranes without discolouration", "membranes of normal colour"],
+    },
+    "cloudy_plate": ["acute chorioamnionitis", "a shiny, transparent fetal surface"],
+}
+AS_REPORTED = {
+    "green_membranes": PROMPTS["green_membranes"],
+    "cloudy_plate": {
+        "positive": ["acute chorioamnionitis"],
+        "negative": ["a shiny, transparent fetal surface"],
+    },
 }
 MODELS = ["teacher", *STUDENTS]
 
@@ -55,6 +69,23 @@ def test_zero_shot_score_is_cosine_difference_and_ranks_known_features() -> None
     assert both.shape == (15, 2)
     np.testing.assert_allclose(both[:, 0], zero_shot_scores(feats, pos, neg))
     np.testing.assert_allclose(both[:, 1], -both[:, 0])
+
+
+def test_prompt_ensemble_is_the_mean_direction_of_its_prompts() -> None:
+    # Each prompt counts by its direction only, whatever its norm.
+    np.testing.assert_allclose(
+        ensemble_prompts(np.array([[2.0, 0.0, 0.0], [0.0, 5.0, 0.0]])),
+        [2**-0.5, 2**-0.5, 0.0],
+    )
+    np.testing.assert_allclose(ensemble_prompts(np.array([[0.0, 3.0, 4.0]])), [0.0, 0.6, 0.8])
+    # Scored against the ensemble: a feature along one of two negative wordings is cos 1/sqrt(2)
+    # from the negative side.
+    pos = np.array([1.0, 0.0, 0.0])
+    negs = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    feats = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(
+        zero_shot_scores(feats, pos, ensemble_prompts(negs)), [-(2**-0.5), 1.0]
+    )
 
 
 def test_prompt_tasks_skip_when_none_and_refuse_unknown_tasks(caplog) -> None:
@@ -218,7 +249,7 @@ def test_severity_five_writes_every_field(robust_eval) -> None:
 def test_zero_shot_uses_the_recipe_prompts_for_made_up_tasks(robust_eval) -> None:
     report = _report(robust_eval)
     zs = report["zero_shot"]
-    assert zs["prompts"] == PROMPTS
+    assert zs["prompts"] == AS_REPORTED
     assert zs["tasks"] == list(RENAMED.values())
     assert list(zs["models"]) == MODELS
     for r in zs["models"].values():
@@ -229,9 +260,39 @@ def test_zero_shot_uses_the_recipe_prompts_for_made_up_tasks(robust_eval) -> Non
     assert "### Zero-shot" in table and "| model | green_membranes | cloudy_plate | mean |" in table
     teacher = report["models"]["teacher"]["auc"]["cloudy_plate"]
     assert f"{zs['models']['teacher']['auc']['cloudy_plate']:.3f} / {teacher:.3f}" in table
+    # Every prompt of both sides is shown.
+    assert (
+        '| `green_membranes` | "meconium staining of the membranes"; "green discolouration, e.g. '
+        'of the plate" | "membranes without discolouration"; "membranes of normal colour" |'
+    ) in table
     tags = scalars(robust_eval / "tb")
     assert "eval/teacher/zero_shot_auc_green_membranes" in tags
     assert "eval/tiny_mobilenetv3/zero_shot_auc_mean" in tags
+
+
+def test_eval_embeds_each_prompt_like_an_anchor_and_ensembles_each_side(
+    made_up_recipe, tiny_pipeline, tmp_path
+) -> None:
+    from vlcd_dist.anchors import compute_text_anchors
+    from vlcd_dist.config import load_config
+    from vlcd_dist.train.eval_stage import Evaluator
+    from vlcd_dist.train.stages import load_frozen_teacher
+
+    cfg = load_config(
+        made_up_recipe, [f"teacher.checkpoint={tiny_pipeline['teacher']}", f"run.out={tmp_path}"]
+    )
+    evaluator = Evaluator(cfg)
+    prompts = evaluator.zero_shot_prompts(["green_membranes", "cloudy_plate"])
+    teacher = load_frozen_teacher(cfg, evaluator.device)
+    for row, task in enumerate(["green_membranes", "cloudy_plate"]):
+        for side, got in (("positive", prompts.positive), ("negative", prompts.negative)):
+            texts = AS_REPORTED[task][side]
+            want = ensemble_prompts(compute_text_anchors(teacher, texts).numpy())
+            np.testing.assert_allclose(got[row], want, atol=1e-6)
+    assert prompts.texts["cloudy_plate"] == (
+        ["acute chorioamnionitis"],
+        ["a shiny, transparent fetal surface"],
+    )
 
 
 def test_prompt_for_a_task_not_in_the_shards_is_refused(

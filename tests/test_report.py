@@ -111,7 +111,9 @@ def make_report(degrade: bool = False, zero_shot: bool = False) -> EvalReport:
     if zero_shot:
         report.zero_shot = ZeroShot(
             tasks=TASKS,
-            prompts={t: (f"<b>{t}</b> & stained", f"no {t}") for t in TASKS},
+            prompts={
+                t: ([f"<b>{t}</b> & stained", f"{t}, e.g. green"], [f"clear {t}"]) for t in TASKS
+            },
             models={"teacher": ZeroShotResult({t: 0.61 for t in TASKS}, 0.61)},
         )
     return report
@@ -192,6 +194,7 @@ def test_report_of_an_eval_folder_with_degrade_and_zero_shot(tmp_path) -> None:
     # Zero-shot: the AUC table and the prompts, escaped.
     assert "Zero-shot" in text and "0.610" in text
     assert "&lt;b&gt;fir&lt;/b&gt; &amp; stained" in text and "<b>fir</b>" not in text
+    assert "fir, e.g. green" in text and "clear fir" in text  # every prompt of a side
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
     assert not (page.parent / "tb").exists()
 
@@ -274,6 +277,10 @@ def test_the_typed_report_round_trips_through_report_json(tmp_path) -> None:
     path = report.save(tmp_path / "report.json")
     raw = json.loads(path.read_text())
     assert raw["format"] == "vlcd-eval-report" and raw["version"] == 3
+    assert raw["zero_shot"]["prompts"]["fir"] == {
+        "positive": ["<b>fir</b> & stained", "fir, e.g. green"],
+        "negative": ["clear fir"],
+    }
     # One spelling of the robustness study: a list of corruptions, integer severities.
     assert raw["degrade"]["corruptions"] == ["tablet_camera"] and "corruption" not in raw["degrade"]
     assert raw["degrade"]["severities"] == [1, 3]
@@ -287,7 +294,10 @@ def test_the_typed_report_round_trips_through_report_json(tmp_path) -> None:
     assert back.degrade.models["teacher"]["tablet_camera"][3].zero_shot.auc_mean == 0.55
     assert back.degrade.models["efficientnet_b0"]["tablet_camera"][1].drop == -0.01
     assert back.models["teacher"].ci["mean"] == report.models["teacher"].ci["mean"]
-    assert back.zero_shot.prompts["fir"] == ("<b>fir</b> & stained", "no fir")
+    assert back.zero_shot.prompts["fir"] == (
+        ["<b>fir</b> & stained", "fir, e.g. green"],
+        ["clear fir"],
+    )
     assert back.degraded_mean("teacher") == pytest.approx(float(np.mean(AUC["teacher"])) - 0.02)
     assert back.robustness_curves()["tablet_camera"]["teacher"][0] == (
         0,
@@ -305,6 +315,11 @@ def test_an_old_or_broken_report_json_names_the_file_and_says_to_rerun(tmp_path)
         rf"{old.parent}`, or the demo or sweep that made it\)",
     ):
         EvalReport.load(old)
+    # Version 2: one latency per model (the teacher's in its own precision), one prompt a side.
+    older = dict(make_report().to_json(), version=2)
+    (tmp_path / "report.json").write_text(json.dumps(older))
+    with pytest.raises(VlcdError, match=r"eval report version 2, this vlcd reads version 3; rerun"):
+        EvalReport.load(tmp_path / "report.json")
     broken = make_report().to_json()
     del broken["models"]["teacher"]["roc"]
     (tmp_path / "report.json").write_text(json.dumps(broken))

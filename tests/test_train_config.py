@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -127,3 +128,44 @@ def test_warmup_then_cosine() -> None:
     assert values[2] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(values[2:], values[3:], strict=False))
     assert warmup_cosine(10, total=10, warmup=2, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_zero_shot_prompts_take_several_per_side_and_the_old_pair() -> None:
+    cfg = load_config(
+        None,
+        [
+            "eval.zero_shot_prompts.a={positive: [green membranes, meconium staining], "
+            "negative: [membranes without discolouration]}",
+            "eval.zero_shot_prompts.b=[acute funisitis, a normal umbilical cord]",
+        ],
+    )
+    a, b = cfg.eval.zero_shot_prompts["a"], cfg.eval.zero_shot_prompts["b"]
+    assert a.positive == ["green membranes", "meconium staining"]
+    assert a.negative == ["membranes without discolouration"]
+    assert (b.positive, b.negative) == (["acute funisitis"], ["a normal umbilical cord"])
+    # The resolved recipe writes the one format back.
+    dumped = yaml.safe_load(dump_yaml(cfg))["eval"]["zero_shot_prompts"]
+    assert dumped["b"] == {"positive": ["acute funisitis"], "negative": ["a normal umbilical cord"]}
+    # One side of one task can be replaced on the command line.
+    demo = REPO / "vlcd_dist" / "configs" / "demo.yaml"
+    cfg = load_config(demo, ["eval.zero_shot_prompts.sepsis.negative=[a well neonate]"])
+    assert cfg.eval.zero_shot_prompts["sepsis"].negative == ["a well neonate"]
+    assert len(cfg.eval.zero_shot_prompts["sepsis"].positive) >= 2
+    for bad, message in (
+        ("[only one]", "or the pair"),
+        ("{positive: [], negative: [x]}", "one or more non-empty prompts"),
+        ("{positive: [x], negtive: [y]}", "did you mean 'negative'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [f"eval.zero_shot_prompts.a={bad}"])
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_shipped_zero_shot_prompts_are_ensembles_without_bare_negations(name: str) -> None:
+    # MiniLM hardly encodes a bare "no": "no meconium staining" scores like "meconium staining".
+    prompts = load_config(REPO / "vlcd_dist" / "configs" / f"{name}.yaml").eval.zero_shot_prompts
+    assert set(prompts) == {"meconium", "fir", "mir", "chorioamnionitis", "sepsis"}
+    for task, p in prompts.items():
+        assert len(p.positive) >= 2 and len(p.negative) >= 2, task
+        for text in p.positive + p.negative:
+            assert not re.search(r"\b(no|not|absent|negative for)\b", text, re.I), (task, text)

@@ -30,6 +30,10 @@ def test_train_teacher_exports_weights_and_anchors(tiny_pipeline) -> None:
     assert len(cache) == 48 and cache.dim == 64
     summary = json.loads((export.parent / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["trainees"] == ["teacher"]
+    # The anchors' text: sentence means, at the text model's own limit, nothing cut.
+    assert summary["text_feature"] == "sentence_mean"
+    assert summary["text_max_length"] == 512 and summary["text_truncated"] == 0
+    assert cache.recipe["truncated_sentences"] == 0
     tags = scalars(export.parent / "tb")
     for tag in (
         "teacher/loss",

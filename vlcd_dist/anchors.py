@@ -9,36 +9,51 @@ the teacher, so they are cached once in a safetensors file that every student an
 * metadata ``teacher_hash``: SHA-256 of the text tower's state_dict (encoder + projection);
 * metadata ``recipe``: JSON of what else shaped the anchors (pooling, max length, dtype, ...).
 
-A cache whose teacher hash differs from the current teacher's is refused
+A cache whose teacher hash (or sentence splitter) differs from the current one is refused
 (:class:`StaleAnchorCacheError`). The keys live in the header, which safetensors caps at
 100 MB: a few million keys.
+
+:func:`split_sentences` is the one sentence splitter of the package: the anchors, the
+teacher's training text (:func:`tokenize_reports`, :func:`report_state_table`) and the
+zero-shot prompts all go through it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlcd_dist import distributed as vdist
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import save_tensors
+from vlcd_dist.models.towers import average_sentences
 from vlcd_dist.models.weights import state_dict_hash
 
 if TYPE_CHECKING:
     from vlcd_dist.models.teacher import FrozenTeacher, VisionLanguageTeacher
     from vlcd_dist.models.towers import TextTower
 
+logger = logging.getLogger(__name__)
+
 ANCHOR_FORMAT = "vlcd-anchors/1"
-SPLITTER_VERSION = "regex-v1"
+SPLITTER_VERSION = "pysbd-clinical-v1"
+"""Names the sentence splitter in every anchor cache; a cache of another splitter is stale."""
 TENSOR_NAME = "anchors"
 
-# Sentence ends: . ! ? followed by whitespace, or a line break. Decimals ("3.5 cm") have no
-# space after the dot and stay whole.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*[\r\n]+\s*")
+# pySBD's English rules keep "Dr.", "e.g.", "i.e.", "Fig.", "vs." and decimals ("2.5 cm")
+# inside their sentence; these clinical abbreviations are missing from its list. Plain ones
+# keep their period before a lower-case word or a number ("approx. 30 %"); prepositive ones
+# before anything ("cf. Fig. 2").
+_CLINICAL_ABBREVIATIONS = ("approx", "ca", "cf", "figs", "incl", "resp", "wt")
+_CLINICAL_PREPOSITIVE = ("cf", "figs")
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 
 
 class AnchorCacheError(VlcdError, ValueError):
@@ -53,15 +68,73 @@ class MissingAnchorError(AnchorCacheError, KeyError):
     """Sample keys that the anchor cache does not hold."""
 
 
-def split_sentences(report: str) -> list[str]:
-    """Sentences of a report, stripped, empty ones dropped.
+@functools.cache
+def _segmenter() -> Any:
+    import pysbd
+    from pysbd.lang.english import English
 
-    A report without any sentence (empty or whitespace) gives ``[""]``, so every report has an
-    anchor (the embedding of the empty text).
+    class ClinicalEnglish(English):
+        class Abbreviation(English.Abbreviation):
+            ABBREVIATIONS = [*English.Abbreviation.ABBREVIATIONS, *_CLINICAL_ABBREVIATIONS]
+            PREPOSITIVE_ABBREVIATIONS = [
+                *English.Abbreviation.PREPOSITIVE_ABBREVIATIONS,
+                *_CLINICAL_PREPOSITIVE,
+            ]
+
+    segmenter = pysbd.Segmenter(language="en", clean=False)
+    segmenter.language_module = ClinicalEnglish
+    return segmenter
+
+
+@functools.lru_cache(maxsize=65536)
+def _split_line(line: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in _segmenter().segment(line))
+
+
+def split_sentences(report: str) -> list[str]:
+    """Sentences of a report, stripped, empty ones dropped; a line break always ends one.
+
+    pySBD finds the sentence ends, with clinical abbreviations ("approx.", "cf.", "ca.") added
+    to its English list, so "Dr. Smith", "e.g. funisitis", "Fig. 2" and "2.5 cm" stay inside
+    their sentence. A report without any sentence (empty or whitespace) gives ``[""]``, so
+    every report has an anchor (the embedding of the empty text).
     """
-    sentences = [s.strip() for s in _SENTENCE_END.split(report)]
+    sentences = [s for line in _LINE_BREAKS.split(report.strip()) for s in _split_line(line)]
     sentences = [s for s in sentences if s]
     return sentences or [""]
+
+
+def report_sentences(
+    reports: Sequence[str],
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The distinct sentences of ``reports`` and which report holds which.
+
+    Returns (sentences [U], sentence_index [P], report_index [P]): pair p says sentence
+    ``sentence_index[p]`` belongs to report ``report_index[p]``, as
+    :func:`~vlcd_dist.models.towers.average_sentences` takes them. A sentence shared by many
+    reports (a template line) is listed, and embedded, once.
+    """
+    unique: dict[str, int] = {}
+    sentence_rows: list[int] = []
+    report_rows: list[int] = []
+    for row, report in enumerate(reports):
+        for s in split_sentences(report):
+            sentence_rows.append(unique.setdefault(s, len(unique)))
+            report_rows.append(row)
+    as_long = functools.partial(torch.tensor, dtype=torch.long)
+    return list(unique), as_long(sentence_rows), as_long(report_rows)
+
+
+def tokenize_reports(tower: TextTower, reports: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Inputs of the sentence-mean text feature of a batch of reports, for the teacher's
+    forward: the distinct sentences tokenized (``input_ids``, ``attention_mask`` [U, T]) and
+    ``sentence_index``, ``report_index`` [P] (see :func:`report_sentences`)."""
+    sentences, sentence_index, report_index = report_sentences(reports)
+    return {
+        **tower.tokenize(sentences),
+        "sentence_index": sentence_index,
+        "report_index": report_index,
+    }
 
 
 def _text_tower(teacher: TextTower | VisionLanguageTeacher | FrozenTeacher) -> TextTower:
@@ -95,8 +168,10 @@ def embed_sentences(
     *,
     batch_size: int = 128,
     autocast_dtype: str | torch.dtype | None = None,
+    project: bool = True,
 ) -> torch.Tensor:
-    """h(sentence) for each sentence: [S, d] fp32, in input order.
+    """h(sentence) for each sentence: [S, d] fp32, in input order; with ``project=False`` the
+    pooled encoder states before the projection, [S, H].
 
     Runs under ``torch.no_grad`` and autocast (``autocast_dtype``; default: the frozen
     teacher's dtype, else bfloat16; "float32" disables autocast). Sentences are batched by
@@ -105,7 +180,9 @@ def embed_sentences(
     tower = _text_tower(teacher)
     dtype = _default_dtype(teacher, autocast_dtype)
     device = tower.proj.weight.device
-    out = torch.empty(len(sentences), tower.proj.out_features, dtype=torch.float32)
+    width = tower.proj.out_features if project else tower.hidden_size
+    run = tower.forward if project else tower.pool
+    out = torch.empty(len(sentences), width, dtype=torch.float32)
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     was_training = tower.training
     tower.eval()
@@ -119,7 +196,7 @@ def embed_sentences(
                 batch = {
                     k: v.to(device) for k, v in tower.tokenize([sentences[i] for i in idx]).items()
                 }
-                out[torch.tensor(idx)] = tower(**batch).float().cpu()
+                out[torch.tensor(idx)] = run(**batch).float().cpu()
     finally:
         tower.train(was_training)
     return out
@@ -136,22 +213,55 @@ def compute_text_anchors(
 
     Identical sentences (template lines shared by many reports) are embedded once.
     """
-    per_report = [split_sentences(r) for r in reports]
-    unique: dict[str, int] = {}
-    owner_rows: list[int] = []
-    sentence_rows: list[int] = []
-    for row, sentences in enumerate(per_report):
-        for s in sentences:
-            sentence_rows.append(unique.setdefault(s, len(unique)))
-            owner_rows.append(row)
+    sentences, sentence_index, report_index = report_sentences(reports)
     embedded = embed_sentences(
-        teacher, list(unique), batch_size=batch_size, autocast_dtype=autocast_dtype
+        teacher, sentences, batch_size=batch_size, autocast_dtype=autocast_dtype
     )
-    dim = embedded.shape[1]
-    sums = torch.zeros(len(reports), dim, dtype=torch.float32)
-    sums.index_add_(0, torch.tensor(owner_rows, dtype=torch.long), embedded[sentence_rows])
-    counts = torch.tensor([len(s) for s in per_report], dtype=torch.float32).unsqueeze(1)
-    return sums / counts
+    return average_sentences(embedded, sentence_index, report_index, len(reports))
+
+
+def report_state_table(
+    teacher: TextTower | VisionLanguageTeacher | FrozenTeacher,
+    samples: Iterable[tuple[str, str]],
+    *,
+    batch_size: int = 128,
+    autocast_dtype: str | torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> AnchorTable:
+    """Per report, the mean of its sentences' pooled encoder states (before the projection):
+    an :class:`AnchorTable` of [N, H] fp32 rows keyed by sample key.
+
+    For training the teacher with a locked text encoder: the projection is affine, so
+    ``proj(row)`` is the report's sentence-mean text feature, and the encoder runs once per
+    distinct sentence instead of every step. Collective when distributed: every rank passes the
+    same samples, embeds every world-th sentence and receives the others' (``device``: where
+    the gathered tensors travel, the tower's device by default).
+    """
+    keys, reports = [], []
+    for key, report in samples:
+        keys.append(key)
+        reports.append(report)
+    if len(set(keys)) != len(keys):
+        raise AnchorCacheError("duplicate sample keys: text states are keyed by sample")
+    sentences, sentence_index, report_index = report_sentences(reports)
+    rank, world = vdist.rank_and_world()
+    mine = embed_sentences(
+        teacher,
+        sentences[rank::world],
+        batch_size=batch_size,
+        autocast_dtype=autocast_dtype,
+        project=False,
+    )
+    if world > 1:
+        device = device or _text_tower(teacher).proj.weight.device
+        gathered = vdist.gather_no_grad(mine.to(device)).cpu()
+        # Rank r held sentences r, r + world, ...: put the rows back in sentence order.
+        order = torch.cat([torch.arange(r, len(sentences), world) for r in range(world)])
+        states = torch.empty_like(gathered)
+        states[order] = gathered
+    else:
+        states = mine
+    return AnchorTable(keys, average_sentences(states, sentence_index, report_index, len(keys)))
 
 
 def anchor_recipe(
@@ -201,6 +311,8 @@ def build_anchor_cache(
     keys: list[str] = []
     seen: set[str] = set()
     parts: list[torch.Tensor] = []
+    tower = _text_tower(teacher)
+    truncated_before = tower.truncated
     for chunk in _chunks(samples, reports_per_chunk):
         for key, _ in chunk:
             if key in seen:
@@ -220,11 +332,20 @@ def build_anchor_cache(
             "no (key, report) samples given: nothing to build an anchor cache from"
         )
     anchors = torch.cat(parts).contiguous()
+    # Recorded with the recipe, so a cache tells whether any sentence was cut.
+    truncated = tower.truncated - truncated_before
+    recipe = {**anchor_recipe(teacher, autocast_dtype), "truncated_sentences": truncated}
+    if truncated:
+        logger.warning(
+            "anchors: %d sentence(s) longer than max_length=%d tokens were truncated",
+            truncated,
+            tower.max_length,
+        )
     metadata = {
         "format": ANCHOR_FORMAT,
         "keys": json.dumps(keys),
         "teacher_hash": teacher_text_hash(teacher),
-        "recipe": json.dumps(anchor_recipe(teacher, autocast_dtype)),
+        "recipe": json.dumps(recipe),
         "dim": str(anchors.shape[1]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -306,7 +427,8 @@ class AnchorCache:
         return cls(path, expected_teacher_hash=teacher_text_hash(teacher))
 
     def verify(self, teacher_hash: str) -> None:
-        """Raise :class:`StaleAnchorCacheError` unless the cache was built by this teacher."""
+        """Raise :class:`StaleAnchorCacheError` unless the cache was built by this teacher,
+        with this version's sentence splitter."""
         if teacher_hash != self.teacher_hash:
             raise StaleAnchorCacheError(
                 f"stale text-anchor cache {self.path}: it was built by a teacher whose text "
@@ -314,6 +436,15 @@ class AnchorCache:
                 f"{teacher_hash}. Its anchors do not match this teacher; delete the file and "
                 "rebuild it with vlcd_dist.anchors.build_anchor_cache (the anchor step of the "
                 "pipeline), or point the run at the cache built for this teacher"
+            )
+        splitter = self.recipe.get("splitter")
+        if splitter != SPLITTER_VERSION:
+            raise StaleAnchorCacheError(
+                f"stale text-anchor cache {self.path}: its reports were split into sentences by "
+                f"{splitter!r}, this version splits them with {SPLITTER_VERSION!r}, so its "
+                "anchors differ from what the teacher now trains on; delete the file and "
+                "rebuild it (`vlcd train-teacher` writes it, or "
+                "vlcd_dist.anchors.build_anchor_cache)"
             )
 
     def __len__(self) -> int:

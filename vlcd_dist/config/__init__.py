@@ -29,6 +29,7 @@ from vlcd_dist.config.schema import (
     AUTOCAST_DTYPES,
     BACKENDS,
     MIXED_PRECISION,
+    TEXT_FEATURES,
     CheckpointConfig,
     DataConfig,
     DegradeConfig,
@@ -43,6 +44,7 @@ from vlcd_dist.config.schema import (
     TeacherSection,
     TeacherStageConfig,
     TrainConfig,
+    ZeroShotPrompt,
 )
 from vlcd_dist.errors import ConfigError
 
@@ -50,6 +52,7 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "BACKENDS",
     "MIXED_PRECISION",
+    "TEXT_FEATURES",
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",
@@ -65,6 +68,7 @@ __all__ = [
     "TeacherSection",
     "TeacherStageConfig",
     "TrainConfig",
+    "ZeroShotPrompt",
     "apply_override",
     "builtin_recipe",
     "builtin_recipes",

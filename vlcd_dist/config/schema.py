@@ -15,6 +15,7 @@ from vlcd_dist.losses import LossConfig
 MIXED_PRECISION = ("no", "bf16", "fp16")
 BACKENDS = ("accelerate", "deepspeed")
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
+TEXT_FEATURES = ("sentence_mean", "report")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +113,8 @@ class TeacherSection:
     text_pooling: str | None = None
     """"cls" or "mean"; None: preset's."""
     max_text_length: int | None = None
-    """Tokens kept per report; None: preset's."""
+    """Tokens kept per text (sentence or report; truncations are counted); None: preset's
+    (the presets: the most the text model takes)."""
     embed_dim: int | None = None
     """d, shared with every student; None: preset's."""
     checkpoint: str | None = None
@@ -199,8 +201,12 @@ class TeacherStageConfig(StageConfig):
 
     lock_text: bool = False
     """Freeze the text encoder (its projection still trains), as open_clip's --lock-text."""
+    text_feature: str = "sentence_mean"
+    """A report's text feature in the CLIP loss: "sentence_mean" (mean of its sentences'
+    embeddings, as the text anchors; with lock_text the encoder runs once per sentence before
+    training, not every step) or "report" (the whole report, cut at teacher.max_text_length)."""
     anchor_batch_size: int = 128
-    """Sentences per text-tower batch when building the anchor cache."""
+    """Sentences per text-tower batch when building the anchor cache (and locked text states)."""
 
 
 @dataclass
@@ -278,6 +284,59 @@ class DegradeConfig:
 
 
 @dataclass
+class ZeroShotPrompt:
+    """The prompts of one zero-shot task; each side's embeddings are averaged (CLIP's prompt
+    ensembling). A recipe may also give the pair [positive prompt, negative prompt]."""
+
+    positive: list[str] = field(default_factory=list)
+    """Prompts of the finding present, e.g. ["meconium staining of the membranes", ...]."""
+    negative: list[str] = field(default_factory=list)
+    """Prompts of it absent, worded as a report says it ("membranes without discolouration")."""
+
+    def __post_init__(self) -> None:
+        for side in ("positive", "negative"):
+            value = getattr(self, side)
+            prompts = [value] if isinstance(value, str) else value
+            ok = (
+                isinstance(prompts, (list, tuple))
+                and bool(prompts)
+                and all(isinstance(p, str) and p.strip() for p in prompts)
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{side}={value!r}: expected one or more non-empty prompts, e.g. "
+                    f"{_PROMPT_EXAMPLE[side]!r}"
+                )
+            setattr(self, side, [str(p) for p in prompts])
+
+
+_PROMPT_EXAMPLE = {
+    "positive": ["meconium staining of the membranes", "green-brown membranes"],
+    "negative": ["membranes without discolouration", "thin, translucent membranes"],
+}
+
+
+def _zero_shot_prompt(task: str, value: object) -> ZeroShotPrompt:
+    """A recipe's prompts of one task: a ZeroShotPrompt, its mapping, or the pair
+    [positive, negative] of earlier recipes."""
+    if isinstance(value, ZeroShotPrompt):
+        return value
+    try:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"positive", "negative"})
+            if not unknown:
+                return ZeroShotPrompt(**value)
+        elif isinstance(value, (list, tuple)) and len(value) == 2:
+            return ZeroShotPrompt(positive=[value[0]], negative=[value[1]])
+    except ConfigError as exn:
+        raise ConfigError(f"zero_shot_prompts.{task}.{exn}") from exn
+    raise ConfigError(
+        f"zero_shot_prompts.{task}={value!r}: expected {{positive: [prompt, ...], negative: "
+        "[prompt, ...]}, or the pair [positive prompt, negative prompt]"
+    )
+
+
+@dataclass
 class EvalConfig:
     """Linear probes, bootstrap intervals and latency of the teacher and every student."""
 
@@ -303,28 +362,17 @@ class EvalConfig:
     """Precisions every model is timed in, each reported apart: fp32, bf16, fp16 (autocast)."""
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     """Robustness study: probes trained on clean features, applied to corrupted test images."""
-    zero_shot_prompts: dict[str, list[str]] = field(default_factory=dict)
-    """{task: [positive prompt, negative prompt]}: zero-shot AUCs via the teacher's text tower."""
+    zero_shot_prompts: dict[str, ZeroShotPrompt | list[str]] = field(default_factory=dict)
+    """{task: {positive: [...], negative: [...]}} (or [positive, negative]): zero-shot AUCs."""
 
     def __post_init__(self) -> None:
         prompts = {} if self.zero_shot_prompts is None else self.zero_shot_prompts
         if not isinstance(prompts, dict):
             raise ConfigError(
                 f"zero_shot_prompts={prompts!r}: expected a mapping "
-                "{task: [positive prompt, negative prompt]}"
+                "{task: {positive: [prompt, ...], negative: [prompt, ...]}}"
             )
-        for task, pair in prompts.items():
-            ok = (
-                isinstance(pair, (list, tuple))
-                and len(pair) == 2
-                and all(isinstance(p, str) and p.strip() for p in pair)
-            )
-            if not ok:
-                raise ConfigError(
-                    f"zero_shot_prompts.{task}={pair!r}: expected [positive prompt, negative "
-                    'prompt], e.g. ["meconium staining of the membranes", "no meconium"]'
-                )
-        self.zero_shot_prompts = {str(t): [str(p) for p in pair] for t, pair in prompts.items()}
+        self.zero_shot_prompts = {str(t): _zero_shot_prompt(t, v) for t, v in prompts.items()}
 
 
 @dataclass
@@ -388,6 +436,18 @@ class TrainConfig:
             "run.threads",
             self.run.threads,
             "null or >= 1",
+        )
+        _check(
+            self.train_teacher.text_feature in TEXT_FEATURES,
+            "train_teacher.text_feature",
+            self.train_teacher.text_feature,
+            f"one of {TEXT_FEATURES}",
+        )
+        _check(
+            self.train_teacher.anchor_batch_size >= 1,
+            "train_teacher.anchor_batch_size",
+            self.train_teacher.anchor_batch_size,
+            ">= 1",
         )
         _check(
             self.teacher.autocast_dtype in AUTOCAST_DTYPES,

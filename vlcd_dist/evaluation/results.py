@@ -26,7 +26,8 @@ test samples)::
                         "models": {model: {corruption: {"<severity>": {
                             "auc": {task: float}, "auc_mean": float, "drop": float,
                             "zero_shot": null | {"auc": {task: float}, "auc_mean": float}}}}}},
-     "zero_shot": null | {"tasks": [task, ...], "prompts": {task: [positive, negative]},
+     "zero_shot": null | {"tasks": [task, ...],
+                          "prompts": {task: {"positive": [str, ...], "negative": [str, ...]}},
                           "models": {model: {"auc": {task: float}, "auc_mean": float}}}}
 """
 
@@ -44,7 +45,8 @@ from vlcd_dist.io import write_json
 FORMAT = "vlcd-eval-report"
 VERSION = 3
 """Version 1 (no ``format`` field) had no ROC points and two spellings of the corruption;
-version 2 had one latency per model, the teacher's timed in its own autocast precision."""
+version 2 had one latency per model (the teacher's timed in its own autocast precision) and
+one zero-shot prompt per side (``"prompts": {task: [positive, negative]}``)."""
 
 Interval = tuple[float, float]
 
@@ -134,8 +136,8 @@ class ZeroShot:
     """Zero-shot scoring with the teacher's text tower: the prompts and each model's AUCs."""
 
     tasks: list[str]
-    prompts: dict[str, tuple[str, str]]
-    """task -> (positive prompt, negative prompt)."""
+    prompts: dict[str, tuple[list[str], list[str]]]
+    """task -> (positive prompts, negative prompts); each side's embeddings were ensembled."""
     models: dict[str, ZeroShotResult]
 
 
@@ -249,7 +251,10 @@ class EvalReport:
             z = self.zero_shot
             zero_shot = {
                 "tasks": z.tasks,
-                "prompts": {t: list(p) for t, p in z.prompts.items()},
+                "prompts": {
+                    t: {"positive": list(pos), "negative": list(neg)}
+                    for t, (pos, neg) in z.prompts.items()
+                },
                 "models": {m: _zero_shot_json(r) for m, r in z.models.items()},
             }
         return {
@@ -320,7 +325,7 @@ class EvalReport:
             z = data["zero_shot"]
             zero_shot = ZeroShot(
                 tasks=[str(t) for t in z["tasks"]],
-                prompts={t: (str(p[0]), str(p[1])) for t, p in z["prompts"].items()},
+                prompts={t: _prompts(p) for t, p in z["prompts"].items()},
                 models={m: _zero_shot(r) for m, r in z["models"].items()},
             )
         h, w = data["image_size"]
@@ -397,6 +402,11 @@ def _interval(value: Any) -> Interval | None:
         return None
     lo, hi = value
     return float(lo), float(hi)
+
+
+def _prompts(value: Any) -> tuple[list[str], list[str]]:
+    """A task's prompts: {"positive": [...], "negative": [...]}."""
+    return [str(p) for p in value["positive"]], [str(p) for p in value["negative"]]
 
 
 def _zero_shot_json(r: ZeroShotResult) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Zero-shot scores from prompt embeddings: cos(z, positive) - cos(z, negative), no training."""
+"""Zero-shot scores from prompt embeddings: cos(z, positive) - cos(z, negative), no training.
+
+Each side of a task may have several prompts; their embeddings are combined by
+:func:`ensemble_prompts` (CLIP's prompt ensembling), so no single wording, nor a bare "no" that
+a small text encoder hardly encodes, decides the score.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,16 @@ def zero_shot_scores(
     return scores[:, 0] if np.ndim(positive) == 1 else scores
 
 
-def prompt_tasks(prompts: dict[str, list[str]], tasks: list[str], shards: str) -> list[str]:
+def ensemble_prompts(embeddings: np.ndarray) -> np.ndarray:
+    """One prompt embedding from several: the mean of the unit-length rows, made unit length.
+
+    embeddings [K, d] (K >= 1 prompts of one side of one task) -> [d].
+    """
+    rows = l2_normalize(np.atleast_2d(np.asarray(embeddings, dtype=np.float64)))
+    return l2_normalize(rows.mean(axis=0, keepdims=True))[0]
+
+
+def prompt_tasks(prompts: dict[str, object], tasks: list[str], shards: str) -> list[str]:
     """The shard tasks that have zero-shot prompts, in shard order; [] (logged) when none.
 
     A prompt for a task the shards do not have is a ConfigError naming it."""

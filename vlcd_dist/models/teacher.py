@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from vlcd_dist.io import save_tensors
-from vlcd_dist.models.towers import TEXT_POOLINGS, ImageTower, TextTower, packaged_minilm_path
+from vlcd_dist.models.towers import (
+    TEXT_POOLINGS,
+    ImageTower,
+    TextTower,
+    average_sentences,
+    packaged_minilm_path,
+)
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 
 logger = logging.getLogger(__name__)
@@ -64,8 +70,9 @@ class TeacherConfig:
     """Text encoder init: "pretrained" (weights of text_model) or "random" (warns)."""
     text_pooling: str = "cls"
     """Token pooling before the projection: "cls" (BERT) or "mean" (sentence-transformers)."""
-    max_text_length: int = 128
-    """Tokens kept per text; longer texts are truncated."""
+    max_text_length: int | None = None
+    """Tokens kept per text (a sentence, or a whole report); None: the most text_model takes.
+    Longer texts are truncated, counted and logged."""
     embed_dim: int = 512
     """d: output dimension of both projections, and of every student's projection."""
     image_size: tuple[int, int] = (384, 512)
@@ -83,7 +90,7 @@ class TeacherConfig:
         self.image_size = _image_size(self.image_size, "TeacherConfig")
         if self.embed_dim <= 0:
             raise ModelError(f"TeacherConfig.embed_dim={self.embed_dim}: use a positive int")
-        if self.max_text_length <= 2:
+        if self.max_text_length is not None and self.max_text_length < 8:
             raise ModelError(
                 f"TeacherConfig.max_text_length={self.max_text_length}: use at least 8 tokens "
                 "(the tokenizer adds [CLS]/[SEP])"
@@ -154,12 +161,41 @@ class VisionLanguageTeacher(nn.Module):
         return self.text.encode(texts)
 
     def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        sentence_index: torch.Tensor | None = None,
+        report_index: torch.Tensor | None = None,
+        text_states: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Stage-0 forward: {"image_features" [B, d], "text_features" [B, d], "logit_scale" []}."""
+        """Stage-0 forward: {"image_features" [B, d], "text_features" [B, d], "logit_scale" []}.
+
+        The text of image b comes in one of three forms:
+
+        * ``input_ids``, ``attention_mask`` [B, T]: one text per image (a whole report);
+        * the same [U, T] for distinct sentences, with ``sentence_index``, ``report_index``
+          [P] pairing sentences with images: text b is the mean of its sentences' features,
+          as the text anchors are (:func:`~vlcd_dist.models.towers.average_sentences`;
+          :func:`vlcd_dist.anchors.tokenize_reports` builds these inputs);
+        * ``text_states`` [B, H]: pooled encoder states computed beforehand (an encoder that
+          does not train), of which only the projection runs.
+        """
+        if text_states is not None:
+            text = self.text.proj(text_states)
+        elif input_ids is None or attention_mask is None:
+            raise ValueError(
+                "the teacher's forward needs input_ids and attention_mask or text_states"
+            )
+        elif sentence_index is None or report_index is None:
+            text = self.text(input_ids, attention_mask)
+        else:
+            text = average_sentences(
+                self.text(input_ids, attention_mask), sentence_index, report_index, images.shape[0]
+            )
         return {
             "image_features": self.image(images),
-            "text_features": self.text(input_ids, attention_mask),
+            "text_features": text,
             "logit_scale": self.get_logit_scale(),
         }
 
@@ -330,7 +366,6 @@ def tiny_resnet18_minilm() -> TeacherConfig:
         image_weights="random",
         text_model=packaged_minilm_path(),
         text_pooling="mean",
-        max_text_length=64,
         embed_dim=64,
         image_size=(64, 64),
     )

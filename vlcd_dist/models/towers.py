@@ -140,6 +140,8 @@ class TextTower(nn.Module):
     """Hugging Face encoder -> pooled token states -> linear projection to d.
 
     The tokenizer is kept on the module (not a submodule) so the tower can embed raw strings.
+    Texts longer than ``max_length`` tokens are truncated, never silently: :meth:`tokenize`
+    counts them in :attr:`truncated` and logs the first.
     """
 
     def __init__(
@@ -148,22 +150,39 @@ class TextTower(nn.Module):
         embed_dim: int,
         weights: str = "pretrained",
         pooling: str = "cls",
-        max_length: int = 128,
+        max_length: int | None = None,
     ) -> None:
+        """max_length: tokens kept per text ([CLS]/[SEP] included); None: the most the encoder
+        takes (:func:`text_model_max_length`)."""
         super().__init__()
         if pooling not in TEXT_POOLINGS:
             raise ModelError(f"text pooling {pooling!r}: use one of {TEXT_POOLINGS}")
         self.model_name = model_name_or_path
         self.pooling = pooling
-        self.max_length = max_length
         self.tokenizer = _load_tokenizer(model_name_or_path)
         self.encoder = _load_text_encoder(model_name_or_path, weights)
-        hidden = int(self.encoder.config.hidden_size)
-        self.proj = nn.Linear(hidden, embed_dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=hidden**-0.5)
+        limit = text_model_max_length(self.tokenizer, self.encoder.config)
+        if max_length is not None and max_length > limit:
+            raise ModelError(
+                f"text max_length={max_length}: {model_name_or_path} takes at most {limit} "
+                "tokens (its maximum sequence length); lower it, or leave it unset for the maximum"
+            )
+        self.max_length = limit if max_length is None else int(max_length)
+        self.truncated = 0
+        """Texts :meth:`tokenize` has cut at max_length so far (a text tokenized twice counts
+        twice)."""
+        self.proj = nn.Linear(self.hidden_size, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=self.hidden_size**-0.5)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width H of the pooled encoder states, before the projection."""
+        return int(self.encoder.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Token ids and attention mask, padded to the longest text (<= max_length): [B, T]."""
+        """Token ids and attention mask, padded to the longest text (<= max_length): [B, T].
+
+        Texts cut at max_length are added to :attr:`truncated`; the first cut is logged."""
         batch = self.tokenizer(
             list(texts),
             padding="longest",
@@ -171,23 +190,76 @@ class TextTower(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if ids.shape[1] == self.max_length:
+            self._count_truncated(texts, mask.sum(dim=1))
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _count_truncated(self, texts: Sequence[str], lengths: torch.Tensor) -> None:
+        # Only a text that fills max_length can have been cut; those few are measured whole.
+        full = [texts[i] for i in torch.nonzero(lengths == self.max_length).flatten().tolist()]
+        whole = self.tokenizer(full, truncation=False, verbose=False)["input_ids"]
+        cut = sum(len(ids) > self.max_length for ids in whole)
+        if cut and not self.truncated:
+            logger.warning(
+                "text tower: a text longer than max_length=%d tokens was truncated (%s); "
+                "further truncations are counted, not logged",
+                self.max_length,
+                self.model_name,
+            )
+        self.truncated += cut
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask [B, T] -> pooled encoder states [B, H] (no projection)."""
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask [B, T] -> features [B, d]."""
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "cls":
-            pooled = states[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-        return self.proj(pooled)
+        return self.proj(self.pool(input_ids, attention_mask))
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw strings -> features [B, d], on the tower's device."""
         device = self.proj.weight.device
         batch = {k: v.to(device) for k, v in self.tokenize(texts).items()}
         return self(**batch)
+
+
+def average_sentences(
+    sentences: torch.Tensor,
+    sentence_index: torch.Tensor,
+    report_index: torch.Tensor,
+    num_reports: int,
+) -> torch.Tensor:
+    """Mean of each report's sentence rows (DESIGN.md's u = mean_j h(sentence_j)), with autograd.
+
+    sentences [U, D]: one row per distinct sentence; sentence_index, report_index [P] (long):
+    pair p says sentence ``sentence_index[p]`` belongs to report ``report_index[p]`` (a sentence
+    two reports share is one row and two pairs). Returns [num_reports, D] in the dtype of
+    ``sentences``; a report without pairs gets zeros. Any affine map (the projection) commutes
+    with this mean, so states may be averaged before or after it.
+    """
+    rows = sentences.index_select(0, sentence_index)
+    sums = sentences.new_zeros(num_reports, sentences.shape[1]).index_add(0, report_index, rows)
+    counts = torch.bincount(report_index, minlength=num_reports).clamp_min(1)
+    return sums / counts.to(sums.dtype).unsqueeze(1)
+
+
+def text_model_max_length(tokenizer: Any, config: Any) -> int:
+    """The most tokens a Hugging Face text encoder takes: its tokenizer's model_max_length,
+    capped by its position embeddings (tokenizers without a limit report a huge number)."""
+    limits = [
+        int(v)
+        for v in (
+            getattr(tokenizer, "model_max_length", None),
+            getattr(config, "max_position_embeddings", None),
+        )
+        if isinstance(v, int) and 0 < v < 1_000_000
+    ]
+    return min(limits) if limits else 512
 
 
 def _hub_hint(name: str) -> str:

@@ -123,7 +123,7 @@ def robustness_blocks(report: EvalReport) -> list[Block]:
 
 def zero_shot_tables(report: EvalReport) -> tuple[Table, Table] | None:
     """(AUC: model x prompted task, zero-shot / linear probe, and the means; prompts: task,
-    positive, negative), or None without zero-shot prompts."""
+    positive prompts, negative prompts), or None without zero-shot prompts."""
     z = report.zero_shot
     if z is None or not z.models:
         return None
@@ -139,11 +139,16 @@ def zero_shot_tables(report: EvalReport) -> tuple[Table, Table] | None:
     auc = Table(header, rows, numeric=set(range(1, len(header))), code={0})
     auc.bold_best(range(1, len(header)), values)
     prompts = Table(
-        ["task", "positive prompt", "negative prompt"],
-        [[t, pos, neg] for t, (pos, neg) in z.prompts.items()],
+        ["task", "positive prompts", "negative prompts"],
+        [[t, *(_quoted(side) for side in sides)] for t, sides in z.prompts.items()],
         code={0},
     )
     return auc, prompts
+
+
+def _quoted(prompts: list[str]) -> str:
+    """A side's prompts in one cell: each quoted (prompts may hold commas), "; " between."""
+    return "; ".join(f'"{p}"' for p in prompts)
 
 
 def zero_shot_blocks(report: EvalReport) -> list[Block]:
@@ -153,8 +158,9 @@ def zero_shot_blocks(report: EvalReport) -> list[Block]:
     auc, prompts = pair
     return [
         Note(
-            "No probe: an image's score for a task is cos(z, positive prompt) - cos(z, negative "
-            "prompt), the prompts embedded by the teacher's text tower and z the model's image "
+            "No probe: an image's score for a task is cos(z, positive) - cos(z, negative), where "
+            "positive and negative are the task's prompts embedded by the teacher's text tower, "
+            "each side's prompts averaged (prompt ensembling), and z is the model's image "
             "embedding (students share the teacher's embedding space). Each cell: zero-shot test "
             "AUC-ROC / the linear probe's; bold: the best zero-shot AUC."
         ),

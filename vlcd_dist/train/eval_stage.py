@@ -7,7 +7,8 @@ of every task's AUC and of their mean (the same resamples for every task), param
 latency in each of eval.latency_precisions, every model timed alike (:meth:`Evaluator.latency`);
 with ``eval.degrade`` the test split again under each corruption and severity, scored by the
 probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
-``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower.
+``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower (each side's prompts
+ensembled).
 
 Rank 0 writes config.yaml, the TensorBoard scalars, the files of the renderer the caller
 hands in (the ``eval`` command passes :func:`vlcd_dist.reporting.eval_files.write_eval_outputs`:
@@ -53,7 +54,7 @@ from vlcd_dist.evaluation.results import (
     ZeroShotResult,
 )
 from vlcd_dist.evaluation.robustness import DegradedShardLoader
-from vlcd_dist.evaluation.zeroshot import prompt_tasks, zero_shot_scores
+from vlcd_dist.evaluation.zeroshot import ensemble_prompts, prompt_tasks, zero_shot_scores
 from vlcd_dist.io import write_text
 from vlcd_dist.models.exported import load_exported_student, resolve_student_file
 from vlcd_dist.train.backend import Backend, configure_threads
@@ -94,9 +95,9 @@ class ZeroShotPrompts:
     """Prompt embeddings of the tasks that have zero-shot prompts (in shard task order)."""
 
     tasks: list[str]
-    texts: dict[str, list[str]]  # task -> [positive, negative]
-    positive: np.ndarray  # [T', d] fp32
-    negative: np.ndarray  # [T', d] fp32
+    texts: dict[str, tuple[list[str], list[str]]]  # task -> (positive prompts, negative prompts)
+    positive: np.ndarray  # [T', d]: each task's positive prompts ensembled
+    negative: np.ndarray  # [T', d]: its negative prompts ensembled
 
 
 class Evaluator:
@@ -179,16 +180,23 @@ class Evaluator:
         return out
 
     def zero_shot_prompts(self, chosen: list[str]) -> ZeroShotPrompts:
-        """The recipe's prompts of the tasks ``chosen`` (see :func:`prompt_tasks`), embedded by
-        the teacher's text tower each like a report's anchor (mean over its sentences)."""
+        """The recipe's prompts of the tasks ``chosen`` (see :func:`prompt_tasks`), each embedded
+        by the teacher's text tower like a report's anchor (mean over its sentences), then each
+        side of a task ensembled (:func:`ensemble_prompts`)."""
         from vlcd_dist.anchors import compute_text_anchors
 
         prompts = self.cfg.eval.zero_shot_prompts
         teacher = self.frozen_teacher or load_frozen_teacher(self.cfg, self.device)
-        texts = [prompts[t][0] for t in chosen] + [prompts[t][1] for t in chosen]
-        emb = compute_text_anchors(teacher, texts).numpy()
-        n = len(chosen)
-        return ZeroShotPrompts(chosen, {t: list(prompts[t]) for t in chosen}, emb[:n], emb[n:])
+        texts = {t: (list(prompts[t].positive), list(prompts[t].negative)) for t in chosen}
+        flat = [p for t in chosen for side in texts[t] for p in side]
+        emb = iter(compute_text_anchors(teacher, flat).numpy())
+        sides: dict[str, list[np.ndarray]] = {"positive": [], "negative": []}
+        for t in chosen:
+            for name, side in zip(sides, texts[t], strict=True):
+                sides[name].append(ensemble_prompts(np.stack([next(emb) for _ in side])))
+        return ZeroShotPrompts(
+            chosen, texts, np.stack(sides["positive"]), np.stack(sides["negative"])
+        )
 
     # -- features --------------------------------------------------------------------------
 
@@ -389,7 +397,7 @@ class Evaluator:
         if prompts:
             report.zero_shot = ZeroShot(
                 tasks=prompts.tasks,
-                prompts={t: (p[0], p[1]) for t, p in prompts.texts.items()},
+                prompts=dict(prompts.texts),
                 models=zero_shot,
             )
         self.write(report)

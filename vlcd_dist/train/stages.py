@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,7 +163,14 @@ def _all_local_cores(backend: Backend) -> Iterator[None]:
 
 class TeacherTrainer(Trainer):
     """CLIP-loss pretraining of the vision-language teacher on placenta image-report pairs,
-    then its export and the text-anchor cache every later stage reads."""
+    then its export and the text-anchor cache every later stage reads.
+
+    A report's text feature is, by default, the mean of its sentences' embeddings: the text
+    anchors of distillation, split by the same :func:`vlcd_dist.anchors.split_sentences`
+    (``train_teacher.text_feature``). With the text encoder locked, each training report's mean
+    pooled encoder state is computed once in :meth:`build` and only the projection runs per
+    step. Texts cut at ``teacher.max_text_length`` are counted (summary.json, the log).
+    """
 
     stage = "train-teacher"
 
@@ -182,7 +190,48 @@ class TeacherTrainer(Trainer):
         stream = cfg.data.stream(cfg.data.placenta, split="train", train=True, seed=cfg.run.seed)
         self.loader = ShardLoader(stream, self.backend.rank, self.backend.world_size)
         self.total_steps = self.plan_steps(len(self.loader))
+        self.text_states = None
+        if cfg.train_teacher.text_feature == "sentence_mean" and cfg.train_teacher.lock_text:
+            self.text_states = self._locked_text_states()
         self.trainee = self.add_trainee("teacher", self.teacher)
+
+    def _locked_text_states(self):  # -> AnchorTable
+        """Mean pooled encoder state of every training report, computed once (collective)."""
+        from vlcd_dist.anchors import report_state_table
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        # The precision the encoder would have run at inside the training forward.
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.run.mixed_precision, "float32")
+        # Every rank embeds its share of the sentences, so no core is idle to lend.
+        table = report_state_table(
+            self.teacher,
+            shard_reports(cfg.data.placenta, split="train"),
+            batch_size=cfg.train_teacher.anchor_batch_size,
+            autocast_dtype=dtype,
+            device=self.device,
+        )
+        logger.info(
+            "train-teacher: locked text encoder: sentence states of %d training reports "
+            "computed once (%.0f s)",
+            len(table),
+            time.perf_counter() - t0,
+        )
+        return table
+
+    def text_inputs(self, texts: list[str], keys: list[str]) -> dict[str, torch.Tensor]:
+        """The text arguments of the teacher's forward for one batch (on the device), by
+        ``train_teacher.text_feature``: precomputed states (locked encoder), sentences with
+        their report pairs, or whole reports."""
+        if self.text_states is not None:
+            return {"text_states": self.text_states.lookup(keys).to(self.device)}
+        if self.cfg.train_teacher.text_feature == "sentence_mean":
+            from vlcd_dist.anchors import tokenize_reports
+
+            inputs = tokenize_reports(self.teacher.text, texts)
+        else:
+            inputs = self.teacher.text.tokenize(texts)
+        return {k: v.to(self.device) for k, v in inputs.items()}
 
     def on_train_start(self) -> None:
         if self.cfg.train_teacher.lock_text:
@@ -194,12 +243,10 @@ class TeacherTrainer(Trainer):
     ) -> dict[str, dict[str, torch.Tensor]]:
         trainee, backend = self.trainee, self.backend
         images = self.backend.images(batch["image"])
-        tokens = {
-            k: v.to(self.device) for k, v in self.teacher.text.tokenize(batch["text"]).items()
-        }
+        text = self.text_inputs(batch["text"], batch["key"])
         with backend.sync_gradients(trainee, sync):
             with backend.autocast():
-                out = trainee.model(images, tokens["input_ids"], tokens["attention_mask"])
+                out = trainee.model(images, **text)
             parts = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
             loss = parts["loss"]
             if self.loss_hook is not None:
@@ -209,6 +256,17 @@ class TeacherTrainer(Trainer):
 
     def finish(self) -> None:
         cfg, backend = self.cfg, self.backend
+        # Counted before the anchors, which count their own (in the cache's recipe).
+        cut = torch.tensor([float(self.teacher.text.truncated)], device=self.device)
+        backend.all_reduce(cut, "sum")
+        self.text_truncated = int(cut.item())
+        if self.text_truncated:
+            logger.warning(
+                "train-teacher: %d training text(s) longer than teacher.max_text_length=%d "
+                "tokens were truncated (counted each time one was tokenized)",
+                self.text_truncated,
+                self.teacher.text.max_length,
+            )
         export = self.out / "export"
         teacher_path = export / TEACHER_FILE
         weights = backend.export_state(self.trainee)  # collective under ZeRO
@@ -231,6 +289,30 @@ class TeacherTrainer(Trainer):
                 )
         backend.barrier()
 
+    def summary(self) -> dict[str, Any]:
+        return {
+            "text_feature": self.cfg.train_teacher.text_feature,
+            "text_max_length": self.teacher.text.max_length,
+            "text_truncated": getattr(self, "text_truncated", 0),
+        }
+
+
+def shard_reports(placenta: str, split: str | None = None) -> Iterator[tuple[str, str]]:
+    """(sample key, report) of every readable report in the placenta shards (of one split).
+
+    A report that is not UTF-8 is left out (the loader skips that sample too); a damaged shard
+    keeps the reports before the damage (logged)."""
+    for url in resolve_shards(placenta, split=split).urls:
+        try:
+            for raw in iter_tar(url):
+                if "txt" in raw:
+                    try:
+                        yield raw["__key__"], raw["txt"].decode("utf-8")
+                    except UnicodeDecodeError:
+                        continue
+        except Exception as exn:  # noqa: BLE001 - a damaged shard keeps its good reports
+            logger.warning("reports: %s: %s", url, exn)
+
 
 def build_anchors(
     teacher: VisionLanguageTeacher,
@@ -243,22 +325,8 @@ def build_anchors(
     """The text-anchor cache of every report in the placenta shards (all splits)."""
     from vlcd_dist.anchors import build_anchor_cache
 
-    shard_set = resolve_shards(placenta)
-
-    def reports() -> Iterator[tuple[str, str]]:
-        for url in shard_set.urls:
-            try:
-                for raw in iter_tar(url):
-                    if "txt" in raw:
-                        try:
-                            yield raw["__key__"], raw["txt"].decode("utf-8")
-                        except UnicodeDecodeError:
-                            continue  # the loader skips this sample too
-            except Exception as exn:  # noqa: BLE001 - a damaged shard keeps its good reports
-                logger.warning("anchors: %s: %s", url, exn)
-
     frozen = FrozenTeacher(teacher, autocast_dtype=autocast_dtype)
-    out = build_anchor_cache(frozen, reports(), path, batch_size=batch_size)
+    out = build_anchor_cache(frozen, shard_reports(placenta), path, batch_size=batch_size)
     logger.info("train-teacher: text anchors in %s", out)
     return out
 
