@@ -9,6 +9,10 @@ in :class:`Backend`; :mod:`vlcd_dist.train.deepspeed_backend` maps DeepSpeed ont
 Mixed precision is handled here rather than by ``Accelerator(mixed_precision=...)``: Accelerate
 keeps one GradScaler per Accelerator, but every student must have its own loss scaling so that
 an fp16 overflow in one never changes another's scale or update (DESIGN.md section 3).
+
+Every backend starts with :func:`init_process_group`: a task that ``srun`` started itself (one
+task per GPU, no launcher) takes its rank and rendezvous from SLURM's variables there, so both
+backends join one group under ``accelerate launch``, ``torchrun`` and plain ``srun`` alike.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from vlcd_dist.distributed import adopt_srun_launch
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import save_tensors, write_text
 from vlcd_dist.train.state_io import load_state, save_state
@@ -232,7 +237,7 @@ class AccelerateBackend(Backend):
             raise VlcdError(
                 "run.mixed_precision=fp16 needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
             )
-        init_restartable_group("gloo" if use_cpu else "nccl", collective_timeout_s)
+        init_process_group("gloo" if use_cpu else "nccl", collective_timeout_s)
         # Precision is ours (per-trainee scalers), so Accelerate itself runs in fp32 mode.
         handlers = []
         if collective_timeout_s is not None:
@@ -302,6 +307,28 @@ def process_group_timeout(seconds: float) -> Any:
     if timeout == InitProcessGroupKwargs().timeout:
         timeout += timedelta(microseconds=1)
     return InitProcessGroupKwargs(timeout=timeout)
+
+
+def init_process_group(dist_backend: str, timeout_s: float | None) -> None:
+    """What every backend does before its own set-up: a task that ``srun`` started directly
+    (``srun --ntasks-per-node=GPUS python -m vlcd_dist ...``) gets torchrun's variables from
+    SLURM's (:func:`~vlcd_dist.distributed.adopt_srun_launch`; a layout that cannot work is
+    refused), then a torchrun group that may restart gets a store of its own
+    (:func:`init_restartable_group`). Otherwise Accelerate or DeepSpeed create the group from
+    the environment, as under torchrun."""
+    try:
+        found = adopt_srun_launch()
+    except ValueError as exn:
+        raise VlcdError(str(exn)) from exn
+    if found:
+        logger.info(
+            "srun task %s of %s: rendezvous at %s:%s",
+            found["RANK"],
+            found["WORLD_SIZE"],
+            found["MASTER_ADDR"],
+            found["MASTER_PORT"],
+        )
+    init_restartable_group(dist_backend, timeout_s)
 
 
 def init_restartable_group(dist_backend: str, timeout_s: float | None) -> bool:
