@@ -1,5 +1,7 @@
 """dist_info understands every launcher's variables."""
 
+import os
+
 import pytest
 
 from vlcd_dist.distributed import (
@@ -167,3 +169,19 @@ def test_bad_values_are_explained():
         dist_info({"RANK": "x"})
     with pytest.raises(ValueError, match="outside world size"):
         dist_info({"RANK": "4", "WORLD_SIZE": "2"})
+
+
+def test_a_rank_without_its_gpu_is_refused(monkeypatch):
+    # `srun --gpus-per-task=1`: local rank 1 sees one GPU (its own, as cuda:0).
+    import torch
+
+    from vlcd_dist.errors import VlcdError
+    from vlcd_dist.train.backend import init_process_group
+
+    for name in [n for n in os.environ if n.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(VlcdError, match=r"local rank 1 needs GPU 1, but this process sees 1 "):
+        init_process_group("nccl", None)

@@ -320,6 +320,15 @@ def init_process_group(dist_backend: str, timeout_s: float | None) -> None:
         found = adopt_srun_launch()
     except ValueError as exn:
         raise VlcdError(str(exn)) from exn
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist_backend == "nccl" and local_rank >= torch.cuda.device_count():
+        # Local rank i drives GPU i; `srun --gpus-per-task=1` shows each task only its own.
+        raise VlcdError(
+            f"local rank {local_rank} needs GPU {local_rank}, but this process sees "
+            f"{torch.cuda.device_count()} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); every rank of a node must see "
+            "all its GPUs: under srun use --gpus-per-node (not --gpus-per-task or --gpu-bind)"
+        )
     if found:
         logger.info(
             "srun task %s of %s: rendezvous at %s:%s",
