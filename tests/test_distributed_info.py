@@ -7,6 +7,7 @@ import pytest
 from vlcd_dist.distributed import (
     dist_info,
     first_host,
+    launcher_mixed_precision,
     srun_launch_env,
     srun_port,
 )
@@ -136,6 +137,11 @@ def test_several_launchers_per_node_are_refused():
 )
 def test_first_host_of_a_node_list(nodelist: str, first: str):
     assert first_host(nodelist) == first
+
+
+def test_launcher_mixed_precision():
+    assert launcher_mixed_precision({}) is None
+    assert launcher_mixed_precision({"ACCELERATE_MIXED_PRECISION": "BF16"}) == "bf16"
 
 
 def test_launcher_variables_win_over_slurm():

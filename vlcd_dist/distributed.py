@@ -222,6 +222,16 @@ def adopt_srun_launch() -> dict[str, str]:
     return found
 
 
+def launcher_mixed_precision(env: dict[str, str] | None = None) -> str | None:
+    """The mixed precision ``accelerate launch`` asks for: its ``--mixed_precision`` or the
+    ``mixed_precision`` of its ``--config_file``, which it passes to the processes as
+    ACCELERATE_MIXED_PRECISION (lower-cased). None without one. accelerate also passes "no" when
+    neither was given, so "no" cannot tell an explicit choice from the default."""
+    env = dict(os.environ) if env is None else env
+    value = env.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    return value or None
+
+
 def slurm_requeue_id(env: dict[str, str] | None = None) -> str | None:
     """The id ``scontrol requeue`` takes for this SLURM batch job, or None outside one.
 

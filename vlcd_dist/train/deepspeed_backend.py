@@ -83,8 +83,9 @@ class DeepSpeedBackend(Backend):
             # DeepSpeed keeps the whole module in the low precision; on CPU, batch norm then
             # fails on autocast's fp32 activations (seen with DeepSpeed 0.19.8).
             raise VlcdError(
-                f"run.mixed_precision={mixed_precision} with run.backend=deepspeed needs a GPU; "
-                "on CPU use run.mixed_precision=no, or the accelerate backend for bf16"
+                f"mixed precision {mixed_precision} (run.mixed_precision, or the launcher's when "
+                "the recipe leaves it out) with run.backend=deepspeed needs a GPU; on CPU use "
+                "run.mixed_precision=no, or the accelerate backend for bf16"
             )
         if use_cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
