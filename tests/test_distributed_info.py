@@ -191,3 +191,22 @@ def test_a_rank_without_its_gpu_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(VlcdError, match=r"local rank 1 needs GPU 1, but this process sees 1 "):
         init_process_group("nccl", None)
+
+
+def test_srun_tasks_of_a_node_share_its_cores(monkeypatch):
+    # Trainers set threads before the backend exports torchrun's variables: 2 tasks on this node.
+    import torch
+
+    from vlcd_dist.train.backend import configure_threads
+
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(name)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in SRUN_TASK.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    configure_threads(None, flush_denormal=False)
+    assert calls == [4]

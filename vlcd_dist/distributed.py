@@ -119,10 +119,6 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
     )
 
 
-# The variables torch.distributed's env:// set-up reads (and torchrun sets for its workers).
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                    "MASTER_PORT")  # fmt: skip
-
 SRUN_COMMAND = "srun --ntasks-per-node=GPUS_PER_NODE python -m vlcd_dist STAGE ..."
 """The one-task-per-GPU launch (open_clip's style), for messages."""
 

@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlcd_dist.config.schema import MIXED_PRECISION
-from vlcd_dist.distributed import adopt_srun_launch, launcher_mixed_precision
+from vlcd_dist.distributed import adopt_srun_launch, dist_info, launcher_mixed_precision
 from vlcd_dist.errors import ConfigError, VlcdError
 from vlcd_dist.io import save_tensors, write_text
 from vlcd_dist.train.state_io import load_state, save_state
@@ -457,8 +457,9 @@ def configure_threads(threads: int | None, flush_denormal: bool) -> None:
     if threads:
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
-        # Several ranks on one CPU host must share its cores rather than oversubscribe them.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        # Several ranks on one CPU host must share its cores rather than oversubscribe them
+        # (dist_info: also before a plain srun task has exported torchrun's variables).
+        local = dist_info().local_world_size
         if local > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if flush_denormal:
