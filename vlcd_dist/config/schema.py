@@ -30,8 +30,7 @@ class RunConfig:
     seed: int = 0
     """Seeds model initialisation, data order and augmentation."""
     mixed_precision: str | None = None
-    """Students' (and the trained teacher's) autocast: "no" (fp32), "bf16" or "fp16" (GPU);
-    None: the launcher's (accelerate launch --mixed_precision or its config file), else "no"."""
+    """Autocast of the trained models: "no" (fp32), "bf16", "fp16" (GPU); null: the launcher's."""
     cpu: bool = False
     """Run on CPU even when GPUs are visible (no GPU: CPU and gloo regardless)."""
     threads: int | None = None
