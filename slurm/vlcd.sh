@@ -6,6 +6,10 @@
 #
 # One task per node; each task runs `accelerate launch`, which starts one training process per
 # GPU of its node (or VLCD_PROCS_PER_NODE processes on CPU-only nodes, talking over gloo).
+# Without this script, a plain srun of one task per GPU works too (open_clip's style; ranks and
+# rendezvous come from SLURM's variables, see docs/training.md):
+#
+#   srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 python -m vlcd_dist distill --config ...
 #
 # ---- What you edit: the #SBATCH defaults below (or override them on the sbatch line) ----------
 #SBATCH --job-name=vlcd
@@ -84,7 +88,8 @@ trap on_usr1 USR1
 
 # srun starts one launcher per node; SLURM_NODEID is that node's machine rank. accelerate's
 # static rendezvous numbers the ranks node by node, so node i holds ranks i*PROCS..i*PROCS+PROCS-1
-# (each rank also prints a "vlcd: rank R/W ... on NODE" line when it starts).
+# (each rank also prints a "vlcd: rank R/W ... on NODE" line when it starts). The precision is the
+# recipe's run.mixed_precision: accelerate's "no" is also its default, and never overrides it.
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '
   echo "[vlcd] node $SLURMD_NODENAME ($(hostname -s)): machine rank $SLURM_NODEID," \
        "ranks $((SLURM_NODEID * PROCS))-$((SLURM_NODEID * PROCS + PROCS - 1))"

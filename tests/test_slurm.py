@@ -1,5 +1,7 @@
-"""slurm/vlcd.sh on a real (local, 2-node) SLURM cluster: a tiny distill over two nodes, one rank
-per node, computes what the same recipe computes under torchrun on one node.
+"""SLURM on a real (local, 2-node) cluster: a tiny distill over two nodes, one rank per node,
+computes what the same recipe computes under torchrun on one node, whether slurm/vlcd.sh starts
+it (one accelerate launch per node) or a plain `srun python -m vlcd_dist` (one task per rank,
+open_clip's style; both backends join one group).
 
 The cluster is the one scripts/slurm/up.sh starts (node1 and node2, both on this machine, which
 is why tmp_path is a folder "both nodes" see). Without a cluster the test is skipped, saying
@@ -96,6 +98,37 @@ def slurm_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> di
     return {"root": root, "out": out, "log": text, "job": job}
 
 
+SRUN_JOB = "vlcd-test-srun"
+
+
+def _srun(program: list[str], out_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``srun --nodes 2 --ntasks-per-node 1 python PROGRAM``, blocking; cancelled and failed
+    when it takes too long."""
+    cmd = [
+        "srun", f"--job-name={SRUN_JOB}", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+        "--time=15", "--kill-on-bad-exit=1", sys.executable, *program,
+    ]  # fmt: skip
+    try:
+        return subprocess.run(
+            cmd, cwd=out_dir, env=rank_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exn:
+        subprocess.run(["scancel", f"--name={SRUN_JOB}"], timeout=60)
+        pytest.fail(f"{cmd} not finished after {JOB_TIMEOUT_S} s (cancelled): {exn.stderr!r}")
+
+
+@pytest.fixture(scope="module")
+def srun_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> dict:
+    """The same distill under a plain ``srun --nodes 2 --ntasks-per-node 1 python -m vlcd_dist
+    distill ...``: no launcher, each SLURM task is one rank."""
+    root = tmp_path_factory.mktemp("srun")
+    out = root / "distill"
+    program = ["-m", "vlcd_dist", "distill", "--config", str(tiny_recipe)]
+    proc = _srun([*program, *_stage_args(tiny_pipeline, out)], root)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return {"root": root, "out": out, "log": proc.stderr}
+
+
 @pytest.fixture(scope="module")
 def torchrun_run(slurm_cluster, tmp_path_factory, tiny_recipe, tiny_pipeline) -> Path:
     """The same recipe under torchrun: 2 processes on one node."""
@@ -147,15 +180,14 @@ def test_one_rank_per_node(slurm_run) -> None:
     assert "[vlcd] stage distill finished with status 0" in log
 
 
-@pytest.mark.multiproc
-@pytest.mark.timeout(1200)
-def test_outputs_written_once_by_rank_0(slurm_run, torchrun_run) -> None:
-    out = slurm_run["out"]
+def _assert_written_once(root: Path, out: Path, reference: Path) -> None:
+    """One main process wrote ``out`` (under ``root``), as a one-node 2-rank run writes
+    ``reference``."""
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == STEPS
     assert summary["trainees"] == STUDENTS
     # One TensorBoard writer in the whole job (two would mean a second "main" process).
-    events = sorted(slurm_run["root"].rglob("events.out.tfevents.*"))
+    events = sorted(root.rglob("events.out.tfevents.*"))
     assert [p.parent for p in events] == [out / "tb"], events
     # One set of checkpoints, the same files a one-node run writes: step folders (every 2 steps,
     # and the last), each complete, with one RNG file per rank.
@@ -170,25 +202,73 @@ def test_outputs_written_once_by_rank_0(slurm_run, torchrun_run) -> None:
             "rank00000.safetensors",
             "rank00001.safetensors",
         ]
-    assert _tree(ckpts) == _tree(torchrun_run / "checkpoints")
+    assert _tree(ckpts) == _tree(reference / "checkpoints")
 
 
-@pytest.mark.multiproc
-@pytest.mark.timeout(1200)
-def test_losses_match_torchrun(slurm_run, torchrun_run) -> None:
-    got = scalars(slurm_run["out"] / "tb")
-    want = scalars(torchrun_run / "tb")
+def _assert_same_run(out: Path, reference: Path, label: str) -> None:
+    """``out`` logged the per-step losses of ``reference`` and exported the same students."""
+    got = scalars(out / "tb")
+    want = scalars(reference / "tb")
     for name in STUDENTS:
         for part in LOSS_TAGS:
             tag = f"{name}/{part}"
             assert [s for s, _ in got[tag]] == list(range(1, STEPS + 1)), tag
             assert [s for s, _ in want[tag]] == list(range(1, STEPS + 1)), tag
             for (step, a), (_, b) in zip(got[tag], want[tag], strict=True):
-                assert abs(a - b) <= 1e-5, f"{tag} step {step}: slurm {a} vs torchrun {b}"
+                assert abs(a - b) <= 1e-5, f"{tag} step {step}: {label} {a} vs torchrun {b}"
     # Same losses, same updates: the exported students agree too.
     for name in STUDENTS:
-        a = load_file(str(slurm_run["out"] / "export" / f"{name}.safetensors"))
-        b = load_file(str(torchrun_run / "export" / f"{name}.safetensors"))
+        a = load_file(str(out / "export" / f"{name}.safetensors"))
+        b = load_file(str(reference / "export" / f"{name}.safetensors"))
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(1200)
+def test_outputs_written_once_by_rank_0(slurm_run, torchrun_run) -> None:
+    _assert_written_once(slurm_run["root"], slurm_run["out"], torchrun_run)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(1200)
+def test_losses_match_torchrun(slurm_run, torchrun_run) -> None:
+    _assert_same_run(slurm_run["out"], torchrun_run, "slurm")
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(1200)
+def test_plain_srun_is_one_job(srun_run, torchrun_run) -> None:
+    # Each task is one rank of one group (not two jobs of one rank writing into one folder).
+    log = srun_run["log"]
+    for node, rank in (("node1", 0), ("node2", 1)):
+        lines = re.findall(
+            rf"^vlcd: rank {rank}/2 \(local rank 0, node {rank}/2\) on (\S+) ", log, re.M
+        )
+        assert lines == [node], f"rank {rank}: {lines}\n{log[-6000:]}"
+    _assert_written_once(srun_run["root"], srun_run["out"], torchrun_run)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(1200)
+def test_plain_srun_losses_match_torchrun(srun_run, torchrun_run) -> None:
+    _assert_same_run(srun_run["out"], torchrun_run, "srun")
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", ["accelerate", "deepspeed"])
+def test_plain_srun_tasks_join_one_group(slurm_cluster, tmp_path, backend) -> None:
+    worker = REPO / "tests" / "workers" / "backend_group_worker.py"
+    proc = _srun([str(worker), backend], tmp_path)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    lines = [
+        json.loads(x[len("group ") :]) for x in proc.stdout.splitlines() if x.startswith("group ")
+    ]
+    # Both ranks of one group: the all-reduce of (rank + 1) is 1 + 2 on each.
+    assert sorted((x["rank"], x["world_size"], x["sum"]) for x in lines) == [
+        (0, 2, 3.0),
+        (1, 2, 3.0),
+    ], proc.stdout
+    assert {x["backend"] for x in lines} == {backend}

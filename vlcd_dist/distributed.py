@@ -8,6 +8,7 @@ small named functions below it so tests can call and monkeypatch them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -16,13 +17,14 @@ import torch
 import torch.distributed as torch_dist
 
 # Each launcher exports the same facts under its own names. The first name present wins, in the
-# order: torchrun / accelerate / deepspeed (they share torchrun's names), Open MPI, then SLURM
-# (srun sets SLURM_* for every task, so it must come last: under `srun accelerate launch` the
-# SLURM task is a whole node, not a rank).
-_RANK = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
-_LOCAL_RANK = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
-_WORLD = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
-_LOCAL_WORLD = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+# order: torchrun / accelerate / deepspeed (they share torchrun's names), then Open MPI. A task
+# that srun started itself gets torchrun's names derived from SLURM's (srun_launch_env); SLURM's
+# own names are not ranks otherwise (under `srun accelerate launch` a SLURM task is a whole node,
+# and a batch script sees the allocation's task count while it is one process).
+_RANK = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+_LOCAL_RANK = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+_WORLD = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+_LOCAL_WORLD = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
 _NODE = ("GROUP_RANK", "NODE_RANK", "CROSS_RANK", "SLURM_NODEID")
 _NUM_NODES = ("NNODES", "CROSS_SIZE", "SLURM_NNODES")
 # The scheduler's name of this node. It can differ from the host name (and on a test cluster
@@ -80,12 +82,14 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
     """Rank, local rank, world size and node of this process.
 
     Reads the variables set by torchrun, ``accelerate launch``, the ``deepspeed`` launcher,
-    ``mpirun`` and SLURM's ``srun``. With ``env`` left out, the process environment is read and,
-    when ``torch.distributed`` is initialised, its rank and world size are authoritative; an
-    explicit ``env`` is read alone. Without any launcher this is a single process (rank 0 of 1).
+    ``mpirun`` and SLURM's ``srun`` (for a task srun started itself, :func:`srun_launch_env`).
+    With ``env`` left out, the process environment is read and, when ``torch.distributed`` is
+    initialised, its rank and world size are authoritative; an explicit ``env`` is read alone.
+    Without any launcher this is a single process (rank 0 of 1).
     """
     from_process = env is None
     env = dict(os.environ) if env is None else env
+    env = {**srun_launch_env(env, check=False), **env}
     rank = _first_int(env, _RANK, 0)
     world = _first_int(env, _WORLD, 1)
     if from_process and torch_dist.is_available() and torch_dist.is_initialized():
@@ -113,6 +117,115 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
         hostname=hostname,
         node_name=node_name,
     )
+
+
+SRUN_COMMAND = "srun --ntasks-per-node=GPUS_PER_NODE python -m vlcd_dist STAGE ..."
+"""The one-task-per-GPU launch (open_clip's style), for messages."""
+
+
+def srun_port(job_id: int) -> int:
+    """The rendezvous port of a SLURM job: 20000 + job id modulo 20000, so that two jobs sharing
+    a node do not collide (slurm/vlcd.sh derives VLCD_PORT the same way)."""
+    return 20000 + job_id % 20000
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``node[03-05,9],gpu1`` -> ``node03``,
+    ``rack[1-2]-n[7-8]`` -> ``rack1-n7`` (what ``scontrol show hostnames | head -n 1`` prints)."""
+    depth, end = 0, len(nodelist)
+    for i, char in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            end = i
+            break
+    head = nodelist[:end].strip()
+    return re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0], head)
+
+
+def _tasks_per_node(text: str) -> list[int]:
+    """``2(x3),1`` (SLURM_STEP_TASKS_PER_NODE) -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item)
+        if match is None:
+            raise ValueError(f"SLURM_STEP_TASKS_PER_NODE={text!r} is not SLURM's count format")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def srun_launch_env(env: dict[str, str] | None = None, check: bool = True) -> dict[str, str]:
+    """torchrun's variables for a process that ``srun`` started as one task of a job step.
+
+    ``srun --ntasks-per-node=GPUS python -m vlcd_dist ...`` (open_clip's style: one task per
+    GPU, no launcher) sets only SLURM's names. For a task of a step of more than one task, with
+    none of torchrun's names set (RANK, WORLD_SIZE, LOCAL_RANK) and no Open MPI launcher, this
+    returns RANK=SLURM_PROCID, WORLD_SIZE=SLURM_STEP_NUM_TASKS, LOCAL_RANK=SLURM_LOCALID,
+    LOCAL_WORLD_SIZE (this node's entry of SLURM_STEP_TASKS_PER_NODE), MASTER_ADDR (the first
+    host of SLURM_STEP_NODELIST) and MASTER_PORT (:func:`srun_port` of SLURM_JOB_ID); a
+    MASTER_ADDR or MASTER_PORT already set is kept. Otherwise (no srun step, one task, a
+    launcher's names present) it returns {}. A batch script is not a step (no SLURM_STEP_ID):
+    there ``python -m vlcd_dist`` is one process, whatever ``--ntasks`` says.
+
+    With ``check``, a launcher started by several srun tasks on one node (``srun
+    --ntasks-per-node=8 accelerate launch ...``: every task starts its own group of ranks) is
+    refused with a ValueError that shows both supported commands. ``env`` defaults to the
+    process environment.
+    """
+    env = dict(os.environ) if env is None else env
+    if not env.get("SLURM_STEP_ID", "").strip():
+        return {}
+    tasks = _first_int(env, ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"), 1)
+    node = _first_int(env, ("SLURM_NODEID",), 0)
+    per_node = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", ""))
+    here = per_node[node] if node < len(per_node) else 1
+    launched = any(env.get(n, "").strip() for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if launched:
+        if check and here > 1 and env.get("TORCHELASTIC_RUN_ID", "").strip():
+            raise ValueError(
+                f"srun started {here} tasks on node {env.get('SLURMD_NODENAME', node)} and each "
+                "runs a launcher (accelerate launch / torchrun) that starts its own ranks; use "
+                "either one task per node running the launcher (srun --ntasks-per-node=1 "
+                "accelerate launch ..., as slurm/vlcd.sh does) or no launcher, one task per GPU: "
+                f"{SRUN_COMMAND}"
+            )
+        return {}
+    if tasks <= 1 or env.get("OMPI_COMM_WORLD_SIZE", "").strip():
+        return {}
+    job = _first_int(env, ("SLURM_JOB_ID",), 0)
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+    out = {
+        "RANK": str(_first_int(env, ("SLURM_PROCID",), 0)),
+        "WORLD_SIZE": str(tasks),
+        "LOCAL_RANK": str(_first_int(env, ("SLURM_LOCALID",), 0)),
+        "LOCAL_WORLD_SIZE": str(here),
+        "MASTER_ADDR": env.get("MASTER_ADDR", "").strip() or first_host(nodelist),
+        "MASTER_PORT": env.get("MASTER_PORT", "").strip() or str(srun_port(job)),
+    }
+    if not out["MASTER_ADDR"]:
+        raise ValueError(
+            "srun gave this task no node list (SLURM_STEP_NODELIST); export MASTER_ADDR, the "
+            "host of rank 0, before srun"
+        )
+    return out
+
+
+def adopt_srun_launch() -> dict[str, str]:
+    """Export :func:`srun_launch_env` into this process's environment (before a process group is
+    created), so that torch.distributed, Accelerate and DeepSpeed see a torchrun worker.
+    Returns what was set; raises ValueError for a launch layout that cannot work."""
+    found = srun_launch_env(dict(os.environ))
+    os.environ.update(found)
+    return found
+
+
+def launcher_mixed_precision(env: dict[str, str] | None = None) -> str | None:
+    """The mixed precision ``accelerate launch`` asks for: its ``--mixed_precision`` or the
+    ``mixed_precision`` of its ``--config_file``, which it passes to the processes as
+    ACCELERATE_MIXED_PRECISION (lower-cased). None without one. accelerate also passes "no" when
+    neither was given, so "no" cannot tell an explicit choice from the default."""
+    env = dict(os.environ) if env is None else env
+    value = env.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    return value or None
 
 
 def slurm_requeue_id(env: dict[str, str] | None = None) -> str | None:

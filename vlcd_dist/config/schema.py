@@ -30,8 +30,8 @@ class RunConfig:
     """Output folder of the stage: config.yaml, tb/, checkpoints/, export/ (``--out`` sets it)."""
     seed: int = 0
     """Seeds model initialisation, data order and augmentation."""
-    mixed_precision: str = "no"
-    """Students' (and the trained teacher's) autocast: "no" (fp32), "bf16" or "fp16" (GPU)."""
+    mixed_precision: str | None = None
+    """Autocast of the trained models: "no" (fp32), "bf16", "fp16" (GPU); null: the launcher's."""
     cpu: bool = False
     """Run on CPU even when GPUs are visible (no GPU: CPU and gloo regardless)."""
     threads: int | None = None
@@ -413,10 +413,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Cross-field checks; raises ConfigError saying which value to change and how."""
         _check(
-            self.run.mixed_precision in MIXED_PRECISION,
+            self.run.mixed_precision is None or self.run.mixed_precision in MIXED_PRECISION,
             "run.mixed_precision",
             self.run.mixed_precision,
-            f"one of {MIXED_PRECISION}",
+            f"null (the launcher decides) or one of {MIXED_PRECISION}",
         )
         _check(self.run.backend in BACKENDS, "run.backend", self.run.backend, f"one of {BACKENDS}")
         _check(self.run.zero_stage in (0, 1, 2), "run.zero_stage", self.run.zero_stage, "0, 1 or 2")

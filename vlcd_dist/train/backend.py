@@ -8,7 +8,14 @@ in :class:`Backend`; :mod:`vlcd_dist.train.deepspeed_backend` maps DeepSpeed ont
 
 Mixed precision is handled here rather than by ``Accelerator(mixed_precision=...)``: Accelerate
 keeps one GradScaler per Accelerator, but every student must have its own loss scaling so that
-an fp16 overflow in one never changes another's scale or update (DESIGN.md section 3).
+an fp16 overflow in one never changes another's scale or update (DESIGN.md section 3). Which
+precision a run uses is :func:`resolve_mixed_precision`'s answer: the recipe's
+``run.mixed_precision``, else the launcher's (``accelerate launch --mixed_precision`` or its
+config file), else fp32.
+
+Every backend starts with :func:`init_process_group`: a task that ``srun`` started itself (one
+task per GPU, no launcher) takes its rank and rendezvous from SLURM's variables there, so both
+backends join one group under ``accelerate launch``, ``torchrun`` and plain ``srun`` alike.
 """
 
 from __future__ import annotations
@@ -28,13 +35,50 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vlcd_dist.errors import VlcdError
+from vlcd_dist.config.schema import MIXED_PRECISION
+from vlcd_dist.distributed import adopt_srun_launch, dist_info, launcher_mixed_precision
+from vlcd_dist.errors import ConfigError, VlcdError
 from vlcd_dist.io import save_tensors, write_text
 from vlcd_dist.train.state_io import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+_LAUNCHER_PRECISION = (
+    "accelerate launch passes mixed_precision={value} (its --mixed_precision, or mixed_precision "
+    "in its --config_file such as launchers/accelerate/1node_8gpu.yaml; the processes see "
+    "ACCELERATE_MIXED_PRECISION={value})"
+)
+
+
+def resolve_mixed_precision(recipe: str | None, env: dict[str, str] | None = None) -> str:
+    """The precision a training run uses: "no", "bf16" or "fp16".
+
+    ``recipe`` is ``run.mixed_precision``; None (left unset) lets the launcher decide, that is
+    ``accelerate launch``'s ``--mixed_precision`` or its config file's ``mixed_precision``
+    (:func:`~vlcd_dist.distributed.launcher_mixed_precision`), else "no" (fp32). When both are
+    set and differ, ConfigError names both. accelerate passes "no" also when nothing was given,
+    so a launcher's "no" never overrides or contradicts the recipe. ``env`` defaults to the
+    process environment.
+    """
+    launcher = launcher_mixed_precision(env)
+    if launcher is not None and launcher not in MIXED_PRECISION:
+        raise ConfigError(
+            _LAUNCHER_PRECISION.format(value=launcher) + f", which vlcd-dist does not support: "
+            f"use one of {MIXED_PRECISION} in the launcher, or set run.mixed_precision in the "
+            "recipe and leave the launcher's at no"
+        )
+    if recipe is None:
+        return launcher or "no"
+    if launcher in (None, "no") or launcher == recipe:
+        return recipe
+    raise ConfigError(
+        f"run.mixed_precision={recipe} in the recipe, but "
+        + _LAUNCHER_PRECISION.format(value=launcher)
+        + ": make them agree, or leave one of them out (remove run.mixed_precision from the "
+        "recipe to use the launcher's, or launch with --mixed_precision no)"
+    )
 
 
 @dataclass
@@ -230,9 +274,10 @@ class AccelerateBackend(Backend):
         use_cpu = cpu or not torch.cuda.is_available()
         if mixed_precision == "fp16" and use_cpu:
             raise VlcdError(
-                "run.mixed_precision=fp16 needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
+                "mixed precision fp16 (run.mixed_precision, or the launcher's when the recipe "
+                "leaves it out) needs a GPU; on CPU use 'bf16' or 'no' (fp32)"
             )
-        init_restartable_group("gloo" if use_cpu else "nccl", collective_timeout_s)
+        init_process_group("gloo" if use_cpu else "nccl", collective_timeout_s)
         # Precision is ours (per-trainee scalers), so Accelerate itself runs in fp32 mode.
         handlers = []
         if collective_timeout_s is not None:
@@ -302,6 +347,37 @@ def process_group_timeout(seconds: float) -> Any:
     if timeout == InitProcessGroupKwargs().timeout:
         timeout += timedelta(microseconds=1)
     return InitProcessGroupKwargs(timeout=timeout)
+
+
+def init_process_group(dist_backend: str, timeout_s: float | None) -> None:
+    """What every backend does before its own set-up: a task that ``srun`` started directly
+    (``srun --ntasks-per-node=GPUS python -m vlcd_dist ...``) gets torchrun's variables from
+    SLURM's (:func:`~vlcd_dist.distributed.adopt_srun_launch`; a layout that cannot work is
+    refused), then a torchrun group that may restart gets a store of its own
+    (:func:`init_restartable_group`). Otherwise Accelerate or DeepSpeed create the group from
+    the environment, as under torchrun."""
+    try:
+        found = adopt_srun_launch()
+    except ValueError as exn:
+        raise VlcdError(str(exn)) from exn
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist_backend == "nccl" and local_rank >= torch.cuda.device_count():
+        # Local rank i drives GPU i; `srun --gpus-per-task=1` shows each task only its own.
+        raise VlcdError(
+            f"local rank {local_rank} needs GPU {local_rank}, but this process sees "
+            f"{torch.cuda.device_count()} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); every rank of a node must see "
+            "all its GPUs: under srun use --gpus-per-node (not --gpus-per-task or --gpu-bind)"
+        )
+    if found:
+        logger.info(
+            "srun task %s of %s: rendezvous at %s:%s",
+            found["RANK"],
+            found["WORLD_SIZE"],
+            found["MASTER_ADDR"],
+            found["MASTER_PORT"],
+        )
+    init_restartable_group(dist_backend, timeout_s)
 
 
 def init_restartable_group(dist_backend: str, timeout_s: float | None) -> bool:
@@ -381,8 +457,9 @@ def configure_threads(threads: int | None, flush_denormal: bool) -> None:
     if threads:
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
-        # Several ranks on one CPU host must share its cores rather than oversubscribe them.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        # Several ranks on one CPU host must share its cores rather than oversubscribe them
+        # (dist_info: also before a plain srun task has exported torchrun's variables).
+        local = dist_info().local_world_size
         if local > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if flush_denormal:

@@ -46,7 +46,7 @@ from torch import nn
 
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import save_tensors
-from vlcd_dist.train.backend import Backend, Trainee, init_restartable_group
+from vlcd_dist.train.backend import Backend, Trainee, init_process_group
 from vlcd_dist.train.state_io import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -83,17 +83,12 @@ class DeepSpeedBackend(Backend):
             # DeepSpeed keeps the whole module in the low precision; on CPU, batch norm then
             # fails on autocast's fp32 activations (seen with DeepSpeed 0.19.8).
             raise VlcdError(
-                f"run.mixed_precision={mixed_precision} with run.backend=deepspeed needs a GPU; "
-                "on CPU use run.mixed_precision=no, or the accelerate backend for bf16"
+                f"mixed precision {mixed_precision} (run.mixed_precision, or the launcher's when "
+                "the recipe leaves it out) with run.backend=deepspeed needs a GPU; on CPU use "
+                "run.mixed_precision=no, or the accelerate backend for bf16"
             )
         if use_cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        # A plain `python -m vlcd_dist ...` (one process, no launcher) still needs a group.
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if os.environ["WORLD_SIZE"] == "1":
-            os.environ.setdefault("MASTER_PORT", _free_port())
         try:
             import deepspeed
         except ImportError as e:
@@ -102,7 +97,14 @@ class DeepSpeedBackend(Backend):
             ) from e
         import torch.distributed as dist
 
-        init_restartable_group("gloo" if use_cpu else "nccl", collective_timeout_s)
+        # First: a plain srun task takes its rank from SLURM before the defaults below.
+        init_process_group("gloo" if use_cpu else "nccl", collective_timeout_s)
+        # A plain `python -m vlcd_dist ...` (one process, no launcher) still needs a group.
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if os.environ["WORLD_SIZE"] == "1":
+            os.environ.setdefault("MASTER_PORT", _free_port())
         if not dist.is_initialized():
             extra: dict[str, Any] = {}
             if collective_timeout_s is not None:

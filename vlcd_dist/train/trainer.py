@@ -37,7 +37,7 @@ from vlcd_dist.distributed import is_collective_failure
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_text
 from vlcd_dist.progress import Progress
-from vlcd_dist.train.backend import Backend, Trainee, configure_threads
+from vlcd_dist.train.backend import Backend, Trainee, configure_threads, resolve_mixed_precision
 from vlcd_dist.train.backends import create_backend
 from vlcd_dist.train.checkpoint import Checkpointer, TrainState
 from vlcd_dist.train.logging import TBLogger, setup_console_logging
@@ -78,7 +78,7 @@ class Trainer(ABC):
         configure_threads(cfg.run.threads, cfg.run.flush_denormal)
         self.backend = backend or create_backend(
             cfg.run.backend,
-            mixed_precision=cfg.run.mixed_precision,
+            mixed_precision=resolve_mixed_precision(cfg.run.mixed_precision),
             cpu=cfg.run.cpu,
             channels_last=cfg.run.channels_last,
             deepspeed_settings=self.deepspeed_settings(),
@@ -512,6 +512,9 @@ class Trainer(ABC):
             "skipped_samples": dict(self.state.skipped_samples),
             "world_size": self.backend.world_size,
             "backend": self.cfg.run.backend,
+            # What ran: the recipe's run.mixed_precision, else the launcher's (config.yaml keeps
+            # the recipe as it was given).
+            "mixed_precision": self.backend.mixed_precision,
             **self.summary(),
         }
         write_text(self.out / "summary.json", json.dumps(summary, indent=1))
