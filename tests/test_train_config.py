@@ -96,6 +96,18 @@ def test_unknown_key_in_recipe_names_the_closest(tmp_path) -> None:
         load_config(recipe)
 
 
+def test_yes_no_on_off_stay_strings_and_true_false_are_booleans(tmp_path) -> None:
+    cfg = load_config(None, ["run.mixed_precision=no", "logging.progress=false"])
+    assert cfg.run.mixed_precision == "no" and cfg.logging.progress is False
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("run: {mixed_precision: no}\nlogging: {progress: FALSE}\n")
+    cfg = load_config(recipe, ["checkpoint.resume=True"])
+    assert cfg.run.mixed_precision == "no" and cfg.logging.progress is False
+    assert cfg.checkpoint.resume is True
+    with pytest.raises(ConfigError, match="logging.progress"):
+        load_config(None, ["logging.progress=off"])  # a string now, and progress is a bool
+
+
 def test_duplicate_students_refused() -> None:
     with pytest.raises(ConfigError, match="distinct names"):
         load_config(None, ["students=[tiny_resnet, tiny_resnet]"])

@@ -9,9 +9,10 @@ items by index::
     vlcd distill --config demo --set optim.lr=3e-4 --set students.0.init_from=null
 
 Values are parsed as YAML (``null``, ``true``, ``[96, 128]``) and then converted to the field's
-type, so ``3e-4`` is a float even though YAML 1.1 would read it as a string. Unknown keys are
-rejected with the closest valid name; a value of the wrong type names the field and what it
-expects. The resolved recipe (:func:`to_dict`) is written beside every output and into every
+type, so ``3e-4`` is a float even though YAML 1.1 would read it as a string; only ``true`` and
+``false`` are booleans (YAML 1.2), so ``--set run.mixed_precision=no`` is the string. Unknown
+keys are rejected with the closest valid name; a value of the wrong type names the field and what
+it expects. The resolved recipe (:func:`to_dict`) is written beside every output and into every
 checkpoint, so a run can always be rebuilt from what it wrote.
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,29 @@ import yaml
 from vlcd_dist.config.recipes import resolve_recipe
 from vlcd_dist.config.schema import TrainConfig
 from vlcd_dist.errors import ConfigError, VlcdError
+
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader with YAML 1.2's booleans: only ``true`` and ``false`` (any case) are
+    booleans, so ``no``, ``off``, ``yes`` and ``on`` stay strings, as in
+    ``--set run.mixed_precision=no`` (YAML 1.1 would read a bool and the field would refuse it)."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse recipe or ``--set`` text with :class:`RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 # ---------------------------------------------------------------------------------------------
 # Dict <-> dataclass
@@ -191,7 +215,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError(f"--set {text!r}: the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exn:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exn})") from exn
     return parts, value
@@ -274,7 +298,7 @@ def load_config(
     if path is not None:
         path = resolve_recipe(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = read_yaml(path.read_text())
         except yaml.YAMLError as exn:
             raise ConfigError(f"{path} is not valid YAML: {exn}") from exn
         if loaded is not None and not isinstance(loaded, dict):
