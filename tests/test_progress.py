@@ -102,3 +102,20 @@ def test_training_log_gets_lines_from_rank_zero_only(tmp_path, tiny_recipe, dist
         for name in STUDENTS:
             assert re.search(rf"\b{name} \d+\.\d{{3}}\b", ln), ln
         assert re.search(r"img/s \d+\.\d", ln), ln
+
+
+def test_loading_the_text_model_draws_no_bar_into_a_log(tmp_path):
+    """transformers draws its own "Loading weights" bar; in a log file it must stay quiet."""
+    log = tmp_path / "load.log"
+    code = (
+        "from vlcd_dist.models.teacher import packaged_minilm_path; "
+        "from vlcd_dist.models.towers import _load_text_encoder; "
+        "print(type(_load_text_encoder(packaged_minilm_path(), 'pretrained')).__name__)"
+    )
+    with log.open("w") as err:
+        out = subprocess.run(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, check=True
+        )
+    assert out.stdout.strip() == "BertModel"
+    text = log.read_text()
+    assert "\r" not in text and "Loading weights" not in text, text

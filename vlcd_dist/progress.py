@@ -63,7 +63,7 @@ class Progress:
         self.enabled = enabled and dist_info().rank == 0
         self.bar: Any = None
         self.start = self.last_line = time.monotonic()
-        if self.enabled and _is_terminal(self.stream):
+        if self.enabled and is_terminal(self.stream):
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -144,7 +144,14 @@ class Progress:
         self.close()
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def bars_allowed() -> bool:
+    """Whether this process may draw progress bars: rank 0 with stderr on a terminal. Libraries
+    that draw their own (transformers' "Loading weights") are told to keep quiet otherwise."""
+    return dist_info().rank == 0 and is_terminal(sys.stderr)
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal (False for files, pipes and closed streams)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or closed

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict
+from vlcd_dist.progress import bars_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,11 @@ def _without_pooler(model: nn.Module) -> nn.Module:
 
 def _load_text_encoder(name: str, weights: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    if not bars_allowed():
+        # Its "Loading weights" bar would redraw with carriage returns into a SLURM log.
+        hf_logging.disable_progress_bar()
 
     try:
         if weights == "pretrained":
