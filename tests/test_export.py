@@ -317,3 +317,20 @@ def test_efficientformer_exports_to_onnx_at_its_trained_grid(tmp_path: Path) -> 
     got = _onnx_features(out / sidecar["model_file"], images)
     assert got.shape == (2, D)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_the_tolerance_is_relative_to_a_large_output() -> None:
+    """A trained student's embedding is not a unit vector (the demo's MobileNetV3 reaches 3e3
+    per entry): float32 rounding there differs by 1e-3, which is not a failed export."""
+    from vlcd_dist.deploy.export import verify
+
+    big = torch.linspace(-3e4, 3e4, 8)
+
+    def eager(x: torch.Tensor) -> torch.Tensor:
+        return big.expand(x.shape[0], -1).clone()
+
+    record = verify(eager, lambda x: eager(x) + 2e-3, (8, 8), real=(), tolerance=1e-4, what="x")
+    assert record["max_abs_diff"] == pytest.approx(2e-3, rel=0.05)  # float32: 1 ulp at 3e4
+    assert record["max_rel_diff"] == pytest.approx(2e-3 / 3e4, rel=0.05)
+    with pytest.raises(VlcdError, match=r"by 6[.\d]* \(0\.0002 of its largest output, 3e\+04\)"):
+        verify(eager, lambda x: eager(x) * 1.0002, (8, 8), real=(), tolerance=1e-4, what="x")
