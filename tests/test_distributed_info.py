@@ -210,3 +210,27 @@ def test_srun_tasks_of_a_node_share_its_cores(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     configure_threads(None, flush_denormal=False)
     assert calls == [4]
+
+
+def test_dist_info_never_fails_on_an_odd_srun_environment() -> None:
+    """dist_info is called by logging and progress: a step without a node list or with a task
+    count SLURM would not write still gives the ranks (only setting up a group refuses it)."""
+    from vlcd_dist.distributed import srun_launch_env
+
+    odd = {
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_ID": "5",
+        "SLURM_STEP_TASKS_PER_NODE": "two",
+        "SLURM_NTASKS": "8",  # the allocation's count: not the step's
+    }
+    info = dist_info(odd)
+    assert (info.rank, info.world_size, info.local_rank) == (1, 2, 0)
+    with pytest.raises(ValueError, match="SLURM_STEP_TASKS_PER_NODE='two'"):
+        srun_launch_env(odd)
+    fine = {**odd, "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}
+    assert "MASTER_ADDR" not in srun_launch_env(fine, check=False)
+    with pytest.raises(ValueError, match="no node list"):
+        srun_launch_env(fine)

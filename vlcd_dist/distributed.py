@@ -168,15 +168,22 @@ def srun_launch_env(env: dict[str, str] | None = None, check: bool = True) -> di
 
     With ``check``, a launcher started by several srun tasks on one node (``srun
     --ntasks-per-node=8 accelerate launch ...``: every task starts its own group of ranks) is
-    refused with a ValueError that shows both supported commands. ``env`` defaults to the
-    process environment.
+    refused with a ValueError that shows both supported commands, and so is a step without a node
+    list or with a malformed task count; without ``check`` (for :func:`dist_info`) nothing is
+    raised. ``env`` defaults to the process environment.
     """
     env = dict(os.environ) if env is None else env
     if not env.get("SLURM_STEP_ID", "").strip():
         return {}
-    tasks = _first_int(env, ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"), 1)
+    # The step's counts, never the allocation's (SLURM_NTASKS): a step may use fewer tasks.
+    tasks = _first_int(env, ("SLURM_STEP_NUM_TASKS",), 1)
     node = _first_int(env, ("SLURM_NODEID",), 0)
-    per_node = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", ""))
+    try:
+        per_node = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", ""))
+    except ValueError:
+        if check:
+            raise
+        per_node = []  # dist_info must not fail on an odd environment: one task here
     here = per_node[node] if node < len(per_node) else 1
     launched = any(env.get(n, "").strip() for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if launched:
@@ -202,6 +209,9 @@ def srun_launch_env(env: dict[str, str] | None = None, check: bool = True) -> di
         "MASTER_PORT": env.get("MASTER_PORT", "").strip() or str(srun_port(job)),
     }
     if not out["MASTER_ADDR"]:
+        if not check:
+            del out["MASTER_ADDR"]  # the ranks are known; only a process group needs it
+            return out
         raise ValueError(
             "srun gave this task no node list (SLURM_STEP_NODELIST); export MASTER_ADDR, the "
             "host of rank 0, before srun"

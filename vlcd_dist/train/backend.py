@@ -360,7 +360,7 @@ def init_process_group(dist_backend: str, timeout_s: float | None) -> None:
         found = adopt_srun_launch()
     except ValueError as exn:
         raise VlcdError(str(exn)) from exn
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = dist_info().local_rank
     if dist_backend == "nccl" and local_rank >= torch.cuda.device_count():
         # Local rank i drives GPU i; `srun --gpus-per-task=1` shows each task only its own.
         raise VlcdError(

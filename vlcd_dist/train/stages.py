@@ -148,7 +148,7 @@ class StudentModule(nn.Module):
 def _all_local_cores(backend: Backend) -> Iterator[None]:
     """On CPU, let the one busy rank use the cores its idle local peers leave free."""
     before = torch.get_num_threads()
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = vdist.dist_info().local_world_size
     if backend.device.type == "cpu" and local > 1:
         torch.set_num_threads(min(os.cpu_count() or 1, before * local))
     try:
@@ -201,8 +201,13 @@ class TeacherTrainer(Trainer):
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        # The precision the encoder would have run at inside the training forward.
-        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.run.mixed_precision, "float32")
+        # The precision the encoder would have run at inside the training forward (the recipe's,
+        # or the launcher's when the recipe leaves it out: the backend holds the resolved one).
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(
+            self.backend.mixed_precision, "float32"
+        )
+        # The teacher reaches the device only in add_trainee; the encoder runs where it is.
+        self.teacher.text.to(self.device)
         # Every rank embeds its share of the sentences, so no core is idle to lend.
         table = report_state_table(
             self.teacher,
