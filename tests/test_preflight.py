@@ -78,6 +78,14 @@ def test_missing_checkpoints_and_init_folders_are_all_named_at_once(tiny_recipe,
     (tmp_path / "teacher.safetensors").write_bytes(b"")
     (tmp_path / "predistill").mkdir()
     (tmp_path / "mine").mkdir()
+    # The anchor cache: beside the teacher unless distill.anchors names another file.
+    with pytest.raises(ConfigError, match="distill.anchors unset and no anchors.safetensors"):
+        check_stage_inputs(cfg, "distill")
+    cfg.distill.anchors = str(tmp_path / "anchors_typo.safetensors")
+    with pytest.raises(ConfigError, match=r"distill\.anchors='.*anchors_typo"):
+        check_stage_inputs(cfg, "distill")
+    cfg.distill.anchors = None
+    (tmp_path / "anchors.safetensors").write_bytes(b"")
     check_stage_inputs(cfg, "distill")  # all present: no error
     # eval reads the students from eval.students_from when it is set, and only from there.
     cfg.eval.students_from = str(tmp_path / "distill")

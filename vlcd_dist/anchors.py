@@ -46,6 +46,8 @@ ANCHOR_FORMAT = "vlcd-anchors/1"
 SPLITTER_VERSION = "pysbd-clinical-v1"
 """Names the sentence splitter in every anchor cache; a cache of another splitter is stale."""
 TENSOR_NAME = "anchors"
+ANCHOR_FILE = "anchors.safetensors"
+"""The anchor cache's file name beside the teacher's export (train-teacher writes it there)."""
 
 # pySBD's English rules keep "Dr.", "e.g.", "i.e.", "Fig.", "vs." and decimals ("2.5 cm")
 # inside their sentence; these clinical abbreviations are missing from its list. Plain ones

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlcd_dist.anchors import ANCHOR_FILE
 from vlcd_dist.config import TrainConfig
 from vlcd_dist.data.stream import resolve_shards
 from vlcd_dist.errors import ConfigError, DataError
@@ -44,7 +45,7 @@ def _path_keys(cfg: TrainConfig, stage: str) -> list[str]:
     keys = ["teacher.checkpoint"]
     students = [f"students.{i}.init_from" for i in range(len(cfg.students))]
     if stage == "distill":
-        keys += ["distill.init_from", *students]
+        keys += ["distill.init_from", "distill.anchors", *students]
     elif stage == "eval":
         keys += ["eval.students_from"] if cfg.eval.students_from else students
     return keys
@@ -59,6 +60,10 @@ def check_stage_inputs(cfg: TrainConfig, stage: str) -> None:
         for key in _path_keys(cfg, stage)
         if (value := recipe_value(cfg, key)) is not None and not Path(str(value)).exists()
     ]
+    if stage == "distill" and cfg.distill.anchors is None and cfg.teacher.checkpoint is not None:
+        beside = Path(cfg.teacher.checkpoint).parent / ANCHOR_FILE
+        if Path(cfg.teacher.checkpoint).exists() and not beside.exists():
+            missing.append(f"distill.anchors unset and no {ANCHOR_FILE} beside teacher.checkpoint")
     if missing:
         raise ConfigError(
             f"{stage}: no such file or folder: {'; '.join(missing)}. Fix the path in the recipe "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vlcd_dist import distributed as vdist
+from vlcd_dist.anchors import ANCHOR_FILE
 from vlcd_dist.config import ConfigError, StageConfig, StudentSpec, TrainConfig
 from vlcd_dist.data.stream import ShardLoader, iter_tar, resolve_shards
 from vlcd_dist.errors import VlcdError
@@ -47,7 +48,6 @@ from vlcd_dist.train.trainer import Trainer
 logger = logging.getLogger("vlcd_dist.train")
 
 TEACHER_FILE = "teacher.safetensors"
-ANCHOR_FILE = "anchors.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,9 +203,7 @@ class TeacherTrainer(Trainer):
         t0 = time.perf_counter()
         # The precision the encoder would have run at inside the training forward (the recipe's,
         # or the launcher's when the recipe leaves it out: the backend holds the resolved one).
-        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(
-            self.backend.mixed_precision, "float32"
-        )
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(self.backend.mixed_precision, "float32")
         # The teacher reaches the device only in add_trainee; the encoder runs where it is.
         self.teacher.text.to(self.device)
         # Every rank embeds its share of the sentences, so no core is idle to lend.
