@@ -314,7 +314,8 @@ def build_anchor_cache(
     seen: set[str] = set()
     parts: list[torch.Tensor] = []
     tower = _text_tower(teacher)
-    truncated_before = tower.truncated
+    # The cache counts its own cuts: the tower's record of earlier ones is set aside meanwhile.
+    cut_before, tower.cut_texts = tower.cut_texts, set()
     for chunk in _chunks(samples, reports_per_chunk):
         for key, _ in chunk:
             if key in seen:
@@ -335,7 +336,8 @@ def build_anchor_cache(
         )
     anchors = torch.cat(parts).contiguous()
     # Recorded with the recipe, so a cache tells whether any sentence was cut.
-    truncated = tower.truncated - truncated_before
+    truncated = tower.truncated
+    tower.cut_texts |= cut_before
     recipe = {**anchor_recipe(teacher, autocast_dtype), "truncated_sentences": truncated}
     if truncated:
         logger.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,6 +138,13 @@ class ImageTower(nn.Module):
         return self.proj(self.backbone(images))
 
 
+def text_digest(text: str) -> int:
+    """A stable 64-bit digest of a text (the same in every process, unlike ``hash``), as a
+    signed int so that ranks can gather digests in an int64 tensor."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 class TextTower(nn.Module):
     """Hugging Face encoder -> pooled token states -> linear projection to d.
 
@@ -169,9 +177,9 @@ class TextTower(nn.Module):
                 "tokens (its maximum sequence length); lower it, or leave it unset for the maximum"
             )
         self.max_length = limit if max_length is None else int(max_length)
-        self.truncated = 0
-        """Texts :meth:`tokenize` has cut at max_length so far (a text tokenized twice counts
-        twice)."""
+        self.cut_texts: set[int] = set()
+        """Digests (:func:`text_digest`) of the distinct texts :meth:`tokenize` has cut at
+        max_length so far: a text cut in every epoch counts once."""
         self.proj = nn.Linear(self.hidden_size, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=self.hidden_size**-0.5)
 
@@ -200,15 +208,22 @@ class TextTower(nn.Module):
         # Only a text that fills max_length can have been cut; those few are measured whole.
         full = [texts[i] for i in torch.nonzero(lengths == self.max_length).flatten().tolist()]
         whole = self.tokenizer(full, truncation=False, verbose=False)["input_ids"]
-        cut = sum(len(ids) > self.max_length for ids in whole)
-        if cut and not self.truncated:
+        cut = {
+            text_digest(t) for t, ids in zip(full, whole, strict=True) if len(ids) > self.max_length
+        }
+        if cut and not self.cut_texts:
             logger.warning(
                 "text tower: a text longer than max_length=%d tokens was truncated (%s); "
                 "further truncations are counted, not logged",
                 self.max_length,
                 self.model_name,
             )
-        self.truncated += cut
+        self.cut_texts |= cut
+
+    @property
+    def truncated(self) -> int:
+        """How many distinct texts have been cut at max_length so far."""
+        return len(self.cut_texts)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask [B, T] -> pooled encoder states [B, H] (no projection)."""

@@ -260,13 +260,14 @@ class TeacherTrainer(Trainer):
     def finish(self) -> None:
         cfg, backend = self.cfg, self.backend
         # Counted before the anchors, which count their own (in the cache's recipe).
-        cut = torch.tensor([float(self.teacher.text.truncated)], device=self.device)
-        backend.all_reduce(cut, "sum")
-        self.text_truncated = int(cut.item())
+        # Distinct texts over all ranks: an epoch may hand the same report to another rank.
+        mine = torch.tensor(sorted(self.teacher.text.cut_texts), dtype=torch.int64)
+        every = vdist.gather_no_grad(mine.to(self.device)) if backend.world_size > 1 else mine
+        self.text_truncated = int(torch.unique(every).numel())
         if self.text_truncated:
             logger.warning(
-                "train-teacher: %d training text(s) longer than teacher.max_text_length=%d "
-                "tokens were truncated (counted each time one was tokenized)",
+                "train-teacher: %d distinct training text(s) longer than "
+                "teacher.max_text_length=%d tokens were truncated",
                 self.text_truncated,
                 self.teacher.text.max_length,
             )
