@@ -331,6 +331,6 @@ def test_the_tolerance_is_relative_to_a_large_output() -> None:
 
     record = verify(eager, lambda x: eager(x) + 2e-3, (8, 8), real=(), tolerance=1e-4, what="x")
     assert record["max_abs_diff"] == pytest.approx(2e-3, rel=0.05)  # float32: 1 ulp at 3e4
-    assert record["max_rel_diff"] == pytest.approx(2e-3 / 3e4, rel=0.05)
+    assert record["max_scaled_diff"] == pytest.approx(2e-3 / 3e4, rel=0.05)
     with pytest.raises(VlcdError, match=r"by 6[.\d]* \(0\.0002 of its largest output, 3e\+04\)"):
         verify(eager, lambda x: eager(x) * 1.0002, (8, 8), real=(), tolerance=1e-4, what="x")

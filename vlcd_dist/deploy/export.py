@@ -224,7 +224,7 @@ def build_student(spec: ExportSpec) -> tuple[nn.Module, dict[str, Any]]:
     record: dict[str, Any] = {"file": None, "file_sha256": None, "random_init": True}
     try:
         if spec.stored is not None and spec.weights is not None:
-            student, _ = load_exported_student(spec.weights)
+            student, _ = load_exported_student(spec.weights, spec.image_size)
         else:
             student = create_student(
                 spec.name, embed_dim=spec.embed_dim, image_size=spec.image_size
@@ -588,7 +588,7 @@ def verify(
     return {
         "max_abs_diff": max(diffs.values()),
         "max_abs_diff_per_batch": diffs,
-        "max_rel_diff": relative[worst],
+        "max_scaled_diff": relative[worst],
         "max_abs_output_per_batch": scales,
         "tolerance": tolerance,
         "images": {k: int(v.shape[0]) for k, v in batches.items()},

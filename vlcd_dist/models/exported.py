@@ -99,13 +99,15 @@ def _is_student(path: Path) -> bool:
     return True
 
 
-def load_exported_student(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an exported student and load its weights. Returns (student, info)."""
+def load_exported_student(
+    path: str | Path, image_size: tuple[int, int] | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an exported student and load its weights. Returns (student, info).
+    ``image_size``: (H, W) to build for when the file stores none (its stored size wins)."""
     info = read_student_info(path)
     build = info["build"]
-    student = create_student(
-        build["name"], embed_dim=int(build["embed_dim"]), image_size=stored_image_size(info)
-    )
+    size = stored_image_size(info) or image_size
+    student = create_student(build["name"], embed_dim=int(build["embed_dim"]), image_size=size)
     load_into(student, load_file(str(path)), source=str(path))
     return student, info
 
