@@ -136,7 +136,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}={value!r}: expected true or false")
+        raise ConfigError(
+            f"{path}={value!r}: expected true or false (the only booleans: yes, no, on and off "
+            "are strings)"
+        )
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{path}={value!r}: expected an integer")

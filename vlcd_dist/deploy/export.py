@@ -75,17 +75,6 @@ def _image_size(value: object, where: str) -> tuple[int, int] | None:
     return h, w
 
 
-def _stored_info(path: Path) -> dict[str, Any] | None:
-    """The stored info of an exported student file; None for a plain state dict."""
-    from vlcd_dist.models.exported import read_student_info
-    from vlcd_dist.models.weights import ModelError
-
-    try:
-        return read_student_info(path)
-    except ModelError:
-        return None
-
-
 def _follow_stored(
     stored: dict[str, Any],
     source: Path,
@@ -175,7 +164,9 @@ def resolve_spec(
                 f"training wrote (next to {student}.json), or leave out --weights to export a "
                 "randomly initialised student"
             )
-        stored = _stored_info(weights)
+        from vlcd_dist.models.exported import try_student_info
+
+        stored = try_student_info(weights)
     if stored is not None:
         assert weights is not None
         name, d, stored_size = _follow_stored(stored, weights, student, embed_dim, size)

@@ -90,13 +90,13 @@ def stored_image_size(info: dict[str, Any]) -> tuple[int, int] | None:
     return None if size is None else (int(size[0]), int(size[1]))
 
 
-def _is_student(path: Path) -> bool:
-    """True for a file :func:`read_student_info` accepts (not the teacher, not anchors)."""
+def try_student_info(path: str | Path) -> dict[str, Any] | None:
+    """:func:`read_student_info`, or None for any other file (a plain state dict, the teacher,
+    the anchors)."""
     try:
-        read_student_info(path)
+        return read_student_info(path)
     except ModelError:
-        return False
-    return True
+        return None
 
 
 def load_exported_student(
@@ -135,7 +135,7 @@ def resolve_student_file(init_from: str | Path, name: str | None = None) -> Path
                 f.stem
                 for d in (path, path / "export")
                 for f in d.glob("*.safetensors")
-                if _is_student(f)
+                if try_student_info(f) is not None
             }
         )
         if len(found) != 1:
