@@ -335,9 +335,15 @@ def _need(module: str) -> Any:
 
 
 def export_onnx(
-    student: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, str]
+    student: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    metadata: dict[str, str],
+    output_names: Sequence[str] = (OUTPUT_NAME,),
 ) -> None:
-    """Write ``student`` as ONNX with a dynamic batch axis, check it, store ``metadata`` in it.
+    """Write ``student`` as ONNX with a dynamic batch axis on the input and on every output
+    (``output_names``, in the order the module returns them), check it, store ``metadata`` in it.
 
     The legacy TorchScript-based exporter (dynamo=False) is used on purpose: in torch 2.14 the
     dynamo exporter needs the separate onnxscript package, while the legacy one exports these
@@ -355,8 +361,8 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names)},
             do_constant_folding=True,
         )
     model = onnx.load(str(path))

@@ -6,22 +6,29 @@
 2. Runs ``train-teacher``, ``predistill``, ``distill`` and ``eval`` with the demo recipe, each
    as its own ``accelerate launch`` of ``python -m vlcd_dist`` (or a plain process for one rank),
    exactly the commands a user would type; each stage's output folder feeds the next.
-3. Prints the report table, writes the HTML report (``vlcd report``) into ``OUT/report/`` and
-   says where it and the TensorBoard logs are.
+3. Packages every evaluated model for deployment (``vlcd package OUT``: ONNX fp32 and int8,
+   the timm folder, the probes, a model card) into ``OUT/package/``.
+4. Prints the report table and the fp32 vs int8 figures, writes the HTML report (``vlcd
+   report``, with its deployment section) into ``OUT/report/`` and says where it and the
+   TensorBoard logs are.
 
 A stage whose output already holds a finished run of the same resolved recipe is not rerun, and
-an interrupted stage continues from its newest checkpoint (``--resume``).
+an interrupted stage continues from its newest checkpoint (``--resume``); the package is rebuilt
+when the eval is newer than it.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from pathlib import Path
 
 from vlcd_dist.config import builtin_recipe, load_config, resolve_recipe
+from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.builtin_data import ensure_builtin_shards
-from vlcd_dist.pipelines.launch import default_nproc, run_stage, stage_env
+from vlcd_dist.pipelines.launch import default_nproc, execute, run_stage, stage_env
 
 
 def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
@@ -63,6 +70,7 @@ def run_demo(
     print(f"==> vlcd demo: {nproc} rank(s), recipe {config}, output {out}", flush=True)
     for stage, folder, extra in _stage_plan(out):
         run_stage(stage, folder, config, [*overrides, *extra], nproc, env)
+    package_models(out, env)
     report_md = out / "eval" / "report.md"
     report = EvalReport.load(out / "eval" / "report.json")
     print()
@@ -70,12 +78,48 @@ def run_demo(
     # from report.md, which the eval command writes after it.
     print(eval_markdown(report))
     _print_verdict(report)
+    _print_deployment(out / "package")
     html = write_report(out)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     print(f"report: {report_md} (and report.json, auc.png, roc.png and their SVGs beside it)")
     print(f"HTML report: {html} (open it in a browser; `vlcd report {out}` rewrites it)")
     print(f"TensorBoard: tensorboard --logdir {out}")
     return 0
+
+
+def package_models(out: Path, env: dict[str, str]) -> bool:
+    """``vlcd package OUT`` into OUT/package (one process: it times models, so it runs alone),
+    unless its deployment.json is newer than the eval's report.json. Returns whether it ran."""
+    record = out / "package" / "deployment.json"
+    report = out / "eval" / "report.json"
+    if record.is_file() and record.stat().st_mtime >= report.stat().st_mtime:
+        print(f"==> package: already done in {record.parent} (delete it to rerun)", flush=True)
+        return False
+    cmd = [sys.executable, "-m", "vlcd_dist", "package", str(out), "--out", str(record.parent)]
+    print(f"==> package: {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = execute(cmd, env)
+    if rc != 0:
+        raise VlcdError(
+            f"vlcd package failed with exit status {rc}; fix the cause above and rerun the demo "
+            "(the finished stages are kept)"
+        )
+    print(f"==> package: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return True
+
+
+def _print_deployment(folder: Path) -> None:
+    from vlcd_dist.deploy.record import DeploymentReport
+
+    record = DeploymentReport.load(folder / "deployment.json")
+    print(f"packaged for deployment in {folder} (vlcd predict --model {folder}/NAME IMAGES...):")
+    for name, m in record.models.items():
+        print(
+            f"  {name}: test mean AUC ONNX fp32 {m.auc['fp32']['mean']:.3f}, int8 "
+            f"{m.auc['int8']['mean']:.3f}; batch-1 ms at 1 thread: eager "
+            f"{m.latency_ms['1']['eager']:.1f}, fp32 {m.latency_ms['1']['onnx_fp32']:.1f}, "
+            f"int8 {m.latency_ms['1']['onnx_int8']:.1f}"
+        )
 
 
 def _print_verdict(report: EvalReport) -> None:
