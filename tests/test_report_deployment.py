@@ -324,6 +324,9 @@ def test_the_deployment_section_shows_the_same_numbers_in_markdown_and_html(tmp_
     assert len(cells) == 1 + 3 * len(AUC)
     assert markdown_cells(md, "| model | test AUC | meconium | fir | mir | mean |") == cells
     assert "| `efficientnet_b0` | ONNX fp32 | 0.603 |" in md and "|  | ONNX int8 | 0.603 |" in md
+    # In HTML a rule above each model's rows but the first.
+    assert text.count('<tr class="break"><td><code>') == len(AUC) - 1
+    assert '<tr class="break"><td><code>efficientnet_b0</code>' in text
 
     # The notes: the verdict and ratios computed from the figures, then the setup.
     verdict = (
@@ -337,7 +340,8 @@ def test_the_deployment_section_shows_the_same_numbers_in_markdown_and_html(tmp_
         "speed of ONNX fp32 and 2.7x–3.3x that of eager PyTorch; model.int8.onnx is 3.7x–3.9x "
         "smaller than model.onnx on disk."
     )
-    assert f"{verdict} {ratios}" in md and f"{verdict} {ratios}" in text
+    assert f"{verdict}\n\n{ratios}\n" in md
+    assert f'<p class="note">{verdict}</p>\n<p class="note">{ratios}</p>' in text
     setup = (
         "Latency: a batch of 1 at 1 and 4 threads on AMD EPYC 7B13 64-Core Processor (16 "
         "cores), 50 timed iterations per runtime; eager PyTorch, ONNX Runtime fp32 (model.onnx) "

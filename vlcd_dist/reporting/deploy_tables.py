@@ -122,7 +122,9 @@ def per_task_table(record: DeploymentReport) -> Table:
         rows.append([name, "ONNX fp32", *(fmt(m.auc.fp32[k]) for k in keys)])
         rows.append(["", "ONNX int8", *(fmt(m.auc.int8[k]) for k in keys)])
         rows.append(["", "int8 − fp32", *(change(m.int8_change(k)) for k in keys)])
-    return Table(header, rows, numeric=set(range(2, len(header))), code={0})
+    # A rule above each model's rows in HTML: the model name shows on its first row only.
+    breaks = set(range(3, len(rows), 3))
+    return Table(header, rows, numeric=set(range(2, len(header))), code={0}, breaks=breaks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +316,8 @@ def deployment_blocks(
         if warning is not None:
             blocks.append(Note(warning))
     blocks += [
-        Note(int8_verdict(record) + " " + speed_and_size_note(record)),
+        Note(int8_verdict(record)),
+        Note(speed_and_size_note(record)),
         Heading("Accuracy and size on disk"),
         TableBlock(accuracy_table(record)),
         Heading(f"CPU latency at batch {record.latency.batch}"),

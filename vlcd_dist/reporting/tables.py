@@ -51,6 +51,8 @@ class Table:
     """HTML only: a header row above the column names, (label, columns spanned) left to right."""
     short_header: list[str] | None = None
     """HTML only: the column names under ``groups`` (default: ``header``)."""
+    breaks: set[int] = field(default_factory=set)
+    """HTML only: the rows that start a group of rows (a rule is drawn above each)."""
 
     def bold_best(self, columns: Sequence[int], values: list[list[float]]) -> None:
         """Bold the largest finite value of each column in ``columns`` (``values[r][c]``)."""
