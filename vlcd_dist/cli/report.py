@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run",
         type=Path,
         metavar="OUT",
-        help="a demo folder (with eval/), an eval folder or a sweep folder",
+        help="a demo folder (with eval/), an eval folder or a sweep folder; a package in "
+        "OUT/package is added",
     )
     report.add_argument(
         "--sweep",
