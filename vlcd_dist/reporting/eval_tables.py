@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.reporting.document import Block, Heading, Note, TableBlock
-from vlcd_dist.reporting.tables import DASH, Table, finite, fmt
+from vlcd_dist.reporting.tables import DASH, Table, change, finite, fmt
 
 
 def eval_table(report: EvalReport) -> Table:
@@ -92,9 +92,7 @@ def robustness_tables(report: EvalReport) -> list[tuple[str, Table]]:
                 mean = e.auc_mean if e is not None else None
                 text = fmt(mean)
                 if finite(mean) and finite(r.auc_mean):
-                    change = round(mean - r.auc_mean, 3)  # type: ignore[operator]
-                    sign = "+" if change > 0 else "−" if change < 0 else "±"
-                    text += f" ({sign}{abs(change):.3f})"
+                    text += f" ({change(mean - r.auc_mean)})"  # type: ignore[operator]
                 row.append(text)
                 vals.append(mean)
             rows.append(row)

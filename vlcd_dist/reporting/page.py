@@ -11,8 +11,10 @@ given with ``--sweep`` is added to the page. It writes ``RUN/report/`` (or ``--o
 
 The page holds the linear-probe table (AUC per task, mean with its interval, size, latency,
 speed-up), the AUC bars and ROC curves, an accuracy-latency plot with the Pareto front, the
-robustness study and zero-shot table when the eval report has them, the lambda sweep, the
-stages that produced the run, and the resolved recipe. The template autoescapes every text
+robustness study and zero-shot table when the eval report has them, the deployment section
+when the run was packaged (``RUN/package/deployment.json`` or ``--deployment DIR``: fp32 vs int8
+AUC, size on disk and CPU latency per model), the lambda sweep, the stages that produced the
+run, and the resolved recipe. The template autoescapes every text
 from the run; only files that exist beside the page are referenced.
 """
 
@@ -26,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from vlcd_dist.deploy.record import FILE_NAME, DeploymentReport
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.io import write_text
+from vlcd_dist.reporting.deploy_tables import deployment_blocks, deployment_scalars
 from vlcd_dist.reporting.document import (
     Block,
     Card,
@@ -133,10 +137,20 @@ class RunFolders:
     eval: Path | None
     sweep: Path | None
     root: Path
+    deployment: Path | None = None
+    """The package's deployment.json (``vlcd package``), when there is one."""
 
 
-def locate(run: str | Path, sweep: str | Path | None = None) -> RunFolders:
-    """Find the eval report and the sweep of ``run``; VlcdError when it holds neither."""
+PACKAGE_DIR = "package"
+"""Where ``vlcd package RUN`` writes by default, and so where the report looks."""
+
+
+def locate(
+    run: str | Path, sweep: str | Path | None = None, deployment: str | Path | None = None
+) -> RunFolders:
+    """Find the eval report, the sweep and the package's deployment record of ``run``
+    (``deployment``: a package folder given by the user, which must hold deployment.json);
+    VlcdError when it holds none of them."""
     run = Path(run)
     if not run.is_dir():
         raise VlcdError(f"report: {run} is not a folder; give a demo, eval or sweep folder")
@@ -153,12 +167,28 @@ def locate(run: str | Path, sweep: str | Path | None = None) -> RunFolders:
         sweep = run
     elif (run / "sweep" / "sweep.json").is_file():
         sweep = run / "sweep"
-    if eval_dir is None and sweep is None:
+    record = None
+    if deployment is not None:
+        record = Path(deployment) / FILE_NAME
+        if not Path(deployment).is_dir():
+            raise VlcdError(
+                f"report: --deployment {deployment} is not a folder; give the folder of "
+                f"`vlcd package RUN --out DIR` (default RUN/{PACKAGE_DIR})"
+            )
+        if not record.is_file():
+            raise VlcdError(
+                f"report: --deployment {deployment} holds no {FILE_NAME}; give the folder that "
+                f"`vlcd package RUN --out DIR` wrote, or run it (after `vlcd eval`)"
+            )
+    elif (run / PACKAGE_DIR / FILE_NAME).is_file():
+        record = run / PACKAGE_DIR / FILE_NAME
+    if eval_dir is None and sweep is None and record is None:
         raise VlcdError(
             f"report: nothing to report in {run}: expected {run}/report.json (an eval folder), "
-            f"{run}/eval/report.json (a demo folder) or {run}/sweep.json (a sweep folder)"
+            f"{run}/eval/report.json (a demo folder), {run}/sweep.json (a sweep folder) or "
+            f"{run}/{PACKAGE_DIR}/{FILE_NAME} (a package)"
         )
-    return RunFolders(run=run, eval=eval_dir, sweep=sweep, root=run)
+    return RunFolders(run=run, eval=eval_dir, sweep=sweep, root=run, deployment=record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,10 +200,13 @@ def write_report(
     out: str | Path | None = None,
     sweep: str | Path | None = None,
     tensorboard: bool = True,
+    deployment: str | Path | None = None,
 ) -> Path:
     """Write ``report.html``, ``report.md``, the figures and TensorBoard logs into ``out``
-    (default ``RUN/report``). Returns the path of the HTML page."""
-    where = locate(run, sweep)
+    (default ``RUN/report``). ``deployment``: the package folder whose deployment.json gives the
+    deployment section (default ``RUN/package`` when it holds one). Returns the path of the HTML
+    page."""
+    where = locate(run, sweep, deployment)
     out = Path(out) if out is not None else where.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     # Figures of an earlier report that this one may not draw (no robustness study, no sweep).
@@ -181,10 +214,17 @@ def write_report(
         for suffix in (".png", ".svg"):
             (out / f"{stem}{suffix}").unlink(missing_ok=True)
     drawn: dict[str, np.ndarray] = {}  # for TensorBoard
+    scalars: dict[str, float] = {}
     sections: list[Section] = []
+    report = None
     if where.eval is not None:
         report = EvalReport.load(where.eval / "report.json")
         sections += eval_sections(report, out, drawn)
+    if where.deployment is not None:
+        record = DeploymentReport.load(where.deployment)
+        blocks = deployment_blocks(record, where.deployment, report)
+        sections.append(Section("deployment", "Deployment", blocks))
+        scalars.update(deployment_scalars(record))
     if where.sweep is not None:
         sections.append(sweep_section(where.sweep, out, drawn))
     stages = stages_table(where.root)
@@ -202,7 +242,7 @@ def write_report(
     html_path = out / "report.html"
     write_text(html_path, html_page(title, str(where.run.resolve()), sections, "report.md"))
     if tensorboard:
-        _tensorboard(out / "tb", drawn, md)
+        _tensorboard(out / "tb", drawn, md, scalars)
     return html_path
 
 
@@ -294,8 +334,11 @@ def sweep_section(sweep_dir: Path, out: Path, drawn: dict[str, np.ndarray]) -> S
     return Section("sweep", "Sweep", blocks)
 
 
-def _tensorboard(folder: Path, drawn: dict[str, Any], md: str) -> None:
-    """The plots drawn here and the Markdown, in ``folder`` (replacing an earlier report's)."""
+def _tensorboard(
+    folder: Path, drawn: dict[str, Any], md: str, scalars: dict[str, float] | None = None
+) -> None:
+    """The plots drawn here, the Markdown and ``scalars`` (step 0: the deployment figures,
+    which no stage logs), in ``folder`` (replacing an earlier report's)."""
     try:
         from vlcd_dist.train.logging import TBLogger
 
@@ -309,5 +352,6 @@ def _tensorboard(folder: Path, drawn: dict[str, Any], md: str) -> None:
         for tag, image in drawn.items():
             tb.image(tag, image)
         tb.text("report/markdown", md)
+        tb.scalars(scalars or {}, 0)
     finally:
         tb.close()

@@ -22,6 +22,16 @@ def fmt(value: Any, digits: int = 3) -> str:
     return DASH if not math.isfinite(number) else f"{number:.{digits}f}"
 
 
+def change(value: Any, digits: int = 3) -> str:
+    """A difference with its sign, rounded to ``digits`` decimals: "+0.012", "−0.030" (a minus
+    sign), "±0.000"; None and NaN become a dash."""
+    if not finite(value):
+        return DASH
+    rounded = round(value, digits)
+    sign = "+" if rounded > 0 else "−" if rounded < 0 else "±"
+    return f"{sign}{abs(rounded):.{digits}f}"
+
+
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -41,6 +51,8 @@ class Table:
     """HTML only: a header row above the column names, (label, columns spanned) left to right."""
     short_header: list[str] | None = None
     """HTML only: the column names under ``groups`` (default: ``header``)."""
+    breaks: set[int] = field(default_factory=set)
+    """HTML only: the rows that start a group of rows (a rule is drawn above each)."""
 
     def bold_best(self, columns: Sequence[int], values: list[list[float]]) -> None:
         """Bold the largest finite value of each column in ``columns`` (``values[r][c]``)."""
@@ -61,7 +73,7 @@ class Table:
                     text,
                     numeric=c in self.numeric,
                     bold=(r, c) in self.bold,
-                    code=c in self.code and text != DASH,
+                    code=c in self.code and text not in (DASH, ""),
                 )
                 for c, text in enumerate(row)
             ]
