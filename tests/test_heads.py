@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +102,10 @@ def test_logits_are_the_eval_scores_before_and_after_a_round_trip(fitted, tmp_pa
     want = apply_probes(fitted["probes"], fitted["scaler"], z)
     np.testing.assert_allclose(heads.logits(z), want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(heads.probabilities(z), 1 / (1 + np.exp(-want)), rtol=1e-12)
+    # float32 embeddings (what the encoders give): sklearn standardises those in float32.
+    z32 = z.astype(np.float32)
+    want32 = apply_probes(fitted["probes"], fitted["scaler"], z32)
+    np.testing.assert_allclose(heads.logits(z32), want32, rtol=1e-5, atol=1e-5)
     # The one-class task: weight 0, bias the logit of its clipped train rate (0 -> 1e-6).
     assert not heads.weight[2].any()
     assert heads.bias[2] == pytest.approx(math.log(1e-6 / (1 - 1e-6)))
@@ -200,6 +207,53 @@ def test_operating_point_is_chosen_on_out_of_fold_train_probabilities(fitted) ->
     # Another target moves the threshold: a lower target, a higher threshold.
     low, _, _, _ = _fit(fitted["train_z"], train_y, test_y, fitted["test_z"], target=0.5)
     assert low.operating_points["a"].threshold > heads.operating_points["a"].threshold
+
+
+def test_one_c_still_gets_out_of_fold_scores_and_one_positive_in_sample_ones() -> None:
+    from vlcd_dist.evaluation.heads import CHOSEN_IN_SAMPLE, operating_point
+    from vlcd_dist.evaluation.probes import out_of_fold_scores, stratified_folds
+
+    z, y = _data(4, 60)
+    x, task = l2_normalize(z), y[:, 0]
+    probe = fit_probe(x, task, [0.3], FOLDS, SEED)
+    assert probe.train_folds == FOLDS and probe.c == 0.3
+    splits = stratified_folds(task, FOLDS, SEED)
+    np.testing.assert_array_equal(probe.train_scores, out_of_fold_scores(x, task, 0.3, splits))
+    # One positive: no stratified folds, so the threshold is chosen on in-sample scores.
+    one = np.zeros(60, int)
+    one[5] = 1
+    probe = fit_probe(x, one, CS, FOLDS, SEED)
+    assert probe.train_folds == 0 and stratified_folds(one, FOLDS, SEED) == []
+    np.testing.assert_array_equal(probe.train_scores, probe.scores(x))
+    op = operating_point(probe, one, probe.scores(x[:10]), one[:10], 0.9)
+    assert op.chosen_on == CHOSEN_IN_SAMPLE and op.threshold == sigmoid(probe.train_scores[5])
+    assert op.train.sensitivity == 1.0
+
+
+def test_heads_import_and_apply_without_torch_or_sklearn(fitted, tmp_path) -> None:
+    path = fitted["heads"].save(tmp_path, "m")
+    np.save(tmp_path / "z.npy", fitted["test_z"])
+    code = (
+        "import sys, json, numpy as np\n"
+        "from vlcd_dist.evaluation.heads import TaskHeads\n"
+        f"h = TaskHeads.load({str(path)!r})\n"
+        f"z = np.load({str(tmp_path / 'z.npy')!r})\n"
+        "out = [h.logits(z).tolist(), h.probabilities(z).tolist(), h.zero_shot(z).tolist()]\n"
+        "print(json.dumps([sorted(m for m in ('torch', 'sklearn') if m in sys.modules), out]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
+    )
+    loaded, (logits, _, zero_shot) = json.loads(result.stdout)
+    assert loaded == []
+    np.testing.assert_allclose(logits, fitted["scores"], rtol=1e-5, atol=1e-5)
+    assert np.shape(zero_shot) == (40, 2)
+
+
+def _env() -> dict[str, str]:
+    """This process's environment with the package under test first on the path."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
 
 
 def test_permuting_the_test_labels_leaves_threshold_and_c_unchanged(fitted) -> None:
