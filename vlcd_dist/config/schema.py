@@ -348,6 +348,9 @@ class EvalConfig:
     """Folds of the cross-validation that picks each probe's regularisation C."""
     probe_cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
     """Inverse regularisation strengths tried per task (on standardised unit-norm features)."""
+    operating_sensitivity: float = 0.9
+    """Target sensitivity of each task's operating point in EVAL/heads/: the largest threshold
+    whose out-of-fold train sensitivity reaches it (chosen on the train split only)."""
     bootstrap: int = 1000
     """Bootstrap resamples of the test split for the confidence interval (0: none)."""
     confidence: float = 0.95
@@ -518,6 +521,12 @@ class TrainConfig:
             "eval.probe_cs",
             e.probe_cs,
             "a list of positive numbers",
+        )
+        _check(
+            0 < e.operating_sensitivity <= 1,
+            "eval.operating_sensitivity",
+            e.operating_sensitivity,
+            "a sensitivity in (0, 1], e.g. 0.9",
         )
         _check(e.bootstrap >= 0, "eval.bootstrap", e.bootstrap, ">= 0")
         _check(0 < e.confidence < 1, "eval.confidence", e.confidence, "in (0, 1)")

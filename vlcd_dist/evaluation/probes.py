@@ -1,8 +1,10 @@
 """Linear probes on frozen features: logistic regression per task, C chosen by stratified
-cross-validation on the train split."""
+cross-validation on the train split. The out-of-fold train scores of those folds at the chosen
+C are kept: :mod:`.heads` chooses each task's operating point on them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,21 +12,70 @@ import numpy as np
 
 from vlcd_dist.evaluation.metrics import auc_roc, l2_normalize
 
+CONSTANT_CLIP = 1e-6
+"""A one-class task's train rate p is clipped to [CONSTANT_CLIP, 1 - CONSTANT_CLIP]."""
+
 
 @dataclass
 class LinearProbe:
     """A fitted probe of one task: a logistic regression, or a constant score when the train
-    split holds one class only (then ``c`` is NaN)."""
+    split holds one class only (then ``c`` is NaN and the constant is the logit of the clipped
+    train rate, so that the score is a logit either way)."""
 
     model: Any | None
     constant: float
     c: float
+    train_scores: np.ndarray | None = None
+    """Decision values [N] of the train split at C: out-of-fold (each sample scored by the
+    model of the folds that left it out) when ``train_folds`` >= 2, in-sample when the minority
+    class has one sample (``train_folds`` 0); None for a one-class task."""
+    train_folds: int = 0
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """Decision values of features x [M, d] (normalised like the train features): [M]."""
+        """Decision values (logits) of features x [M, d] (normalised like the train features):
+        [M]."""
         if self.model is None:
             return np.full(len(x), self.constant)
         return self.model.decision_function(x)
+
+    def linear(self, d: int) -> tuple[np.ndarray, float]:
+        """(weight [d], bias) with scores(x) = x @ weight + bias (weight 0 for a constant)."""
+        if self.model is None:
+            return np.zeros(d), float(self.constant)
+        return np.asarray(self.model.coef_[0], dtype=np.float64), float(self.model.intercept_[0])
+
+
+def stratified_folds(
+    train_y: np.ndarray, folds: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (fit, validation) index pairs of the C search and the out-of-fold scores:
+    StratifiedKFold(k, shuffle=True, random_state=seed) over train_y [N] (0/1), k = min(folds,
+    minority count); [] when k < 2."""
+    from sklearn.model_selection import StratifiedKFold
+
+    train_y = np.asarray(train_y).astype(int)
+    k = min(folds, int(min(train_y.sum(), train_y.size - train_y.sum())))
+    if k < 2:
+        return []
+    x = np.zeros((len(train_y), 1))  # StratifiedKFold looks at the labels only
+    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, train_y))
+
+
+def out_of_fold_scores(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    c: float,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """Decision values [N] of train_x [N, d]: each validation fold of ``splits`` scored by a
+    logistic regression (C = c) fitted on the rest."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = np.full(len(train_y), np.nan)
+    for fit_idx, val_idx in splits:
+        model = LogisticRegression(C=c, max_iter=2000).fit(train_x[fit_idx], train_y[fit_idx])
+        out[val_idx] = model.decision_function(train_x[val_idx])
+    return out
 
 
 def fit_probe(
@@ -32,30 +83,28 @@ def fit_probe(
 ) -> LinearProbe:
     """Logistic-regression probe of one task on train_x [N, d], train_y [N] (0/1).
 
-    C maximises the mean cross-validated AUC on train (stratified folds, seeded)."""
+    C maximises the mean cross-validated AUC on train (:func:`stratified_folds`, seeded); the
+    probe keeps the out-of-fold decision values at that C (``train_scores``)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
 
     train_y = np.asarray(train_y).astype(int)
-    minority = int(min(train_y.sum(), train_y.size - train_y.sum()))
-    if minority == 0:
-        return LinearProbe(None, float(train_y.mean()), float("nan"))
-    best_c, best_auc = cs[0], -1.0
-    k = min(folds, minority)
-    if len(cs) > 1 and k >= 2:
-        splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(train_x, train_y))
+    if train_y.sum() in (0, train_y.size):
+        p = min(max(float(train_y.mean()), CONSTANT_CLIP), 1 - CONSTANT_CLIP)
+        return LinearProbe(None, math.log(p / (1 - p)), float("nan"))
+    splits = stratified_folds(train_y, folds, seed)
+    best_c, best_auc, best_oof = cs[0], -1.0, None
+    if len(cs) > 1 and splits:
         for c in cs:
-            aucs = []
-            for fit_idx, val_idx in splits:
-                model = LogisticRegression(C=c, max_iter=2000).fit(
-                    train_x[fit_idx], train_y[fit_idx]
-                )
-                aucs.append(auc_roc(train_y[val_idx], model.decision_function(train_x[val_idx])))
-            score = float(np.nanmean(aucs))
+            oof = out_of_fold_scores(train_x, train_y, c, splits)
+            score = float(np.nanmean([auc_roc(train_y[v], oof[v]) for _, v in splits]))
             if score > best_auc:
-                best_c, best_auc = c, score
+                best_c, best_auc, best_oof = c, score, oof
+    if splits and best_oof is None:  # one C only (or no finite fold AUC): no search to reuse
+        best_oof = out_of_fold_scores(train_x, train_y, best_c, splits)
     model = LogisticRegression(C=best_c, max_iter=2000).fit(train_x, train_y)
-    return LinearProbe(model, float("nan"), float(best_c))
+    if best_oof is None:  # the minority class has one sample: no folds
+        return LinearProbe(model, float("nan"), float(best_c), model.decision_function(train_x))
+    return LinearProbe(model, float("nan"), float(best_c), best_oof, len(splits))
 
 
 def probe_scores(

@@ -10,7 +10,12 @@ probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); 
 ``eval.zero_shot_prompts`` the zero-shot AUCs from the teacher's text tower (each side's prompts
 ensembled).
 
-Rank 0 writes config.yaml, the TensorBoard scalars, the files of the renderer the caller
+The probes are kept: every model's scaler, per-task logistic regressions, zero-shot prompt
+embeddings and per-task operating points (the largest threshold whose out-of-fold train
+sensitivity reaches eval.operating_sensitivity) go to heads/<model>.json + .safetensors
+(:class:`~vlcd_dist.evaluation.heads.TaskHeads`, which ``vlcd package`` copies).
+
+Rank 0 writes the heads, config.yaml, the TensorBoard scalars, the files of the renderer the caller
 hands in (the ``eval`` command passes :func:`vlcd_dist.reporting.eval_files.write_eval_outputs`:
 report.md and the figures; the harness does not import the reporting layer), and last
 report.json (:class:`~vlcd_dist.evaluation.results.EvalReport`), which marks the stage finished.
@@ -33,6 +38,7 @@ from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.efficiency import latency_by_precision
 from vlcd_dist.evaluation.features import FeatureFn, extract_features
+from vlcd_dist.evaluation.heads import TaskHeads, ZeroShotPrompts
 from vlcd_dist.evaluation.metrics import (
     aucs_by_task,
     bootstrap_intervals,
@@ -88,16 +94,6 @@ class EvalModel:
     info: dict[str, Any] = field(default_factory=dict)
     resizes_to: tuple[int, int] | None = None
     """The size the model resizes data.image_size batches to inside, if it does."""
-
-
-@dataclass
-class ZeroShotPrompts:
-    """Prompt embeddings of the tasks that have zero-shot prompts (in shard task order)."""
-
-    tasks: list[str]
-    texts: dict[str, tuple[list[str], list[str]]]  # task -> (positive prompts, negative prompts)
-    positive: np.ndarray  # [T', d]: each task's positive prompts ensembled
-    negative: np.ndarray  # [T', d]: its negative prompts ensembled
 
 
 class Evaluator:
@@ -298,8 +294,9 @@ class Evaluator:
         degraded: dict[tuple[str, int], dict[str, np.ndarray]] | None = None,
         prompts: ZeroShotPrompts | None = None,
     ) -> EvalReport:
-        """Probes, intervals, latency, robustness, zero-shot; writes report.json, config.yaml
-        and the TensorBoard scalars (the tables and figures are the reporting layer's)."""
+        """Probes, intervals, latency, robustness, zero-shot; writes the heads, report.json,
+        config.yaml and the TensorBoard scalars (the tables and figures are the reporting
+        layer's)."""
         from sklearn.preprocessing import StandardScaler
 
         cfg, e = self.cfg, self.cfg.eval
@@ -309,6 +306,7 @@ class Evaluator:
         results: dict[str, ModelResult] = {}
         robust: dict[str, dict[str, dict[int, DegradedResult]]] = {}
         zero_shot: dict[str, ZeroShotResult] = {}
+        heads: dict[str, TaskHeads] = {}
         zs_columns = [tasks.index(t) for t in prompts.tasks] if prompts else []
         latency = self.latency(models)
         for m in models:
@@ -319,6 +317,19 @@ class Evaluator:
                 fit_probe(xtr, train_y[:, j], e.probe_cs, e.cv_folds, cfg.run.seed) for j in columns
             ]
             scores = apply_probes(probes, scaler, test_f[m.name])
+            heads[m.name] = TaskHeads.from_probes(
+                m.name,
+                tasks,
+                scaler,
+                probes,
+                train_y,
+                test_y,
+                scores,
+                cv_folds=e.cv_folds,
+                seed=cfg.run.seed,
+                target_sensitivity=e.operating_sensitivity,
+                prompts=prompts,
+            )
             aucs = aucs_by_task(test_y, scores, tasks, columns)
             roc = {}
             for j, task in enumerate(tasks):
@@ -400,7 +411,7 @@ class Evaluator:
                 prompts=dict(prompts.texts),
                 models=zero_shot,
             )
-        self.write(report)
+        self.write(report, heads)
         return report
 
     def latency(self, models: list[EvalModel]) -> dict[str, dict[str, float]]:
@@ -423,10 +434,19 @@ class Evaluator:
             for m in models:
                 m.module.to(self.device)
 
-    def write(self, report: EvalReport) -> None:
-        """config.yaml, the TensorBoard scalars, then report.json, which marks the stage
-        finished and so is written last."""
+    def write(self, report: EvalReport, heads: dict[str, TaskHeads] | None = None) -> None:
+        """heads/<model>.json + .safetensors of every model, config.yaml, the TensorBoard
+        scalars, then report.json, which marks the stage finished and so is written last."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if heads:
+            for name, h in heads.items():
+                h.save(self.out / "heads", name)
+            logger.info(
+                "eval: probes and operating points of %d models in %s (<model>.json + "
+                ".safetensors)",
+                len(heads),
+                self.out / "heads",
+            )
         write_text(self.out / "config.yaml", dump_yaml(self.cfg))
         tb = TBLogger(self.out / "tb", self.cfg.logging.tensorboard)
         try:
