@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlcd_dist.cli import bench, export, pipelines, report, shards, stages
+from vlcd_dist.cli import bench, export, package, pipelines, report, shards, stages
 from vlcd_dist.errors import VlcdError
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Vision-Language Contrastive Distillation: data, training and evaluation.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (shards, bench, export, stages, pipelines, report):
+    for module in (shards, bench, export, package, stages, pipelines, report):
         module.add_parser(sub)
     return parser
 

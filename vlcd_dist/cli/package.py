@@ -85,8 +85,8 @@ def cmd_package(args: argparse.Namespace) -> int:
     for name, entry in record.models.items():
         auc = entry.auc
         print(
-            f"{name}: test mean AUC eval {auc['eval']['mean']:.3f}, ONNX fp32 "
-            f"{auc['fp32']['mean']:.3f}, int8 {auc['int8']['mean']:.3f} -> {out / name}"
+            f"{name}: test mean AUC eval {auc.eval['mean']:.3f}, ONNX fp32 "
+            f"{auc.fp32['mean']:.3f}, int8 {auc.int8['mean']:.3f} -> {out / name}"
         )
     print(f"deployment figures: {out / 'deployment.json'} (vlcd report {args.run} shows them)")
     return 0

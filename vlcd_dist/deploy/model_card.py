@@ -22,7 +22,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _interval(value: Any) -> str:
-    if not value:
+    if not value or not all(isinstance(v, float) and math.isfinite(v) for v in value):
         return ""
     lo, hi = value
     return f" [{_num(lo)}, {_num(hi)}]"

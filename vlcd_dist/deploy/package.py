@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlcd_dist.config import TrainConfig, load_config
-from vlcd_dist.data.imaging import IMAGENET_MEAN, IMAGENET_STD
+from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.deploy.export import (
     INPUT_NAME,
@@ -48,6 +48,8 @@ from vlcd_dist.deploy.export import (
     export_onnx,
     file_sha256,
 )
+from vlcd_dist.deploy.record import FILE_NAME as DEPLOYMENT_FILE
+from vlcd_dist.deploy.record import FORMAT as DEPLOYMENT_FORMAT
 from vlcd_dist.deploy.record import DeploymentReport
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.efficiency import available_cores, cpu_model, round_robin, time_call
@@ -59,7 +61,6 @@ from vlcd_dist.io import save_tensors, write_json, write_text
 logger = logging.getLogger("vlcd_dist.package")
 
 PACKAGE_FORMAT = "vlcd-package/1"
-DEPLOYMENT_FILE = "deployment.json"
 OUTPUTS = ("embedding", "logits", "probabilities", "zero_shot")
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 TIMM_WEIGHTS, TIMM_CONFIG = "model.safetensors", "config.json"
@@ -102,7 +103,7 @@ class ProbeHead(nn.Module):
         return out
 
 
-class DeployedModel(nn.Module):
+class Analyser(nn.Module):
     """images [B, 3, H, W] (normalised) -> (embedding [B, d], logits [B, T], probabilities
     [B, T][, zero_shot [B, T']])."""
 
@@ -499,7 +500,7 @@ def package_run(
         entries[m.name] = package_model(m, cfg, report, heads[m.name], train, test, out, settings)
     record = DeploymentReport.from_json(
         {
-            "format": DeploymentReport.FORMAT,
+            "format": DEPLOYMENT_FORMAT,
             "run": str(run),
             "tasks": report.tasks,
             "zero_shot_tasks": report.zero_shot.tasks if report.zero_shot else [],
@@ -538,7 +539,7 @@ def package_model(
 
     size = tuple(cfg.data.image_size)
     check_onnx_input_size(m.name, m.encoder, size)
-    model = DeployedModel(m.encoder, ProbeHead(heads.tensors)).eval()
+    model = Analyser(m.encoder, ProbeHead(heads.tensors)).eval()
     final = out / m.name
     work = out / f".{m.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -652,7 +653,7 @@ def package_json(
     cfg: TrainConfig,
     report: EvalReport,
     heads_json: dict[str, Any],
-    model: DeployedModel,
+    model: Analyser,
     entry: dict[str, Any],
     work: Path,
 ) -> dict[str, Any]:

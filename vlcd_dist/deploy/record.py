@@ -103,7 +103,8 @@ class Verification:
     """The ONNX models against PyTorch on sample images."""
 
     fp32_max_diff: float
-    """Largest absolute difference of any fp32 ONNX output from PyTorch's."""
+    """Largest difference of any fp32 ONNX output from PyTorch's, relative to max(1, the
+    largest |PyTorch output|) of that output."""
     int8_max_probability_diff: float
     int8_min_embedding_cosine: float
 

@@ -113,12 +113,13 @@ def _print_deployment(folder: Path) -> None:
 
     record = DeploymentReport.load(folder / "deployment.json")
     print(f"packaged for deployment in {folder} (vlcd predict --model {folder}/NAME IMAGES...):")
+    threads = record.latency.threads[0]
     for name, m in record.models.items():
         print(
-            f"  {name}: test mean AUC ONNX fp32 {m.auc['fp32']['mean']:.3f}, int8 "
-            f"{m.auc['int8']['mean']:.3f}; batch-1 ms at 1 thread: eager "
-            f"{m.latency_ms['1']['eager']:.1f}, fp32 {m.latency_ms['1']['onnx_fp32']:.1f}, "
-            f"int8 {m.latency_ms['1']['onnx_int8']:.1f}"
+            f"  {name}: test mean AUC ONNX fp32 {m.auc.fp32['mean']:.3f}, int8 "
+            f"{m.auc.int8['mean']:.3f}; batch-1 ms at {threads} thread(s): eager "
+            f"{m.latency_ms[threads]['eager']:.1f}, fp32 {m.latency_ms[threads]['onnx_fp32']:.1f}, "
+            f"int8 {m.latency_ms[threads]['onnx_int8']:.1f}"
         )
 
 
