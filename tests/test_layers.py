@@ -40,6 +40,7 @@ COMMANDS = [
     "shards placenta",
     "bench models",
     "export",
+    "predict",
     "train-teacher",
     "predistill",
     "distill",
