@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from vlcd_dist.data.imaging import DECODE_ERRORS, ResizeCover, decode_rgb, normalised_array
 from vlcd_dist.errors import VlcdError
@@ -346,6 +346,8 @@ def load_image(path: Path, model: ModelFolder) -> np.ndarray | str:
         return f"unreadable ({exn.strerror})"
     except UnidentifiedImageError:
         return "not an image (PIL recognises no image format in it)"
+    except Image.DecompressionBombError as exn:
+        return f"too large to decode safely ({exn})"
     except DECODE_ERRORS as exn:
         return f"corrupt or truncated image ({exn})"
     if min(img.size) < MIN_SIDE:
