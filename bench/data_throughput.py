@@ -12,24 +12,22 @@ worker).
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from vlcd_dist.cli import main as vlcd
+from vlcd_dist.data.imaging import decode_rgb
 from vlcd_dist.data.stream import Decoder, ShardLoader, StreamConfig, iter_tar
 
 
 def bare_loop(files: list[Path], decoder: Decoder) -> float:
     start = time.perf_counter()
     for path in files:
-        img = Image.open(io.BytesIO(path.read_bytes()))
-        img.draft("RGB", decoder.draft)
-        tensor = decoder.transform(img.convert("RGB"))
+        img = decode_rgb(path.read_bytes(), decoder.image_size, decoder.train)
+        tensor = decoder.transform(img)
         assert tensor.shape[0] == 3
     return len(files) / (time.perf_counter() - start)
 

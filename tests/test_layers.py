@@ -40,6 +40,8 @@ COMMANDS = [
     "shards placenta",
     "bench models",
     "export",
+    "package",
+    "predict",
     "train-teacher",
     "predistill",
     "distill",

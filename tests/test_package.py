@@ -138,7 +138,10 @@ def test_the_timm_folder_rebuilds_in_plain_timm_with_equal_features(evaluated, p
             by_file = timm.create_model(
                 config["architecture"],
                 pretrained=True,
-                pretrained_cfg_overlay={"file": str(folder / "model.safetensors"), "num_classes": d},
+                pretrained_cfg_overlay={
+                    "file": str(folder / "model.safetensors"),
+                    "num_classes": d,
+                },
                 num_classes=d,
             ).eval()(x)
         assert expected.shape == (3, d)
@@ -204,7 +207,9 @@ def test_a_failed_model_leaves_no_half_package(evaluated, tmp_path, monkeypatch)
     monkeypatch.setattr(package, "quantize_int8", broken)
     out = tmp_path / "pkg"
     with pytest.raises(OSError, match="No space"):
-        package.package_run(evaluated, out, ["tiny_resnet"], package.PackageSettings(latency_iters=1))
+        package.package_run(
+            evaluated, out, ["tiny_resnet"], package.PackageSettings(latency_iters=1)
+        )
     assert not (out / "tiny_resnet").exists()
     assert not (out / "deployment.json").exists()
 

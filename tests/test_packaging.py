@@ -120,10 +120,15 @@ def _requirement(spec: str) -> tuple[str, str]:
 
 def test_base_dependencies_are_ranges_and_make_installs_the_tested_pins():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = dict(_requirement(d) for d in project["dependencies"])
+    # The base install is what `vlcd predict` runs on: no torch; torch comes with `train`.
+    base = dict(_requirement(d) for d in project["dependencies"])
+    assert set(base) == {"numpy", "pillow"}
+    assert project["optional-dependencies"]["infer"] == ["onnxruntime>=1.18"]
+    deps = dict(_requirement(d) for d in project["optional-dependencies"]["train"])
     for name in ("torch", "torchvision"):
         assert deps[name].startswith(">="), f"{name} must be a range, not {deps[name]!r}"
         assert "==" not in deps[name]
+    assert "train" in re.search(r"EXTRAS \?= (\S+)", (REPO / "Makefile").read_text()).group(1)
     pins = dict(
         line.split("==", 1)
         for line in (REPO / "constraints.txt").read_text().splitlines()

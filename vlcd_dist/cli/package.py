@@ -35,9 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", type=Path, help="a demo run folder (RUN/eval inside) or an eval folder")
-    p.add_argument(
-        "--out", type=Path, default=None, help="where to write (default: RUN/package)"
-    )
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: RUN/package)")
     p.add_argument(
         "--models",
         nargs="+",

@@ -22,7 +22,6 @@ Nothing is ever unpickled: only ``jpg``, ``txt``, ``json`` and ``cls`` members a
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import tarfile
@@ -41,7 +40,8 @@ from webdataset.gopen import gopen
 
 from ..distributed import dist_info
 from ..errors import DataError
-from .transforms import draft_size, eval_transform, train_transform
+from .imaging import DECODE_ERRORS, decode_rgb
+from .transforms import eval_transform, train_transform
 
 SKIP_KINDS = ("corrupt_image", "missing_key", "bad_json", "bad_text", "truncated_tar")
 READ_EXTENSIONS = ("jpg", "txt", "json", "cls")
@@ -205,15 +205,13 @@ class Decoder:
     def __init__(self, kind: str, tasks: list[str], image_size: tuple[int, int], train: bool):
         self.kind = kind
         self.tasks = tasks
-        self.draft = draft_size(image_size, train)
+        self.image_size, self.train = image_size, train
         self.transform = train_transform(image_size) if train else eval_transform(image_size)
 
     def decode_image(self, raw: dict[str, Any]) -> Image.Image:
         try:
-            img = Image.open(io.BytesIO(raw["jpg"]))
-            img.draft("RGB", self.draft)
-            return img.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exn:
+            return decode_rgb(raw["jpg"], self.image_size, self.train)
+        except DECODE_ERRORS as exn:
             raise _Skip("corrupt_image", raw["__url__"], raw["__key__"], str(exn)) from exn
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:

@@ -1,35 +1,24 @@
-"""Image transforms: PIL image in, normalised float tensor (3, H, W) out."""
+"""Image transforms: PIL image in, normalised float tensor (3, H, W) out.
+
+The torch-free pieces (the ImageNet mean and std, :class:`ResizeCover`, :func:`draft_size`) live
+in :mod:`.imaging`, which ``vlcd predict`` shares; they are re-exported here.
+"""
 
 from __future__ import annotations
 
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .imaging import IMAGENET_MEAN, IMAGENET_STD, ResizeCover, draft_size
 
-
-class ResizeCover:
-    """Resize so the image covers (H, W) with its aspect kept, then centre-crop to (H, W)."""
-
-    def __init__(self, size: tuple[int, int]):
-        self.size = size
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        h, w = self.size
-        scale = max(h / img.height, w / img.width)
-        rw, rh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-        left, top = (rw - w) // 2, (rh - h) // 2
-        # Resize and crop in one PIL call: only the kept box is resampled.
-        box_scale_x, box_scale_y = img.width / rw, img.height / rh
-        box = (
-            left * box_scale_x,
-            top * box_scale_y,
-            (left + w) * box_scale_x,
-            (top + h) * box_scale_y,
-        )
-        return img.resize((w, h), Image.BILINEAR, box=box)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ResizeCover",
+    "draft_size",
+    "eval_transform",
+    "train_transform",
+]
 
 
 def _to_tensor() -> list:
@@ -55,14 +44,3 @@ def train_transform(size: tuple[int, int], scale: tuple[float, float] = (0.5, 1.
 def eval_transform(size: tuple[int, int]) -> v2.Compose:
     """Resize to cover (H, W), centre crop, normalise."""
     return v2.Compose([ResizeCover(size), *_to_tensor()])
-
-
-def draft_size(size: tuple[int, int], train: bool) -> tuple[int, int]:
-    """(W, H) to ask libjpeg for when decoding: the smallest decode that keeps full detail.
-
-    A random resized crop keeps as little as half the area, so training decodes at twice the
-    target; evaluation only needs to cover the target.
-    """
-    h, w = size
-    factor = 2 if train else 1
-    return (w * factor, h * factor)

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlcd_dist.config import TrainConfig, load_config
-from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vlcd_dist.data.stream import ShardLoader
+from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vlcd_dist.deploy.export import (
     INPUT_NAME,
     _need,
@@ -56,7 +56,7 @@ from vlcd_dist.evaluation.efficiency import available_cores, cpu_model, round_ro
 from vlcd_dist.evaluation.features import key_order
 from vlcd_dist.evaluation.metrics import aucs_by_task, bootstrap_intervals, mean_finite
 from vlcd_dist.evaluation.results import EvalReport
-from vlcd_dist.io import save_tensors, write_json, write_text
+from vlcd_dist.io import save_tensors, write_json
 
 logger = logging.getLogger("vlcd_dist.package")
 
@@ -308,15 +308,12 @@ def timm_files(model: PackagedModel, folder: Path) -> dict[str, Any]:
         first = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else "")
         first = first[:300]
         result.update(plain=False, max_scaled_diff=None)
-        result["note"] = (
-            f"plain timm {timm.__version__} cannot rebuild it ({first}); "
-            + (
-                "its EfficientFormer builds the last-stage attention for a 7x7 grid (224x224) "
-                "only, and this one was trained at a re-laid grid: use model.onnx, or "
-                "vlcd_dist.models.create_student with image_size"
-                if "efficientformer" in model.arch
-                else "use model.onnx"
-            )
+        result["note"] = f"plain timm {timm.__version__} cannot rebuild it ({first}); " + (
+            "its EfficientFormer builds the last-stage attention for a 7x7 grid (224x224) "
+            "only, and this one was trained at a re-laid grid: use model.onnx, or "
+            "vlcd_dist.models.create_student with image_size"
+            if "efficientformer" in model.arch
+            else "use model.onnx"
         )
     return result
 
@@ -362,8 +359,12 @@ def quantize_int8(
     the logistic regressions, sigmoid, zero-shot cosines) stays fp32: its inputs are a few
     hundred numbers and its rounding would move every probability. Returns what was done (for
     package.json)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx = _need("onnx")
@@ -481,7 +482,9 @@ def package_run(
     names = list(models or report.models)
     unknown = [n for n in names if n not in report.models]
     if unknown:
-        raise VlcdError(f"package: --models {unknown} were not evaluated; choose from {list(report.models)}")
+        raise VlcdError(
+            f"package: --models {unknown} were not evaluated; choose from {list(report.models)}"
+        )
     # Students first, the teacher (the reference) last, as the report lists them.
     names.sort(key=lambda n: report.models[n].kind == "teacher")
     heads = {n: read_heads(folder, n) for n in names}
