@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from helpers import TINY_RECIPE, run_cli
+from test_predict import run_without_torch
 
 from vlcd_dist.evaluation.metrics import auc_roc
 
@@ -196,6 +197,19 @@ def test_predict_on_the_test_photographs_reproduces_the_package_figures(
         if np.isfinite(reference):
             assert auc_roc(y, p) == pytest.approx(reference, abs=1e-3), task
     assert {"zero_shot_meconium", "zero_shot_fir"} <= set(rows[0])
+    if not int8:
+        # The same package and photographs where torch (and timm, sklearn, ...) cannot be
+        # imported: the same rows.
+        code = f"""
+        from vlcd_dist.cli import main
+        print("rc", main(["predict", "--model", {str(packaged / name)!r},
+                          {str(tmp_path / "photos")!r}, "--out", "no_torch.csv"]))
+        print("loaded", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+        """
+        run = run_without_torch(code, tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert "rc 0" in run.stdout and "loaded []" in run.stdout, run.stdout
+        assert _csv(tmp_path / "no_torch.csv") == rows
 
 
 def test_a_failed_model_leaves_no_half_package(evaluated, tmp_path, monkeypatch) -> None:

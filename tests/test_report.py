@@ -250,24 +250,6 @@ def test_pareto_front_and_x_scale() -> None:
     assert x_scale([0, 1]) == "linear"
 
 
-def test_demo_ends_with_the_html_report(tmp_path, tiny_recipe, monkeypatch, capsys) -> None:
-    from vlcd_dist.pipelines import demo
-
-    ran = []
-    monkeypatch.setattr(demo, "run_stage", lambda stage, *a, **k: ran.append(stage))
-    report = make_report()
-    make_eval(tmp_path / "eval", report)  # report.json only: the table comes from it
-    assert demo.run_demo(tmp_path, nproc=1, config=tiny_recipe) == 0
-    assert ran == ["train-teacher", "predistill", "distill", "eval"]
-    page = tmp_path / "report" / "report.html"
-    printed = capsys.readouterr().out
-    assert f"HTML report: {page}" in printed
-    assert eval_markdown(report) in printed
-    teacher = report.models["teacher"].auc_mean
-    assert f"teacher mean test AUC: {teacher:.3f}" in printed
-    assert "mobilenetv3_large_100" in check_page(page)
-
-
 def test_the_typed_report_round_trips_through_report_json(tmp_path) -> None:
     report = make_report(degrade=True, zero_shot=True)
     report.models["teacher"].auc["fir"] = float("nan")  # a task without positives

@@ -457,3 +457,52 @@ def test_the_verdict_follows_the_figures() -> None:
     del record.models["efficientformer_l1"]
     assert "a model's mean test AUC in int8 is 0.002 (teacher)" in int8_verdict(record)
     assert len(latency_table(record).rows) == 1 and len(per_task_table(record).rows) == 3
+
+
+def test_demo_ends_with_the_package_and_the_html_report(tmp_path, tiny_recipe, monkeypatch, capsys):
+    from vlcd_dist.pipelines import demo
+    from vlcd_dist.reporting.eval_files import eval_markdown
+
+    ran = []
+    monkeypatch.setattr(demo, "run_stage", lambda stage, *a, **k: ran.append(stage))
+    record = make_record()
+    monkeypatch.setattr(
+        demo, "package_models", lambda out, env: ran.append("package") or make_run(out, record)
+    )
+    assert demo.run_demo(tmp_path, nproc=1, config=tiny_recipe) == 0
+    assert ran == ["train-teacher", "predistill", "distill", "eval", "package"]
+    page = tmp_path / "report" / "report.html"
+    printed = capsys.readouterr().out
+    assert f"HTML report: {page}" in printed
+    report = make_report(zero_shot=True)
+    assert eval_markdown(report) in printed
+    assert f"teacher mean test AUC: {report.models['teacher'].auc_mean:.3f}" in printed
+    m = record.models["efficientnet_b0"]
+    assert (
+        f"  efficientnet_b0: test mean AUC ONNX fp32 {m.auc.fp32['mean']:.3f}, int8 "
+        f"{m.auc.int8['mean']:.3f}; batch-1 ms at 1 thread(s): eager "
+        f"{m.latency_ms[1]['eager']:.1f}"
+    ) in printed
+    text = check_page(page)
+    assert "mobilenetv3_large_100" in text and "Deployment" in text
+
+
+def test_demo_packages_again_only_when_the_eval_is_newer(tmp_path, monkeypatch, capsys) -> None:
+    import os
+
+    from vlcd_dist.pipelines import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "execute", lambda cmd, env: calls.append(cmd) or 0)
+    make_run(tmp_path, make_record())
+    report, record = tmp_path / "eval" / "report.json", tmp_path / "package" / "deployment.json"
+    os.utime(report, (1_000, 1_000))
+    os.utime(record, (2_000, 2_000))
+    assert demo.package_models(tmp_path, {}) is False
+    assert calls == []
+    os.utime(report, (3_000, 3_000))
+    assert demo.package_models(tmp_path, {}) is True
+    assert calls[0][-4:] == ["package", str(tmp_path), "--out", str(tmp_path / "package")]
+    monkeypatch.setattr(demo, "execute", lambda cmd, env: 1)
+    with pytest.raises(VlcdError, match="vlcd package failed with exit status 1"):
+        demo.package_models(tmp_path, {})
