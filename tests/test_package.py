@@ -231,3 +231,74 @@ def test_a_failed_model_leaves_no_half_package(evaluated, tmp_path, monkeypatch)
 def test_package_refuses_a_folder_without_an_eval(tmp_path, capsys) -> None:
     assert run_cli(f"package {tmp_path}") == 2
     assert "holds no finished evaluation" in capsys.readouterr().err
+
+
+def test_packaging_one_model_again_keeps_the_others_entries(evaluated, packaged) -> None:
+    before = json.loads((packaged / "deployment.json").read_text())
+    assert (
+        run_cli(
+            f"package {evaluated} --out {packaged} --models tiny_resnet --calibration-images 8 "
+            "--latency-iters 1 --latency-threads 1 2"
+        )
+        == 0
+    )
+    after = json.loads((packaged / "deployment.json").read_text())
+    assert list(after["models"]) == list(before["models"])
+    assert after["models"]["teacher"] == before["models"]["teacher"]
+    assert after["models"]["tiny_mobilenetv3"] == before["models"]["tiny_mobilenetv3"]
+
+
+def test_a_student_at_its_own_size_from_relative_paths_without_a_bootstrap(
+    tmp_path, monkeypatch, placenta_shards, natural_shards, tiny_pipeline
+) -> None:
+    """A student trained at 48x48 evaluated on 32x32 data (it resizes inside) is packaged at
+    48x48; the eval ran elsewhere with relative paths; no bootstrap means no intervals."""
+    from vlcd_dist.models import create_student
+    from vlcd_dist.models.exported import export_student
+
+    root = tmp_path / "where_eval_ran"
+    root.mkdir()
+    torch.manual_seed(0)
+    student = create_student("tiny_mobilenetv3", embed_dim=64, image_size=(48, 48)).eval()
+    export_student(student, root / "students", {"name": "tiny_mobilenetv3"}, {"stage": "test"})
+    recipe = root / "recipe.yaml"
+    recipe.write_text(TINY_RECIPE.format(placenta=placenta_shards, natural=natural_shards))
+    monkeypatch.chdir(root)
+    assert (
+        run_cli(
+            f"eval --config recipe.yaml --out eval --set teacher.checkpoint={tiny_pipeline['teacher']} "
+            "--set eval.students_from=students --set students=[tiny_mobilenetv3] "
+            "--set eval.bootstrap=0 --set eval.include_teacher=false"
+        )
+        == 0
+    )
+    report = json.loads((root / "eval" / "report.json").read_text())
+    assert report["models"]["tiny_mobilenetv3"]["resizes_to"] == [48, 48]
+    assert not Path(report["models"]["tiny_mobilenetv3"]["weights"]).is_absolute()
+    monkeypatch.chdir(tmp_path)  # somewhere else: the eval's relative paths are found anyway
+    out = tmp_path / "pkg"
+    assert (
+        run_cli(
+            f"package {root / 'eval'} --out {out} --calibration-images 8 --latency-iters 1 "
+            "--latency-threads 1"
+        )
+        == 0
+    )
+    package = json.loads((out / "tiny_mobilenetv3" / "package.json").read_text())
+    assert (package["input"]["height"], package["input"]["width"]) == (48, 48)
+    assert package["provenance"]["eval_image_size"] == [32, 32]
+    assert (
+        package["timm"]["load"]
+        == 'timm.create_model("local-dir:tiny_mobilenetv3", pretrained=True)'
+    )
+    record = json.loads((out / "deployment.json").read_text())
+    entry = record["models"]["tiny_mobilenetv3"]
+    assert set(entry["ci"]["fp32"]) == {*report["tasks"], "mean"}
+    assert all(v is None for v in entry["ci"]["fp32"].values())
+    labels = _test_images(placenta_shards, tmp_path / "photos")
+    csv_out = tmp_path / "p.csv"
+    args = f"predict --model {out / 'tiny_mobilenetv3'} {tmp_path / 'photos'} --out {csv_out}"
+    assert run_cli(args) == 0
+    rows = _csv(csv_out)
+    assert len(rows) == len(labels)
+    assert all(0.0 <= float(r["fir_probability"]) <= 1.0 for r in rows)

@@ -213,7 +213,6 @@ def photos(tmp_path) -> list[Path]:
     paths = [photo(root / f"a_{i}.jpg", i) for i in range(3)]
     paths += [photo(root / "sub" / f"b_{i}.JPG", 10 + i, (40, 90)) for i in range(3)]
     paths.append(photo(root / "sub" / "deeper" / "c.png", 20, (33, 21)))
-    (root / "notes.txt").write_text("not an image and not searched for")
     return sorted(paths, key=lambda p: (len(p.relative_to(root).parts), str(p)))
 
 
@@ -338,18 +337,21 @@ def test_corrupt_text_and_one_pixel_images_are_listed_and_skipped(tmp_path, phot
     Image.open(photos[0]).save(whole, format="JPEG", quality=95)
     (folder / "corrupt.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
     (folder / "notes.jpg").write_text("a text file, whatever its name says\n")
+    (folder / "notes.txt").write_text("a text file named as one\n")
+    (folder / ".DS_Store").write_bytes(b"\0\1")  # hidden: passed over, not listed
     Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "pixel.png")
     Image.new("RGB", (40, 7)).save(folder / "thin.png")  # 7 px high: also too small
     out = tmp_path / "p.csv"
     assert vlcd(["predict", "--model", str(model), str(folder), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert f"predicted 2 images, skipped 4 (see {tmp_path / 'p.skipped.csv'})" in captured.out
-    assert "predict: 6/6 images (100%)" in captured.err  # the progress line
+    assert f"predicted 2 images, skipped 5 (see {tmp_path / 'p.skipped.csv'})" in captured.out
+    assert "predict: 7/7 images (100%)" in captured.err  # the progress line
     _, rows = read_csv(out)
     assert [r["image"] for r in rows] == [str(p) for p in good]
     _, skipped = read_csv(tmp_path / "p.skipped.csv")
     reasons = {Path(s["image"]).name: s["reason"] for s in skipped}
-    assert sorted(reasons) == ["corrupt.jpg", "notes.jpg", "pixel.png", "thin.png"]
+    assert sorted(reasons) == ["corrupt.jpg", "notes.jpg", "notes.txt", "pixel.png", "thin.png"]
+    assert reasons["notes.txt"] == "not an image file (.txt)"
     assert reasons["corrupt.jpg"].startswith("corrupt or truncated image (")
     assert reasons["notes.jpg"] == "not an image (PIL recognises no image format in it)"
     assert reasons["pixel.png"] == "too small: 1x1 px, needs at least 8 px on each side"
@@ -362,8 +364,23 @@ def test_corrupt_text_and_one_pixel_images_are_listed_and_skipped(tmp_path, phot
     none = tmp_path / "none.csv"
     assert vlcd(["predict", "--model", str(model), str(folder), "--out", str(none)]) == 2
     err = capsys.readouterr().err
-    assert "no image could be predicted: all 3 were skipped" in err
-    assert not none.exists() and len(read_csv(tmp_path / "none.skipped.csv")[1]) == 3
+    assert "no image could be predicted: all 4 were skipped" in err
+    assert not none.exists() and len(read_csv(tmp_path / "none.skipped.csv")[1]) == 4
+
+
+def test_a_task_without_an_operating_point_gets_an_empty_flag(tmp_path, photos):
+    # The eval writes a null threshold for a task whose train split has one class.
+    arrays = heads_arrays()
+    probabilities, _ = reference(photos, arrays)
+    thresholds = {**thresholds_between(probabilities), "infarct": None}
+    model = make_package(tmp_path / "m", arrays, thresholds)
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--model", str(model), str(tmp_path / "photos"), "--out", str(out)]
+    assert vlcd([*argv, "--quiet"]) == 0
+    _, rows = read_csv(out)
+    assert rows and all(r["infarct_flag"] == "" for r in rows)
+    assert all(r["infarct_probability"] != "" for r in rows)
+    assert {r["meconium_flag"] for r in rows} == {"0", "1"}
 
 
 def test_int8_uses_the_int8_file(tmp_path, photos):
@@ -403,9 +420,12 @@ def test_bad_model_folders_name_the_missing_file(tmp_path, photos):
     fails(r"model\.onnx is missing; rerun vlcd package")
     (model / "moved.onnx").rename(model / "model.onnx")
     heads = json.loads((model / "heads.json").read_text())
+    heads["operating_points"]["infarct"]["threshold"] = 1.5
+    (model / "heads.json").write_text(json.dumps(heads))
+    fails(r"heads\.json: operating_points\['infarct'\]\.threshold is 1\.5; expected a probab")
     heads["operating_points"]["infarct"].pop("threshold")
     (model / "heads.json").write_text(json.dumps(heads))
-    fails(r"heads\.json: operating_points\['infarct'\]\.threshold is None")
+    fails(r"heads\.json: operating_points\['infarct'\] has no threshold")
     (model / "heads.json").unlink()
     fails(r"heads\.json is missing")
     (model / "package.json").unlink()

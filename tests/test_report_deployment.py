@@ -354,7 +354,7 @@ def test_the_deployment_section_shows_the_same_numbers_in_markdown_and_html(tmp_
     checks = (
         "Checked against PyTorch on sample images (worst over the models): ONNX fp32 outputs "
         "within 3.2e-06; int8 probabilities within 0.021, embedding cosine at least 0.9931. ONNX "
-        "fp32 reproduces the eval's test AUCs within 0.0000. Every tower rebuilds in plain timm "
+        "fp32 reproduces the eval's test AUCs of the students within 0.0000. Every tower rebuilds in plain timm "
         "from its folder."
     )
     assert checks in md and "Caution" not in md
@@ -506,3 +506,15 @@ def test_demo_packages_again_only_when_the_eval_is_newer(tmp_path, monkeypatch, 
     monkeypatch.setattr(demo, "execute", lambda cmd, env: 1)
     with pytest.raises(VlcdError, match="vlcd package failed with exit status 1"):
         demo.package_models(tmp_path, {})
+
+
+def test_a_broken_record_found_beside_the_run_leaves_out_the_section_only(tmp_path, caplog):
+    run = make_run(tmp_path / "run", make_record())
+    record = run / "package" / "deployment.json"
+    record.write_text(json.dumps({"format": "vlcd-deployment/0"}))
+    md = (write_report(run, tensorboard=False).parent / "report.md").read_text()
+    assert "## Deployment" not in md and "## Linear-probe results" in md
+    assert f"no deployment section: {record}" in caplog.text
+    # Asked for by name, the same file is an error.
+    with pytest.raises(VlcdError, match="vlcd-deployment/0"):
+        write_report(run, tensorboard=False, deployment=run / "package")

@@ -157,3 +157,36 @@ def test_help_explains_every_option(capsys):
         for flag in ("--out", "--shard-size", "--seed", "--workers"):
             assert flag in out
     assert "--skip-bad" in out and "--test-fraction" in out and "--synthetic" in out
+
+
+def test_a_photo_with_an_exif_rotation_is_written_and_read_upright(tmp_path) -> None:
+    """A phone photo stored landscape with orientation 6 (turn 90 degrees to view): the shard
+    bytes are upright with no tag left, resized or not, and decode_rgb (what the shard stream and
+    vlcd predict use) reads the original upright too."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vlcd_dist.data.imaging import decode_rgb
+    from vlcd_dist.data.natural import ORIENTATION_TAG, load_resized
+
+    pixels = np.zeros((60, 100, 3), np.uint8)
+    pixels[:, :50] = 255  # stored: the left half white; upright (turned clockwise): the top half
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[ORIENTATION_TAG] = 6
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif.tobytes(), quality=95)
+
+    shown = decode_rgb(path, (32, 32))
+    assert shown.size == (60, 100)  # (width, height): portrait
+    top, bottom = np.asarray(shown)[:50].mean(), np.asarray(shown)[50:].mean()
+    assert top > 200 and bottom < 50
+    for max_side, size in ((0, (60, 100)), (40, (40, 67))):
+        data, reencoded = load_resized(path, max_side)
+        stored = Image.open(io.BytesIO(data))
+        assert reencoded and stored.size == size
+        assert stored.getexif().get(ORIENTATION_TAG) is None
+        upright = np.asarray(stored.convert("L"), dtype=float)
+        assert upright[: size[1] // 2 - 2].mean() > 200 > 50 > upright[size[1] // 2 + 2 :].mean()

@@ -20,10 +20,11 @@ self-contained analyser in OUT/<model>/:
                                 threshold per task chosen on training data only
   package.json, README.md       what `vlcd predict` reads; the model card
 
-Both ONNX models are checked against PyTorch on training images and score the test split (AUC
-per task with bootstrap intervals); every model is timed at batch 1 (eager PyTorch, ONNX fp32,
-ONNX int8) side by side. OUT/deployment.json holds those figures; `vlcd report RUN` shows them
-in its deployment section.
+model.onnx must match PyTorch on test images (the command fails otherwise); the int8 model's
+differences are recorded (a warning when its embeddings stray). Both ONNX models score the test
+split (AUC per task with bootstrap intervals); every model is timed at batch 1 (eager PyTorch,
+ONNX fp32, ONNX int8) side by side. OUT/deployment.json holds those figures; `vlcd report RUN`
+shows them in its deployment section (`--deployment OUT` for a package elsewhere).
 """
 
 
@@ -72,7 +73,9 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     from vlcd_dist.deploy.package import PackageSettings, package_run
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # This project's progress lines; the libraries' own INFO lines (timm, ONNX Runtime) stay out.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("vlcd_dist").setLevel(logging.INFO)
     settings = PackageSettings(
         calibration_images=args.calibration_images,
         latency_threads=tuple(args.latency_threads),
@@ -80,11 +83,12 @@ def cmd_package(args: argparse.Namespace) -> int:
     )
     record = package_run(args.run, args.out, args.models, settings)
     out = args.out or args.run / "package"
+    report_cmd = f"vlcd report {args.run}" + (f" --deployment {out}" if args.out else "")
     for name, entry in record.models.items():
         auc = entry.auc
         print(
             f"{name}: test mean AUC eval {auc.eval['mean']:.3f}, ONNX fp32 "
             f"{auc.fp32['mean']:.3f}, int8 {auc.int8['mean']:.3f} -> {out / name}"
         )
-    print(f"deployment figures: {out / 'deployment.json'} (vlcd report {args.run} shows them)")
+    print(f"deployment figures: {out / 'deployment.json'} (`{report_cmd}` shows them)")
     return 0

@@ -21,7 +21,8 @@ DIR` writes as DIR/<model>: package.json, heads.json, model.onnx, model.int8.onn
 Runtime without PyTorch: `pip install 'vlcd-dist[infer]'` is all a machine needs.
 
 inputs: image files (read whatever their suffix); folders, searched recursively for
-{", ".join(IMAGE_SUFFIXES)} (any case; hidden folders are passed over); and manifests: a .csv with
+{", ".join(IMAGE_SUFFIXES)} (any case; their other files are listed as skipped, hidden files and
+folders are passed over); and manifests: a .csv with
 a header row and an `image` column of paths, relative to the manifest's folder, or to --images
 ROOT when given. A manifest's other columns (e.g. study_id) are copied into the output.
 
@@ -32,11 +33,13 @@ output (--out, CSV, one row per image predicted): `image` (the path as given, or
 folder or manifest root), the manifests' other columns, then per task `<task>_probability` (the
 sigmoid of the model's logit, 9 significant digits) and `<task>_flag` (1 when the probability is
 at least the task's threshold in heads.json, operating_points.<task>.threshold: the operating
-point chosen on training data, e.g. 90% sensitivity; else 0), then `zero_shot_<task>` per
+point chosen on training data, e.g. 90% sensitivity; else 0; empty for a task without a
+threshold, whose training split had one class), then `zero_shot_<task>` per
 zero-shot task (cos(image, positive prompts) - cos(image, negative prompts); only when the
 package has prompts).
 
-skipped images: an image that cannot be read (missing, corrupt or truncated, not an image) or is
+skipped images: a folder's file that is not an image, an image that cannot be read (missing,
+corrupt or truncated, not an image) or is
 smaller than {MIN_SIDE} px on a side is left out and listed with its reason in `<out
 stem>.skipped.csv` (columns image, reason), and counted in the summary line. The exit status is 0
 when at least one image was predicted, else 2. Both files are written whole or not at all.

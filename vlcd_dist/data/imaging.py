@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+"""The suffixes (any case) of the files taken as images when a folder is searched for them."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -62,13 +64,23 @@ def decode_rgb(
 
     JPEGs are decoded by libjpeg at the smallest scale that still covers ``draft_size(size,
     train)`` (``size`` is the (H, W) the image is meant for), so a large photograph costs a
-    fraction of a full decode. Raises one of :data:`DECODE_ERRORS` for bytes PIL cannot read.
+    fraction of a full decode. The image is turned upright by its EXIF orientation, as a viewer
+    shows it (shards are written upright, so there this changes nothing; a phone photograph
+    given to ``vlcd predict`` is read the way it was taken). Raises one of
+    :data:`DECODE_ERRORS` for bytes PIL cannot read.
     """
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     with Image.open(source) as img:
         img.draft("RGB", draft_size(size, train))
-        return img.convert("RGB")
+        return upright(img).convert("RGB")
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (itself, loaded, when there is nothing to
+    turn)."""
+    turned = ImageOps.exif_transpose(img)
+    return img if turned is None else turned
 
 
 def normalised_array(

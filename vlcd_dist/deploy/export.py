@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlcd_dist.data.imaging import IMAGE_SUFFIXES
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_json
 
@@ -32,7 +33,6 @@ DEFAULT_OPSET = 17
 SIDECAR_FORMAT = "vlcd-export/1"
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass

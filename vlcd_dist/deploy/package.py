@@ -23,6 +23,9 @@ when complete, so an interrupted run leaves no half package.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import heapq
 import json
 import logging
 import shutil
@@ -41,13 +44,8 @@ from torch import nn
 from vlcd_dist.config import TrainConfig, load_config
 from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vlcd_dist.deploy.export import (
-    INPUT_NAME,
-    _need,
-    check_onnx_input_size,
-    export_onnx,
-    file_sha256,
-)
+from vlcd_dist.deploy.export import INPUT_NAME, _need, export_onnx, file_sha256
+from vlcd_dist.deploy.predict import PACKAGE_FORMAT, open_session
 from vlcd_dist.deploy.record import FILE_NAME as DEPLOYMENT_FILE
 from vlcd_dist.deploy.record import FORMAT as DEPLOYMENT_FORMAT
 from vlcd_dist.deploy.record import DeploymentReport
@@ -60,11 +58,12 @@ from vlcd_dist.io import save_tensors, write_json
 
 logger = logging.getLogger("vlcd_dist.package")
 
-PACKAGE_FORMAT = "vlcd-package/1"
 OUTPUTS = ("embedding", "logits", "probabilities", "zero_shot")
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 TIMM_WEIGHTS, TIMM_CONFIG = "model.safetensors", "config.json"
 HEADS_STEM = "heads"
+INT8_COSINE_WARN = 0.9
+"""Below this embedding cosine to fp32 on a test image, packaging warns about the int8 model."""
 ENCODER_SCOPE = "encoder"
 """The ONNX node-name scope of the image tower: the int8 model quantizes only these nodes."""
 
@@ -138,7 +137,8 @@ class PackagedModel:
     """images -> raw embedding [B, d] (a Student, or the teacher's ImageTower)."""
     embed_dim: int
     image_size: tuple[int, int]
-    """(H, W) the tower itself runs at (timm's input_size)."""
+    """(H, W) the tower itself runs at: timm's input_size, and the ONNX models' input (the
+    eval's data.image_size, or a student's own size when it resized other input inside)."""
     weights: str | None
 
 
@@ -158,8 +158,11 @@ def eval_folder(run: str | Path) -> Path:
     )
 
 
-def load_models(cfg: TrainConfig, report: EvalReport, names: Sequence[str]) -> list[PackagedModel]:
-    """The eval's models ``names`` on CPU in eval mode, weights from where the eval read them."""
+def load_models(
+    cfg: TrainConfig, report: EvalReport, names: Sequence[str], base: Path | None = None
+) -> list[PackagedModel]:
+    """The eval's models ``names`` on CPU in eval mode, weights from where the eval read them
+    (a relative path there is also looked for under ``base``, where the eval ran)."""
     from vlcd_dist.models.exported import load_exported_student
     from vlcd_dist.train.stages import load_frozen_teacher
 
@@ -175,15 +178,17 @@ def load_models(cfg: TrainConfig, report: EvalReport, names: Sequence[str]) -> l
                 )
             )
             continue
-        if not r.weights or not Path(r.weights).is_file():
+        weights = locate(r.weights, base)
+        if not weights or not Path(weights).is_file():
             raise VlcdError(
                 f"package: the eval read {name} from {r.weights!r}, which is not there any more"
+                + (f" (nor under {base})" if base else "")
             )
-        student, _ = load_exported_student(r.weights)
+        student, _ = load_exported_student(weights)
         student.float().eval()
         arch = student.backbone.pretrained_cfg.get("architecture") or name
         size = student.image_size or tuple(cfg.data.image_size)
-        out.append(PackagedModel(name, r.kind, arch, student, student.embed_dim, size, r.weights))
+        out.append(PackagedModel(name, r.kind, arch, student, student.embed_dim, size, weights))
     return out
 
 
@@ -214,42 +219,44 @@ def read_heads(folder: Path, name: str) -> EvalHeads:
     return EvalHeads(json_path, json.loads(json_path.read_text()), tensors)
 
 
-@dataclass
-class Split:
-    """Images and labels of one split, in key order (as the eval's rows)."""
-
-    images: torch.Tensor  # [N, 3, H, W] normalised
-    labels: np.ndarray  # [N, T]
-    tasks: list[str]
-
-
-def read_split(cfg: TrainConfig, split: str, limit: int | None = None) -> Split:
-    """The eval's view of one placenta split (resize-cover, centre crop, normalised), one
-    process; at most ``limit`` images (the first in key order) when given."""
+def split_batches(
+    cfg: TrainConfig, split: str, size: tuple[int, int]
+) -> Iterator[tuple[torch.Tensor, np.ndarray, list[int]]]:
+    """The eval's view of one placenta split at ``size`` (resize to cover, centre crop,
+    normalised), one process: (images [B, 3, H, W], labels [B, T], key orders) per batch."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.image_size = [int(size[0]), int(size[1])]
     stream = cfg.data.stream(cfg.data.placenta, split=split, train=False, seed=cfg.run.seed)
-    loader = ShardLoader(stream, 0, 1)
-    images, labels, keys = [], [], []
-    for batch in loader:
-        images.append(batch["image"])
-        labels.append(batch["labels"].numpy())
-        keys.extend(key_order(k) for k in batch["key"])
-    if not images:
+    for batch in ShardLoader(stream, 0, 1):
+        yield batch["image"], batch["labels"].numpy(), [key_order(k) for k in batch["key"]]
+
+
+def first_images(cfg: TrainConfig, split: str, size: tuple[int, int], n: int) -> torch.Tensor:
+    """The first ``n`` images of a split in key order (the eval's row order, so the same images
+    on any machine), keeping no more than ``n`` in memory: [n', 3, H, W], n' <= n."""
+    kept: list[tuple[int, int, torch.Tensor]] = []  # a max-heap of (-key, tiebreak, image)
+    count = 0
+    for images, _, keys in split_batches(cfg, split, size):
+        for image, key in zip(images, keys, strict=True):
+            item = (-key, -count, image)
+            count += 1
+            if len(kept) < n:
+                heapq.heappush(kept, item)
+            elif item > kept[0]:
+                heapq.heapreplace(kept, item)
+    if not kept:
         raise VlcdError(f"package: the {split} split of {cfg.data.placenta} holds no samples")
-    order = np.argsort(np.asarray(keys), kind="stable")[:limit]
-    return Split(
-        torch.cat(images)[torch.from_numpy(order)],
-        np.concatenate(labels)[order],
-        list(loader.tasks),
-    )
+    return torch.stack([image for *_, image in sorted(kept, reverse=True)])
 
 
 # ---------------------------------------------------------------------------------------------
 # timm's pretrained format
 
 
-def timm_files(model: PackagedModel, folder: Path) -> dict[str, Any]:
-    """Write ``model.safetensors`` + ``config.json`` for plain timm, then rebuild the model from
-    them with timm alone and compare features. Returns {"plain": bool, "note": str, ...}."""
+def timm_files(model: PackagedModel, folder: Path, final_name: str) -> dict[str, Any]:
+    """Write ``model.safetensors`` + ``config.json`` into ``folder`` for plain timm, then rebuild
+    the model from them with timm alone and compare features. ``final_name``: what the folder
+    will be called. Returns {"plain": bool, "note": str, ...}."""
     import timm
 
     backbone, proj = model.encoder.backbone, model.encoder.proj
@@ -284,13 +291,21 @@ def timm_files(model: PackagedModel, folder: Path) -> dict[str, Any]:
     save_tensors(state, folder / TIMM_WEIGHTS)
     write_json(folder / TIMM_CONFIG, config, indent=2)
     result: dict[str, Any] = {
-        "load": f'timm.create_model("local-dir:{folder.name}", pretrained=True)',
+        "load": f'timm.create_model("local-dir:{final_name}", pretrained=True)',
         "architecture": model.arch,
     }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rebuilt = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
+            # The weight-file form works in every timm 1.0; "local-dir:" (the model card's
+            # shorter form) needs a 2025 timm or newer. num_classes goes into the overlay too, or
+            # timm drops the classifier as belonging to another head.
+            rebuilt = timm.create_model(
+                model.arch,
+                pretrained=True,
+                num_classes=model.embed_dim,
+                pretrained_cfg_overlay={"file": str(folder / TIMM_WEIGHTS), **cfg},
+            ).eval()
         x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(3))
         with torch.inference_mode():
             ours = model.encoder.backbone(x)
@@ -320,14 +335,6 @@ def timm_files(model: PackagedModel, folder: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # ONNX: fp32 export, int8 static quantization, runners
-
-
-def onnx_session(path: Path, threads: int) -> Any:
-    ort = _need("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session: Any, images: torch.Tensor, batch: int = 64) -> list[np.ndarray]:
@@ -427,7 +434,7 @@ def latency(
 ) -> dict[str, float]:
     """Median batch-1 milliseconds of eager PyTorch and each ONNX file, ``threads`` threads,
     interleaved (:func:`round_robin`) after 3 warm-up calls each."""
-    sessions = {name: onnx_session(path, threads) for name, path in files.items()}
+    sessions = {name: open_session(path, threads) for name, path in files.items()}
     feed = image.numpy()
 
     def eager_call(x: torch.Tensor) -> Any:
@@ -467,17 +474,47 @@ class PackageSettings:
     opset: int = 17
 
 
+def run_base(folder: Path, run_out: str) -> Path | None:
+    """The folder the eval ran in, when its (relative) run.out is how ``folder`` ends: the
+    eval's relative paths (shards, teacher, weights) are relative to it."""
+    rel = Path(run_out)
+    if rel.is_absolute():
+        return None
+    here = folder.resolve()
+    parts = [p for p in rel.parts if p not in ("", ".")]
+    if not parts or list(here.parts[-len(parts) :]) != parts:
+        return None
+    return here.parents[len(parts) - 1]
+
+
+def locate(path: str | None, base: Path | None) -> str | None:
+    """A path the eval recorded: as it is when it exists from here, else under ``base``."""
+    if not path or "://" in path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    if base is not None and (base / path).exists():
+        return str(base / path)
+    return path
+
+
 def package_run(
     run: str | Path,
     out: str | Path | None = None,
     models: Sequence[str] | None = None,
     settings: PackageSettings | None = None,
 ) -> DeploymentReport:
-    """Package every model of RUN's eval (or ``models``) into ``out`` (default RUN/package)."""
+    """Package every model of RUN's eval (or ``models``) into ``out`` (default RUN/package).
+
+    With ``models``, the entries of the other models already in ``out``'s deployment.json (of
+    the same run and tasks, their folders present) are kept."""
+    from vlcd_dist.data.stream import resolve_shards
+
     settings = settings or PackageSettings()
     folder = eval_folder(run)
     report = EvalReport.load(folder / "report.json")
     cfg = load_config(folder / "config.yaml")
+    base = run_base(folder, cfg.run.out)
+    cfg.data.placenta = locate(cfg.data.placenta, base)
+    cfg.teacher.checkpoint = locate(cfg.teacher.checkpoint, base)
     out = Path(out) if out is not None else Path(run) / "package"
     names = list(models or report.models)
     unknown = [n for n in names if n not in report.models]
@@ -485,22 +522,21 @@ def package_run(
         raise VlcdError(
             f"package: --models {unknown} were not evaluated; choose from {list(report.models)}"
         )
-    # Students first, the teacher (the reference) last, as the report lists them.
-    names.sort(key=lambda n: report.models[n].kind == "teacher")
-    heads = {n: read_heads(folder, n) for n in names}
-    logger.info("package: reading the train and test splits of %s", cfg.data.placenta)
-    train = read_split(cfg, "train", settings.calibration_images)
-    test = read_split(cfg, "test")
-    if test.tasks != report.tasks:
+    tasks = resolve_shards(cfg.data.placenta, "test").tasks
+    if tasks != report.tasks:
         raise VlcdError(
-            f"package: the shards' tasks {test.tasks} are not the evaluated {report.tasks}; "
+            f"package: the shards' tasks {tasks} are not the evaluated {report.tasks}; "
             "were the shards rewritten after the eval? Rerun `vlcd eval`"
         )
+    heads = {n: read_heads(folder, n) for n in names}
+    entries = kept_entries(out, str(run), report.tasks, names)
     out.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for m in load_models(cfg, report, names):
+    for m in load_models(cfg, report, names, base):
         logger.info("package: %s (%s)", m.name, m.arch)
-        entries[m.name] = package_model(m, cfg, report, heads[m.name], train, test, out, settings)
+        entries[m.name] = package_model(m, cfg, report, heads[m.name], out, settings)
+    # Students first, the teacher (the reference) last, in the eval's order.
+    order = sorted(report.models, key=lambda n: report.models[n].kind == "teacher")
+    entries = {n: entries[n] for n in order if n in entries}
     record = DeploymentReport.from_json(
         {
             "format": DEPLOYMENT_FORMAT,
@@ -508,11 +544,8 @@ def package_run(
             "tasks": report.tasks,
             "zero_shot_tasks": report.zero_shot.tasks if report.zero_shot else [],
             "image_size": list(cfg.data.image_size),
-            "test_samples": int(len(test.labels)),
-            "bootstrap": {
-                "resamples": cfg.eval.bootstrap,
-                "confidence": cfg.eval.confidence,
-            },
+            "test_samples": int(report.samples.test),
+            "bootstrap": {"resamples": cfg.eval.bootstrap, "confidence": cfg.eval.confidence},
             "latency": {
                 "batch": 1,
                 "threads": list(settings.latency_threads),
@@ -527,89 +560,124 @@ def package_run(
     return record
 
 
+def kept_entries(out: Path, run: str, tasks: list[str], names: Sequence[str]) -> dict[str, Any]:
+    """The deployment entries in ``out`` of models not being packaged now, when that record is
+    of the same run and tasks and their folders are there ({} otherwise)."""
+    from vlcd_dist.deploy.record import DeploymentRecordError
+
+    path = out / DEPLOYMENT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        old = DeploymentReport.load(path)
+    except DeploymentRecordError as exn:
+        logger.warning("package: %s is replaced (%s)", path, exn)
+        return {}
+    if old.run != run or old.tasks != tasks:
+        return {}
+    models = old.to_json()["models"]
+    return {
+        n: e
+        for n, e in models.items()
+        if n not in names and (out / e["folder"] / "package.json").is_file()
+    }
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer and timm log through the root logger (every file it loads, a
+    per-channel axis it skips on LayerNorm weights); keep those lines out of the package log."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def package_model(
     m: PackagedModel,
     cfg: TrainConfig,
     report: EvalReport,
     heads: EvalHeads,
-    train: Split,
-    test: Split,
     out: Path,
     settings: PackageSettings,
 ) -> dict[str, Any]:
     """Write ``out/<model>/`` (through a temporary folder) and return its deployment entry."""
     from vlcd_dist.deploy.model_card import write_model_card
 
-    size = tuple(cfg.data.image_size)
-    check_onnx_input_size(m.name, m.encoder, size)
     model = Analyser(m.encoder, ProbeHead(heads.tensors)).eval()
+    size = m.image_size
     final = out / m.name
     work = out / f".{m.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        timm_result = timm_files(m, work)
+        with _quiet_root_logger():
+            timm_result = timm_files(m, work, final.name)
         for suffix in (".json", ".safetensors"):
             shutil.copyfile(heads.path.with_suffix(suffix), work / f"{HEADS_STEM}{suffix}")
-        # fp32 ONNX (batch 2 example: a batch of one could bake in size-1 shortcuts)
+        calibration = first_images(cfg, "train", size, settings.calibration_images)
+        # fp32 ONNX (a batch-2 example: a batch of one could bake in size-1 shortcuts)
         meta = {"vlcd_package": json.dumps({"name": m.name, "tasks": report.tasks})}
         export_onnx(
-            model,
-            train.images[:2],
-            work / FP32_FILE,
-            settings.opset,
-            meta,
-            output_names=model.output_names,
+            model, calibration[:2], work / FP32_FILE, settings.opset, meta, model.output_names
         )
-        quantized = quantize_int8(
-            work / FP32_FILE, work / INT8_FILE, train.images[: settings.calibration_images], work
-        )
-        sample = train.images[: settings.sample_images]
-        with torch.inference_mode():
-            eager_out = [t.numpy() for t in model(sample)]
-        fp32 = onnx_session(work / FP32_FILE, available_cores())
-        int8 = onnx_session(work / INT8_FILE, available_cores())
-        verify_fp32 = compare(eager_out, run_onnx(fp32, sample))
-        verify_int8 = compare(eager_out, run_onnx(int8, sample))
-        if verify_fp32["max_scaled_diff"] > settings.tolerance:
+        with _quiet_root_logger():
+            quantized = quantize_int8(work / FP32_FILE, work / INT8_FILE, calibration, work)
+        sessions = {
+            "fp32": open_session(work / FP32_FILE, available_cores()),
+            "int8": open_session(work / INT8_FILE, available_cores()),
+        }
+        scored = score_test_split(model, sessions, cfg, size, report.tasks, settings)
+        verify = scored["verify"]
+        if verify["fp32"]["max_scaled_diff"] > settings.tolerance:
             raise VlcdError(
                 f"package: {m.name}'s model.onnx differs from PyTorch by "
-                f"{verify_fp32['max_scaled_diff']:.3g} (tolerance {settings.tolerance:g}) on "
-                f"{len(sample)} training images; left in {work} for inspection"
+                f"{verify['fp32']['max_scaled_diff']:.3g} (tolerance {settings.tolerance:g}) on "
+                f"{verify['images']} test images; left in {work} for inspection"
             )
-        metrics = {}
-        for name, session in (("fp32", fp32), ("int8", int8)):
-            logits = run_onnx(session, test.images)[1]
-            metrics[name] = score(test.labels, logits, report.tasks, cfg)
+        if verify["int8"]["min_embedding_cosine"] < INT8_COSINE_WARN:
+            logger.warning(
+                "package: %s's int8 embeddings are far from fp32's (cosine down to %.3f on %d "
+                "test images); compare the AUCs before using model.int8.onnx",
+                m.name,
+                verify["int8"]["min_embedding_cosine"],
+                verify["images"],
+            )
+        r = report.models[m.name]
+        metrics = scored["metrics"]
         logger.info(
             "package: %s test mean AUC eval %.3f, ONNX fp32 %.3f, int8 %.3f",
             m.name,
-            report.models[m.name].auc_mean,
+            r.auc_mean,
             metrics["fp32"]["auc"]["mean"],
             metrics["int8"]["auc"]["mean"],
+        )
+        logger.info(
+            "package: %s: timing at batch 1, %s thread(s)", m.name, settings.latency_threads
         )
         timings = {
             str(t): latency(
                 model,
                 {"onnx_fp32": work / FP32_FILE, "onnx_int8": work / INT8_FILE},
-                test.images[:1],
+                scored["first_image"],
                 t,
                 settings.latency_iters,
             )
             for t in settings.latency_threads
-        }
-        r = report.models[m.name]
-        sizes = {
-            "pytorch": (work / TIMM_WEIGHTS).stat().st_size,
-            "onnx_fp32": (work / FP32_FILE).stat().st_size,
-            "onnx_int8": (work / INT8_FILE).stat().st_size,
         }
         entry = {
             "kind": m.kind,
             "arch": m.arch,
             "params": int(r.params),
             "folder": m.name,
-            "size_bytes": sizes,
+            "size_bytes": {
+                "pytorch": (work / TIMM_WEIGHTS).stat().st_size,
+                "onnx_fp32": (work / FP32_FILE).stat().st_size,
+                "onnx_int8": (work / INT8_FILE).stat().st_size,
+            },
             "auc": {
                 "eval": {**r.auc, "mean": r.auc_mean},
                 "fp32": metrics["fp32"]["auc"],
@@ -618,18 +686,14 @@ def package_model(
             "ci": {"fp32": metrics["fp32"]["ci"], "int8": metrics["int8"]["ci"]},
             "latency_ms": timings,
             "verify": {
-                "fp32_max_diff": verify_fp32["max_scaled_diff"],
-                "int8_max_probability_diff": verify_int8["max_probability_diff"],
-                "int8_min_embedding_cosine": verify_int8["min_embedding_cosine"],
+                "fp32_max_diff": verify["fp32"]["max_scaled_diff"],
+                "int8_max_probability_diff": verify["int8"]["max_probability_diff"],
+                "int8_min_embedding_cosine": verify["int8"]["min_embedding_cosine"],
             },
             "timm": {"plain": bool(timm_result["plain"]), "note": timm_result["note"]},
         }
         package = package_json(m, cfg, report, heads.info, model, entry, work)
-        package.update(
-            timm=timm_result,
-            verification={"fp32": verify_fp32, "int8": verify_int8, "images": len(sample)},
-            quantization=quantized,
-        )
+        package.update(timm=timm_result, verification=verify, quantization=quantized)
         write_json(work / "package.json", package, indent=2)
         write_model_card(work / "README.md", package, heads.info)
         shutil.rmtree(final, ignore_errors=True)
@@ -640,11 +704,53 @@ def package_model(
     return entry
 
 
+def score_test_split(
+    model: Analyser,
+    sessions: dict[str, Any],
+    cfg: TrainConfig,
+    size: tuple[int, int],
+    tasks: list[str],
+    settings: PackageSettings,
+) -> dict[str, Any]:
+    """Stream the test split once through every session: AUCs per session ({"fp32": score(),
+    "int8": ...}), each session against PyTorch on the first ``settings.sample_images`` test
+    images (:func:`compare`; none of them calibrated the int8 model), and the first image (for
+    timing)."""
+    logits: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+    labels, keys = [], []
+    verify: dict[str, Any] = {}
+    first: torch.Tensor | None = None
+    for images, y, k in split_batches(cfg, "test", size):
+        outs = {name: run_onnx(session, images) for name, session in sessions.items()}
+        if first is None:
+            first = images[:1].clone()
+            n = min(len(images), settings.sample_images)
+            with torch.inference_mode():
+                eager = [t.numpy() for t in model(images[:n])]
+            verify = {name: compare(eager, [o[:n] for o in o_]) for name, o_ in outs.items()}
+            verify["images"] = n
+        for name, o in outs.items():
+            logits[name].append(o[1])
+        labels.append(y)
+        keys.extend(k)
+    if first is None:
+        raise VlcdError(f"package: the test split of {cfg.data.placenta} holds no samples")
+    order = np.argsort(np.asarray(keys), kind="stable")
+    y_all = np.concatenate(labels)[order]
+    metrics = {
+        name: score(y_all, np.concatenate(parts)[order], tasks, cfg)
+        for name, parts in logits.items()
+    }
+    return {"metrics": metrics, "verify": verify, "first_image": first}
+
+
 def score(y: np.ndarray, logits: np.ndarray, tasks: list[str], cfg: TrainConfig) -> dict:
-    """Test AUC per task and mean, with the eval's bootstrap intervals (same resamples, seed)."""
+    """Test AUC per task and mean, with the eval's bootstrap intervals (same resamples, seed;
+    None without a bootstrap)."""
     columns = list(range(len(tasks)))
     aucs = aucs_by_task(y, logits, tasks, columns)
-    out = {"auc": {**aucs, "mean": mean_finite(aucs)}, "ci": {}}
+    keys = [*tasks, "mean"]
+    out = {"auc": {**aucs, "mean": mean_finite(aucs)}, "ci": dict.fromkeys(keys)}
     if cfg.eval.bootstrap:
         ci = bootstrap_intervals(y, logits, cfg.eval.bootstrap, cfg.eval.confidence, cfg.run.seed)
         out["ci"] = {t: ci[str(j)] for j, t in enumerate(tasks)} | {"mean": ci["mean"]}
@@ -663,7 +769,7 @@ def package_json(
     """The model folder's package.json: what ``vlcd predict`` reads, and where it came from."""
     import timm
 
-    h, w = cfg.data.image_size
+    h, w = m.image_size
     files = {
         f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
         for f in sorted(work.iterdir())
@@ -710,6 +816,8 @@ def package_json(
                 "embed_dim": m.embed_dim,
             },
             "distill_lambda": cfg.loss.distill_lambda,
+            "eval_image_size": list(cfg.data.image_size),
+            "eval_autocast": cfg.teacher.autocast_dtype if m.kind == "teacher" else None,
             "seed": cfg.run.seed,
             "labels": "extracted from the pathology reports (not read from the photographs)",
         },

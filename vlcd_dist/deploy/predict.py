@@ -38,7 +38,13 @@ from typing import Any, TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vlcd_dist.data.imaging import DECODE_ERRORS, ResizeCover, decode_rgb, normalised_array
+from vlcd_dist.data.imaging import (
+    DECODE_ERRORS,
+    IMAGE_SUFFIXES,
+    ResizeCover,
+    decode_rgb,
+    normalised_array,
+)
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import atomic_path
 
@@ -46,8 +52,6 @@ PACKAGE_FORMAT = "vlcd-package/1"
 HEADS_FORMAT = "vlcd-heads/1"
 MIN_SIDE = 8
 """Images smaller than this many pixels on either side are skipped as too small to read."""
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-"""What a folder given as input is searched for (recursively, case-insensitively)."""
 PROGRESS_EVERY_S = 30.0
 """Seconds between two progress lines when stderr is not a terminal."""
 
@@ -74,8 +78,9 @@ class ModelFolder:
 
     size: (H, W) of the ONNX input ``input_name`` [B, 3, H, W]; mean, std: per RGB channel.
     tasks: the T names of the ``logits`` columns; thresholds: task -> probability at or above
-    which the flag is 1. zero_shot_tasks: the T' names of the ``zero_shot`` columns (empty when
-    the package has no prompts). onnx: "fp32" / "int8" -> the model file.
+    which the flag is 1, or None where the train split had one class (no operating point: the
+    flag column is left empty). zero_shot_tasks: the T' names of the ``zero_shot`` columns
+    (empty when the package has no prompts). onnx: "fp32" / "int8" -> the model file.
     """
 
     folder: Path
@@ -85,7 +90,7 @@ class ModelFolder:
     std: tuple[float, float, float]
     input_name: str
     tasks: list[str]
-    thresholds: dict[str, float]
+    thresholds: dict[str, float | None]
     zero_shot_tasks: list[str]
     onnx: dict[str, Path]
 
@@ -99,7 +104,8 @@ class ModelFolder:
 class InputImage:
     """One image to predict: ``image`` as written to the CSV, ``path`` where it is read from,
     ``columns`` the manifest row's other fields (empty for files and folders), ``problem`` a
-    reason to skip it known before reading (an empty manifest field)."""
+    reason to skip it known before reading (an empty manifest field, a folder's file that is not
+    an image)."""
 
     image: str
     path: Path
@@ -228,13 +234,19 @@ def load_model_folder(folder: str | Path) -> ModelFolder:
     thresholds = {}
     for task in tasks:
         point = points.get(task)
-        threshold = point.get("threshold") if isinstance(point, dict) else None
-        if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        if not isinstance(point, dict) or "threshold" not in point:
+            raise PredictError(
+                f"{heads_path}: operating_points[{task!r}] has no threshold; rerun vlcd package"
+            )
+        threshold = point["threshold"]
+        if threshold is not None and (
+            not isinstance(threshold, int | float) or not 0 <= threshold <= 1
+        ):
             raise PredictError(
                 f"{heads_path}: operating_points[{task!r}].threshold is {threshold!r}; "
-                f"expected a probability in [0, 1]"
+                f"expected a probability in [0, 1], or null (a task without an operating point)"
             )
-        thresholds[task] = float(threshold)
+        thresholds[task] = None if threshold is None else float(threshold)
     zero_shot = heads.get("zero_shot")
     zs_tasks: list[str] = []
     if zero_shot is not None:
@@ -267,11 +279,20 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _folder_images(folder: Path) -> list[Path]:
+def _folder_images(folder: Path) -> list[InputImage]:
+    """Every file under ``folder`` (hidden files and folders passed over): images to read, and
+    the other files listed as skipped, so that nothing given is dropped without a word."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames) if _is_image_file(Path(f))]
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = Path(dirpath) / name
+            why = (
+                None
+                if _is_image_file(path)
+                else f"not an image file ({path.suffix or 'no suffix'})"
+            )
+            found.append(InputImage(str(path), path, problem=why))
     return found
 
 
@@ -307,7 +328,8 @@ def collect_inputs(
     """The images of ``inputs`` in order, and the manifest columns to copy (besides ``image``).
 
     An input is an image file (read whatever its suffix), a folder (searched recursively for
-    :data:`IMAGE_SUFFIXES`; hidden folders are passed over) or a manifest: a ``.csv`` with an
+    :data:`IMAGE_SUFFIXES`; its other files are listed as skipped, hidden files and folders are
+    passed over) or a manifest: a ``.csv`` with an
     ``image`` column of paths, relative to the manifest's folder, or to ``images_root`` when
     given. Raises :class:`PredictError` for an input that does not exist.
     """
@@ -319,7 +341,7 @@ def collect_inputs(
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            items += [InputImage(str(p), p) for p in _folder_images(path)]
+            items += _folder_images(path)
         elif path.suffix.lower() == ".csv" and path.is_file():
             rows = _manifest_images(path, root)
             for item in rows:
@@ -585,7 +607,8 @@ def _rows(
     for i, item in enumerate(items):
         row = [item.image, *(item.columns.get(c, "") for c in extra)]
         for p, threshold in zip(probabilities[i], thresholds, strict=True):
-            row += [_number(p), "1" if p >= threshold else "0"]
+            flag = "" if threshold is None else "1" if p >= threshold else "0"
+            row += [_number(p), flag]
         row += [_number(v) for v in zero_shot[i]]
         rows.append(row)
     return rows

@@ -21,6 +21,7 @@ from the run; only files that exist beside the page are referenced.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vlcd_dist.deploy.record import FILE_NAME, DeploymentReport
+from vlcd_dist.deploy.record import FILE_NAME, DeploymentRecordError, DeploymentReport
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.io import write_text
@@ -52,6 +53,8 @@ from vlcd_dist.reporting.eval_tables import (
     zero_shot_blocks,
 )
 from vlcd_dist.reporting.tables import DASH, Table, finite, fmt
+
+logger = logging.getLogger("vlcd_dist.report")
 
 STAGE_DIRS = ("teacher", "predistill", "distill")
 FIGURE_STEMS = ("auc", "roc", "pareto", "robustness", "sweep")
@@ -220,8 +223,16 @@ def write_report(
     if where.eval is not None:
         report = EvalReport.load(where.eval / "report.json")
         sections += eval_sections(report, out, drawn)
+    record = None
     if where.deployment is not None:
-        record = DeploymentReport.load(where.deployment)
+        try:
+            record = DeploymentReport.load(where.deployment)
+        except DeploymentRecordError as exn:
+            if deployment is not None or where.eval is None:
+                raise  # asked for, or all there is to report
+            # Found by itself beside the run (an older vlcd's, say): the rest still reports.
+            logger.warning("report: no deployment section: %s", exn)
+    if record is not None:
         blocks = deployment_blocks(record, where.deployment, report)
         sections.append(Section("deployment", "Deployment", blocks))
         scalars.update(deployment_scalars(record))
