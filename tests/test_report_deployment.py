@@ -490,10 +490,10 @@ def test_demo_ends_with_the_package_and_the_html_report(tmp_path, tiny_recipe, m
 def test_demo_packages_again_only_when_the_eval_is_newer(tmp_path, monkeypatch, capsys) -> None:
     import os
 
-    from vlcd_dist.pipelines import demo
+    from vlcd_dist.pipelines import demo, launch
 
     calls = []
-    monkeypatch.setattr(demo, "execute", lambda cmd, env: calls.append(cmd) or 0)
+    monkeypatch.setattr(launch, "execute", lambda cmd, env: calls.append(cmd) or 0)
     make_run(tmp_path, make_record())
     report, record = tmp_path / "eval" / "report.json", tmp_path / "package" / "deployment.json"
     os.utime(report, (1_000, 1_000))
@@ -503,7 +503,7 @@ def test_demo_packages_again_only_when_the_eval_is_newer(tmp_path, monkeypatch, 
     os.utime(report, (3_000, 3_000))
     assert demo.package_models(tmp_path, {}) is True
     assert calls[0][-4:] == ["package", str(tmp_path), "--out", str(tmp_path / "package")]
-    monkeypatch.setattr(demo, "execute", lambda cmd, env: 1)
+    monkeypatch.setattr(launch, "execute", lambda cmd, env: 1)
     with pytest.raises(VlcdError, match="vlcd package failed with exit status 1"):
         demo.package_models(tmp_path, {})
 

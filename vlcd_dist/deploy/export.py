@@ -503,6 +503,8 @@ def preprocessing(size: tuple[int, int]) -> dict[str, Any]:
         "value_range": [0.0, 1.0],
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
+        "resize": "cover-then-centre-crop",
+        "interpolation": "bilinear",
         "steps": [
             "decode as RGB",
             "resize (bilinear) so the image covers HxW keeping its aspect ratio, centre-crop HxW",

@@ -44,7 +44,7 @@ from torch import nn
 from vlcd_dist.config import TrainConfig, load_config
 from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vlcd_dist.deploy.export import INPUT_NAME, _need, export_onnx, file_sha256
+from vlcd_dist.deploy.export import INPUT_NAME, _need, export_onnx, file_sha256, preprocessing
 from vlcd_dist.deploy.predict import PACKAGE_FORMAT, open_session
 from vlcd_dist.deploy.record import FILE_NAME as DEPLOYMENT_FILE
 from vlcd_dist.deploy.record import FORMAT as DEPLOYMENT_FORMAT
@@ -784,19 +784,7 @@ def package_json(
         "embed_dim": m.embed_dim,
         "tasks": report.tasks,
         "zero_shot_tasks": (heads_json.get("zero_shot") or {}).get("tasks", []),
-        "input": {
-            "name": INPUT_NAME,
-            "height": h,
-            "width": w,
-            "layout": "NCHW",
-            "dtype": "float32",
-            "colour_order": "RGB",
-            "value_range": [0.0, 1.0],
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "resize": "cover-then-centre-crop",
-            "interpolation": "bilinear",
-        },
+        "input": {"name": INPUT_NAME, **preprocessing((h, w))},
         "outputs": model.output_names,
         "onnx": {"fp32": FP32_FILE, "int8": INT8_FILE},
         "files": files,

@@ -19,16 +19,14 @@ when the eval is newer than it.
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from vlcd_dist.config import builtin_recipe, load_config, resolve_recipe
-from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.builtin_data import ensure_builtin_shards
-from vlcd_dist.pipelines.launch import default_nproc, execute, run_stage, stage_env
+from vlcd_dist.pipelines.launch import default_nproc, run_stage, run_step, stage_env
 
 
 def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
@@ -96,15 +94,11 @@ def package_models(out: Path, env: dict[str, str]) -> bool:
         print(f"==> package: already done in {record.parent} (delete it to rerun)", flush=True)
         return False
     cmd = [sys.executable, "-m", "vlcd_dist", "package", str(out), "--out", str(record.parent)]
-    print(f"==> package: {shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    rc = execute(cmd, env)
-    if rc != 0:
-        raise VlcdError(
-            f"vlcd package failed with exit status {rc}; fix the cause above and rerun the demo "
-            "(the finished stages are kept)"
-        )
-    print(f"==> package: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    failure = (
+        "vlcd package failed with exit status {rc}; fix the cause above and rerun the demo (the "
+        "finished stages are kept)"
+    )
+    print(f"==> package: done in {run_step('package', cmd, env, failure):.0f} s", flush=True)
     return True
 
 

@@ -169,14 +169,13 @@ def run_stage(
         cmd += ["--set", item]
     if stage != "eval":
         cmd.append("--resume")
-    print(f"==> {stage}: {shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    rc = execute(cmd, env)
-    if rc != 0:
-        raise VlcdError(
-            f"stage {stage} failed with exit status {rc}; fix the cause above and rerun "
-            f"{rerun} (finished stages are kept, this one resumes from its checkpoint)"
-        )
+    seconds = run_step(
+        stage,
+        cmd,
+        env,
+        f"stage {stage} failed with exit status {{rc}}; fix the cause above and rerun {rerun} "
+        "(finished stages are kept, this one resumes from its checkpoint)",
+    )
     done = _done_file(stage, folder)
     if not done.is_file():
         # Exit status 0 without it: the stage was preempted (run.preempt_signal) and saved a
@@ -185,5 +184,16 @@ def run_stage(
             f"stage {stage} stopped before finishing (no {done.name} in {folder}; a preemption "
             f"signal stops a stage after a checkpoint): rerun {rerun} to resume it"
         )
-    print(f"==> {stage}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"==> {stage}: done in {seconds:.0f} s", flush=True)
     return True
+
+
+def run_step(name: str, cmd: list[str], env: dict[str, str], failure: str) -> float:
+    """Print and run one command of a pipeline; its seconds. A non-zero exit status raises
+    VlcdError(``failure`` with ``{rc}`` filled in)."""
+    print(f"==> {name}: {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = execute(cmd, env)
+    if rc != 0:
+        raise VlcdError(failure.format(rc=rc))
+    return time.perf_counter() - t0
