@@ -43,7 +43,8 @@ def render_model_card(package: dict[str, Any], heads: dict[str, Any]) -> str:
         autoescape=False,  # Markdown, not HTML
     )
     env.filters.update(num=_num, interval=_interval, mb=_megabytes)
-    return env.get_template(TEMPLATE).render(p=package, heads=heads)
+    points = [heads["operating_points"][t] for t in package["tasks"]]
+    return env.get_template(TEMPLATE).render(p=package, heads=heads, points=points)
 
 
 def write_model_card(path: Path, package: dict[str, Any], heads: dict[str, Any]) -> None:
