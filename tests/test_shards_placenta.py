@@ -182,6 +182,74 @@ def test_every_bad_row_kind_is_listed_and_nothing_written(tmp_path, capsys):
     assert sum(json.loads((out / "sizes.json").read_text()).values()) == 2
 
 
+def test_images_outside_the_root_are_refused_with_their_row_numbers(tmp_path, capsys, monkeypatch):
+    images = tmp_path / "images"
+    names = _write_images(images, 4)
+    # Readable photographs outside the root: a refusal cannot be an unreadable file.
+    secrets = _write_images(tmp_path / "elsewhere", 4)
+    elsewhere = (tmp_path / "elsewhere").resolve()
+    (images / "case0" / "link.jpg").symlink_to(elsewhere / secrets[2])
+    (images / "out").symlink_to(elsewhere / "case3", target_is_directory=True)
+    # Inside, though spelt with '..' or reached through a symlink: accepted.
+    inside = _write_images(tmp_path / "more", 2)
+    (images / "extra").mkdir()
+    (images / "extra" / "a.jpg").write_bytes((tmp_path / "more" / inside[1]).read_bytes())
+    (images / "extra" / "b").symlink_to(images / "case1", target_is_directory=True)
+    to_root = "../" * len(images.resolve().parts[1:])  # from --images up to /
+    escapes = {
+        3: ("../elsewhere/" + secrets[1], elsewhere / secrets[1]),
+        4: (to_root + "etc/passwd", Path("/etc/passwd")),
+        5: (str(elsewhere / secrets[0]), elsewhere / secrets[0]),  # absolute
+        6: ("case0/link.jpg", elsewhere / secrets[2]),  # a symlinked file
+        7: ("out/" + Path(secrets[3]).name, elsewhere / secrets[3]),  # a symlinked folder
+    }
+    rows = _manifest_rows([names[0]] + [e[0] for e in escapes.values()] + names[1:])
+    # (extra/b/photo.1.jpg is names[1] again: a copy, which the split keeps on its side.)
+    rows += _manifest_rows(["case2/../extra/a.jpg", "extra/b/" + Path(names[1]).name])
+    manifest = tmp_path / "escapes.csv"
+    _write_csv(manifest, rows)
+    out = tmp_path / "out"
+    from vlcd_dist.data import placenta
+
+    opened = []
+    real_inspect = placenta.inspect_image
+    monkeypatch.setattr(placenta, "inspect_image", lambda p: opened.append(p) or real_inspect(p))
+    cmd = f"shards placenta --manifest {manifest} --images {images} --out {out} --workers 1 --quiet"
+    assert run_cli(cmd) == 2
+    err = capsys.readouterr().err
+    assert f"{len(escapes)} problem(s) in {manifest}; nothing was written" in err
+    problems = [ln.strip() for ln in err.splitlines() if ln.startswith("  escapes.csv row")]
+    assert problems == [
+        f"escapes.csv row {row}, field 'image': {image!r} resolves to {target}, outside "
+        f"--images {images}; a manifest may only name photographs under its images folder. "
+        "Fix the path, or pass --allow-outside-images if it is meant"
+        for row, (image, target) in escapes.items()
+    ]
+    assert not out.exists() or not list(out.glob("*.tar"))
+    # Nothing outside the root was even opened.
+    assert len(opened) == len(rows) - len(escapes)
+    assert all(p.resolve().is_relative_to(images.resolve()) for p in opened)
+
+    # --skip-bad writes the rows inside (the '..' and the symlink that stay in, too).
+    assert run_cli(cmd + " --skip-bad") == 0
+    err = capsys.readouterr().err
+    assert f"skipping {len(escapes)} bad row(s)" in err
+    assert sum(json.loads((out / "sizes.json").read_text()).values()) == len(rows) - 5
+
+    # --allow-outside-images: every row that is a photograph is written; /etc/passwd is not one.
+    out2 = tmp_path / "out2"
+    cmd2 = cmd.replace(str(out), str(out2)) + " --allow-outside-images --skip-bad"
+    assert run_cli(cmd2) == 0
+    err = capsys.readouterr().err
+    assert "skipping 1 bad row(s)" in err and "escapes.csv row 4, field 'image'" in err
+    assert "outside --images" not in err
+    assert sum(json.loads((out2 / "sizes.json").read_text()).values()) == len(rows) - 1
+    sources = set()
+    for url in out2.glob("*.tar"):
+        sources |= {json.loads(raw["json"])["source"] for raw in iter_tar(str(url))}
+    assert {escapes[r][0] for r in (3, 5, 6, 7)} <= sources
+
+
 def _copies(images: Path, names: list[str]) -> tuple[str, str]:
     """Two copies of photographs under new names: names[1]'s bytes as copy/a.jpg, and
     names[2] decoded and saved again losslessly as copy/b.png."""

@@ -5,11 +5,15 @@ exported student, an anchor cache, a shard set's sizes.json) goes through :func:
 it is written under a temporary name beside its final one and renamed into place, so a kill
 leaves the old file or the new one, never a part of one. This module imports neither torch nor
 any training code; safetensors' torch half is imported only by :func:`save_tensors`.
+
+A full disk shows up as :func:`is_disk_full` errors; :func:`disk_full_after` makes the writes
+of this module fail that way on purpose (tests: a save that runs out of space part-way).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +34,7 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        _charge(tmp)
         if fsync:
             fsync_file(tmp)
         os.replace(tmp, path)
@@ -37,6 +42,66 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
             fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_budget: list[int] = []
+"""The bytes :func:`disk_full_after` still lets through (empty: no limit)."""
+
+
+@contextlib.contextmanager
+def disk_full_after(nbytes: int) -> Iterator[None]:
+    """Tests only: inside the block, writes through :func:`atomic_path` (every function of this
+    module) fail with ENOSPC once ``nbytes`` have been written, as on a disk that fills up: the
+    file that crosses the limit is cut there, then the write fails and its temporary file is
+    removed like any failed atomic write. Files written otherwise (another library's) are not
+    counted."""
+    _budget.append(int(nbytes))
+    try:
+        yield
+    finally:
+        _budget.pop()
+
+
+def _charge(tmp: Path) -> None:
+    """Count a finished temporary file against :func:`disk_full_after`'s limit."""
+    if not _budget:
+        return
+    size = tmp.stat().st_size
+    if size > _budget[-1]:
+        with open(tmp, "r+b") as f:
+            f.truncate(_budget[-1])
+        _budget[-1] = 0
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+    _budget[-1] -= size
+
+
+DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+"""How a full disk (ENOSPC) or quota (EDQUOT) reads in errors that carry no errno, such as
+safetensors' ("I/O error: No space left on device (os error 28)")."""
+
+
+def is_disk_full(exn: BaseException) -> bool:
+    """True when ``exn`` (or an error it was raised from) says the disk or quota is full."""
+    seen: set[int] = set()
+    cur: BaseException | None = exn
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(cur) for text in DISK_FULL_TEXT):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def tree_bytes(root: str | Path) -> int:
+    """Total size of the files under ``root`` (0 when it does not exist)."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, name)).st_size
+    return total
 
 
 def write_text(path: str | Path, text: str, fsync: bool = False) -> None:

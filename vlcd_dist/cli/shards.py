@@ -127,6 +127,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--synthetic", type=positive_int, metavar="N", help="write N synthetic samples"
     )
     pla.add_argument("--images", type=Path, help="root folder of the manifest's image paths")
+    pla.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="accept manifest images that resolve outside --images (a '..' path, an absolute "
+        "path, a symlink out); by default such a row is refused with its row number",
+    )
     pla.add_argument("--tasks", help="comma-separated task columns to keep (default: all)")
     pla.add_argument(
         "--test-fraction",
@@ -187,8 +193,10 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
     from vlcd_dist.data import placenta, synthetic_placenta
 
     if args.synthetic:
-        if args.manifest or args.images:
-            raise VlcdError("--synthetic makes its own images; drop --manifest/--images")
+        if args.manifest or args.images or args.allow_outside_images:
+            raise VlcdError(
+                "--synthetic makes its own images; drop --manifest/--images/--allow-outside-images"
+            )
         splits = placenta.synthetic_split(args.synthetic, args.seed, args.test_fraction)
         jobs = placenta.synthetic_jobs(splits, args.shard_size)
         w, h = args.image_size
@@ -219,6 +227,7 @@ def cmd_shards_placenta(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.quiet,
             progress_every_s=args.progress_every,
+            allow_outside=args.allow_outside_images,
         )
         if problems and not args.skip_bad:
             listing = "\n".join(f"  {p}" for p in problems)

@@ -12,6 +12,10 @@ Every manifest photograph is decoded in full and its pixels hashed (:func:`inspe
 the same photograph under two file names, or re-saved losslessly in another format, is known: a
 photograph on both sides of the split is refused (it would leak test images into training),
 the automatic split keeps copies on one side, and copies within one side are reported.
+
+A row's ``image`` must lie inside the images root once resolved: ``../../etc/passwd``, an
+absolute path elsewhere or a symlink pointing out of the root is refused with its row number
+(and never opened) unless ``allow_outside`` (``--allow-outside-images``) says it is meant.
 """
 
 from __future__ import annotations
@@ -128,10 +132,12 @@ def read_manifest(
     workers: int = 1,
     progress: bool = False,
     progress_every_s: float = DEFAULT_EVERY_S,
+    allow_outside: bool = False,
 ) -> tuple[list[str], list[ManifestRow], list[str]]:
     """Read and validate a manifest. Returns (tasks, good rows, problems).
 
     ``progress`` shows the decoding of the photographs (see :class:`vlcd_dist.progress.Progress`).
+    ``allow_outside``: accept images that resolve outside ``images_root`` (see the module).
 
     Every problem is one line ``"<file> row N, field 'F': what is wrong"``. Problems with the
     manifest as a whole (missing columns, unknown --tasks) raise :class:`ManifestError` at once.
@@ -170,6 +176,8 @@ def read_manifest(
         problems.append((row_no, f"{manifest.name} row {row_no}, field '{fieldname}': {text}"))
 
     candidates = []
+    outside: set[int] = set()  # rows whose image is refused unread
+    root = images_root.resolve()
     for row_no, rec in records:
         ok = True
         image = str(rec.get("image") or "").strip()
@@ -177,6 +185,17 @@ def read_manifest(
             problem(row_no, "image", "empty")
             ok = False
         else:
+            where = outside_root(images_root, image, root) if not allow_outside else None
+            if where is not None:
+                problem(
+                    row_no,
+                    "image",
+                    f"{image!r} resolves to {where}, outside --images {images_root}; a manifest "
+                    "may only name photographs under its images folder. Fix the path, or pass "
+                    "--allow-outside-images if it is meant",
+                )
+                outside.add(row_no)
+                ok = False
             norm = Path(image).as_posix()
             if norm in first_seen:
                 problem(
@@ -207,7 +226,9 @@ def read_manifest(
         candidates.append((ok, ManifestRow(row_no, image, report, labels, split, study)))
 
     # Decoding every photograph dominates the time on a large manifest; it runs in parallel.
-    paths = [images_root / c.image if c.image else None for _, c in candidates]
+    paths = [
+        images_root / c.image if c.image and c.row not in outside else None for _, c in candidates
+    ]
     to_check = [p for p in paths if p is not None]
     with Progress(
         len(to_check),
@@ -264,6 +285,18 @@ def read_manifest(
         rows = [r for r in rows if r.study_id not in leaked]
     _assign_keys(rows)
     return chosen, rows, [text for _, text in sorted(problems, key=lambda p: p[0])]
+
+
+def outside_root(images_root: Path, image: str, root: Path | None = None) -> Path | None:
+    """Where ``image`` (a manifest's path, relative to ``images_root``) really is, when that is
+    outside the root: after ``..``, an absolute path and symlinks (of the file or of a folder on
+    the way) are resolved. None when it lies inside. ``root``: ``images_root.resolve()``."""
+    root = images_root.resolve() if root is None else root
+    try:
+        target = (images_root / image).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: unreadable, and reported as such
+        return None
+    return None if target.is_relative_to(root) else target
 
 
 def duplicate_photos(rows: list[ManifestRow]) -> list[list[ManifestRow]]:
@@ -409,6 +442,7 @@ __all__ = [
     "inspect_image",
     "manifest_jobs",
     "manifest_sample",
+    "outside_root",
     "read_manifest",
     "split_rows",
     "synthetic_jobs",

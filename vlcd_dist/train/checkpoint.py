@@ -24,6 +24,14 @@ intact one, and refuses to pick anything (rather than start from step 0) when on
 are left. A save of a step that already has a checkpoint moves the old one aside
 (``.old_step_NNNNNN``) until the new one is in place, and ``keep_last`` prunes only after.
 
+A full disk: before writing, rank 0 estimates the bytes the checkpoint needs (the previous
+checkpoint's size, at least the tensors' own bytes) and compares them with the free space; a
+write that still fails with ENOSPC part-way is caught too. Either way the partial folder is
+removed, the previous checkpoints are left as they were (nothing was pruned), and every rank
+raises the same :class:`DiskFullError` naming the folder, the bytes needed and the bytes free.
+The ranks agree after each part of the save (one small all-reduce, which is also the barrier),
+so a rank whose write failed never leaves the others waiting in a collective for the timeout.
+
 Designed for the later reliability issues: the data position (epoch, batches consumed in it)
 makes an exact resume possible (ShardLoader's order is a pure function of seed and epoch); the
 per-trainee counters carry NaN-skip counts; a checkpoint is self-describing (meta.json), so a
@@ -32,6 +40,9 @@ preemption handler only needs to call :meth:`Checkpointer.save`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -41,20 +52,25 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vlcd_dist.io import (
+    disk_full_after,
     fsync_dir,
     fsync_tree,
+    is_disk_full,
     json_problem,
     safetensors_problem,
+    save_tensors,
     sha256_file,
+    tree_bytes,
     write_text,
 )
 from vlcd_dist.train.state_io import CheckpointError
@@ -72,6 +88,25 @@ TMP_PREFIX = ".tmp_"
 PAUSE_ENV = "VLCD_TEST_SAVE_PAUSE"
 """Tests only: "STEP:SECONDS" (or "SECONDS": every save) sleeps between two trainees' files of
 that step's save, so a test can kill the process in the middle of a checkpoint."""
+ENOSPC_ENV = "VLCD_TEST_SAVE_ENOSPC"
+"""Tests only: "STEP:BYTES" (or "BYTES": every save) makes the writes of that step's save fail
+with ENOSPC, in every process, once BYTES have been written (see
+:func:`vlcd_dist.io.disk_full_after`)."""
+
+OK, FAILED, DISK_FULL = 0, 1, 2
+"""What a rank reports of its part of a save, agreed by an all-reduce (max): the worst wins."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint did not fit on its filesystem; the previous checkpoints are untouched."""
+
+    def __init__(self, message: str, folder: Path, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.folder, self.needed, self.free = folder, needed, free
+
+
+class SaveFailedError(CheckpointError):
+    """A checkpoint could not be written (not for lack of space); the previous ones are kept."""
 
 
 @dataclass
@@ -103,13 +138,55 @@ def _manifest(root: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
+def _step_spec(env: str, step: int) -> str | None:
+    """The value of a "STEP:VALUE" (or "VALUE") test variable for the save of ``step``."""
+    spec = os.environ.get(env)
+    if not spec:
+        return None
+    at, _, value = spec.rpartition(":")
+    return None if at and int(at) != step else value
+
+
+def _fault_budget(step: int) -> contextlib.AbstractContextManager:
+    """Tests only: the ENOSPC fault of :data:`ENOSPC_ENV` for the save of ``step``, if set."""
+    value = _step_spec(ENOSPC_ENV, step)
+    if value is None:
+        return contextlib.nullcontext()
+    logger.warning("%s: writes of the save of step %d fail after %s bytes", ENOSPC_ENV, step, value)
+    return disk_full_after(int(value))
+
+
+def _free_bytes(folder: Path) -> int:
+    """Free bytes on the filesystem of ``folder`` (or of its nearest existing parent)."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return shutil.disk_usage(path).free
+    return 0
+
+
+def _mib(nbytes: int) -> str:
+    """``nbytes`` for a person, and exactly."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit} ({nbytes} bytes)"
+    return f"{nbytes / 2**10:.1f} KiB ({nbytes} bytes)"
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def _save_pause(step: int) -> None:
     """Tests only: sleep as :data:`PAUSE_ENV` says (see there)."""
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    at, _, seconds = spec.rpartition(":")
-    if at and int(at) != step:
+    seconds = _step_spec(PAUSE_ENV, step)
+    if seconds is None:
         return
     logger.warning("%s: pausing %s s inside the save of step %d", PAUSE_ENV, seconds, step)
     time.sleep(float(seconds))
@@ -149,6 +226,18 @@ def set_rng_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # The checkpointer
+
+
+@dataclass
+class _Save:
+    """One save in progress: its folders, and what rank 0 found out about space."""
+
+    name: str
+    final: Path
+    tmp: Path
+    needed: int = 0
+    free: int | None = None  # set when the free-space check refused the save
+    old: Path | None = None  # a checkpoint of the same step, moved aside
 
 
 class Checkpointer:
@@ -294,27 +383,43 @@ class Checkpointer:
         config: dict[str, Any],
         config_yaml: str,
     ) -> Path:
-        """Write checkpoint ``step_{state.step}`` atomically. Collective: every rank calls it."""
+        """Write checkpoint ``step_{state.step}`` atomically. Collective: every rank calls it.
+
+        Raises :class:`DiskFullError` (on every rank) when the checkpoint does not fit, and
+        :class:`SaveFailedError` when a rank's write fails otherwise; either way the partial
+        folder is gone and the previous checkpoints are as they were."""
         backend = self.backend
         name = f"step_{state.step:06d}"
         final = self.folder / name
         tmp = self.folder / f"{TMP_PREFIX}{name}"
-        if backend.is_main:
+        save = _Save(name=name, final=final, tmp=tmp)
+
+        def prepare() -> None:
             self._clear_leftovers()
             if tmp.exists():
                 shutil.rmtree(tmp)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save.needed = self._needed_bytes(trainees)
+            free = _free_bytes(self.folder)
+            if free < save.needed:
+                save.free = free
+                raise OSError(
+                    errno.ENOSPC,
+                    f"{_mib(free)} free, the checkpoint needs about {_mib(save.needed)}",
+                    str(self.folder),
+                )
             (tmp / "rng").mkdir(parents=True)
-        backend.barrier()
-        tensors, rest = rng_state()
-        rng_file = tmp / "rng" / f"rank{backend.rank:05d}.safetensors"
-        save_file(tensors, str(rng_file), metadata={"rest": json.dumps(rest)})
-        # Collective: a ZeRO backend writes one optimizer partition per rank.
-        for i, trainee in enumerate(trainees):
-            if i:
-                _save_pause(state.step)
+
+        def write_rng() -> None:
+            tensors, rest = rng_state()
+            rng_file = tmp / "rng" / f"rank{backend.rank:05d}.safetensors"
+            save_tensors(tensors, rng_file, metadata={"rest": json.dumps(rest)})
+
+        def write_trainee(trainee: Trainee) -> None:
+            # Collective: a ZeRO backend writes one optimizer partition per rank.
             backend.save_trainee(trainee, tmp / trainee.name)
-        backend.barrier()
-        if backend.is_main:
+
+        def finish() -> None:
             for trainee in trainees:
                 write_text(
                     tmp / trainee.name / "scheduler.json",
@@ -338,21 +443,130 @@ class Checkpointer:
             meta_sha = hashlib.sha256(meta_text.encode()).hexdigest()
             write_text(tmp / MARKER, json.dumps({"step": state.step, "meta_sha256": meta_sha}))
             fsync_tree(tmp)
-            old = None
             if final.exists():
                 # Keep the previous checkpoint of this step whole until the new one is in place.
-                old = self.folder / f"{OLD_PREFIX}{name}"
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(final, old)
+                save.old = self.folder / f"{OLD_PREFIX}{name}"
+                if save.old.exists():
+                    shutil.rmtree(save.old)
+                os.replace(final, save.old)
             os.replace(tmp, final)
             fsync_dir(self.folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            if save.old is not None:
+                shutil.rmtree(save.old, ignore_errors=True)
+            # Only now that the new checkpoint is complete: never before (keep_last=1 included).
             self._prune(state.step)
             logger.info("checkpoint %s written", final)
-        backend.barrier()
+
+        with _fault_budget(state.step):
+            self._part(save, prepare if backend.is_main else None)
+            self._part(save, write_rng)
+            for i, trainee in enumerate(trainees):
+                if i:
+                    _save_pause(state.step)
+                self._part(save, functools.partial(write_trainee, trainee))
+            self._part(save, finish if backend.is_main else None)
         return final
+
+    def _part(self, save: _Save, work: Callable[[], None] | None) -> None:
+        """Run this rank's ``work`` (None: nothing to do here) of one part of a save, then agree
+        with the other ranks (an all-reduce, which is the barrier between the parts) on whether
+        every rank's part went through. When one did not, rank 0 removes the partial folder and
+        every rank raises the same error, instead of the others waiting for the failed rank in
+        the next collective."""
+        backend = self.backend
+        failure: Exception | None = None
+        if work is not None:
+            try:
+                work()
+            except Exception as exn:  # every rank must reach the agreement below
+                failure = exn
+        kind = OK if failure is None else DISK_FULL if is_disk_full(failure) else FAILED
+        flags = [kind, backend.rank + 1 if failure else 0, save.needed]
+        flags_t = torch.tensor(flags, dtype=torch.int64, device=backend.device)
+        agreed = backend.all_reduce(flags_t, "max")
+        kind, failed_rank, needed = (int(v) for v in agreed.tolist())
+        if kind == OK:
+            return
+        if failure is not None:
+            logger.error("rank %d: the save of %s failed: %r", backend.rank, save.tmp, failure)
+        free = 0
+        if backend.is_main:
+            self._undo(save)
+            free = save.free if save.free is not None else _free_bytes(self.folder)
+        # Also the barrier that keeps the others from exiting before rank 0 has cleaned up.
+        free_t = torch.tensor([free], dtype=torch.int64, device=backend.device)
+        free = int(backend.all_reduce(free_t, "max").item())
+        raise self._save_error(save, kind, failed_rank - 1, needed, free, failure)
+
+    def _undo(self, save: _Save) -> None:
+        """Rank 0, after a failed save: remove the partial folder; put a checkpoint of the same
+        step that was moved aside back in place."""
+        shutil.rmtree(save.tmp, ignore_errors=True)
+        if save.old is not None and save.old.exists() and not save.final.exists():
+            os.replace(save.old, save.final)
+        fsync_dir(self.folder)
+
+    def _save_error(
+        self,
+        save: _Save,
+        kind: int,
+        rank: int,
+        needed: int,
+        free: int,
+        failure: Exception | None,
+    ) -> CheckpointError:
+        """The error every rank raises for a failed save (the same text on every rank, and the
+        failed rank's own error after it)."""
+        done = self.complete()
+        kept = (
+            f"The newest complete checkpoint, {done[-1][1].name}, is untouched and is the one "
+            "--resume starts from"
+            if done
+            else "There is no earlier checkpoint (a --resume starts this stage from step 0)"
+        )
+        own = f" (rank {self.backend.rank}: {type(failure).__name__}: {failure})" if failure else ""
+        if kind == DISK_FULL:
+            short = needed - free
+            ask = (
+                f"Free at least {_mib(short)}"
+                if short > 0
+                else "Free more space (the write took more than the estimate)"
+            )
+            if self.keep_last > 0:
+                why = (
+                    "a new checkpoint is written before the oldest is pruned: "
+                    f"checkpoint.keep_last={self.keep_last} needs room for {self.keep_last + 1}"
+                )
+            else:
+                why = "checkpoint.keep_last=0 keeps every checkpoint: delete old ones yourself"
+            return DiskFullError(
+                f"no space left for checkpoint {save.name} in {self.folder}: it needs about "
+                f"{_mib(needed)}, {_mib(free)} are free there (rank {rank} ran out of space; "
+                f"the partial {save.tmp.name} was removed). {kept}. {ask} ({why}), or point "
+                f"--out at a larger disk, then restart with --resume{own}",
+                self.folder,
+                needed,
+                free,
+            )
+        return SaveFailedError(
+            f"checkpoint {save.name} could not be written in {self.folder} (rank {rank} failed; "
+            f"the partial {save.tmp.name} was removed). {kept}. See rank {rank}'s "
+            f"error{own}"
+        )
+
+    def _needed_bytes(self, trainees: list[Trainee]) -> int:
+        """About the bytes the next checkpoint takes: the newest complete one's size, and at
+        least the trainees' weights and optimizer tensors plus the RNG files (a first save)."""
+        done = self.complete()
+        previous = tree_bytes(done[-1][1]) if done else 0
+        tensors = (16 << 10) * self.backend.world_size  # rng files and JSON
+        for trainee in trainees:
+            tensors += _tensor_bytes(dict(trainee.module.state_dict()))
+            try:
+                tensors += _tensor_bytes(list(trainee.optimizer.state.values()))
+            except (AttributeError, TypeError):  # an engine's optimizer without a torch state
+                pass
+        return max(previous, tensors)
 
     def _prune(self, step: int) -> None:
         """Delete the oldest checkpoints so that ``keep_last`` remain with the one of ``step``
