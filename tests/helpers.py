@@ -74,9 +74,9 @@ def rank_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def accelerate_cmd(*args: object) -> list[str]:
-    """The ``accelerate launch`` command line of 2 CPU ranks (gloo) running ``args``."""
-    return multi_rank_command(2, [str(a) for a in args])
+def accelerate_cmd(*args: object, nproc: int = 2) -> list[str]:
+    """The ``accelerate launch`` command line of ``nproc`` CPU ranks (gloo) running ``args``."""
+    return multi_rank_command(nproc, [str(a) for a in args])
 
 
 def accelerate_launch(

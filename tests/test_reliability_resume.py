@@ -1,7 +1,8 @@
-"""Exact resume on 2 gloo ranks with 3 students: a run that is SIGKILLed, resumed, stopped
-cleanly, and resumed again ends bit for bit where an uninterrupted run ends (weights, optimizer
-states, RNG, per-step losses in TensorBoard), and every rank trains on exactly the same samples
-at every step, even when stopped in the middle of an epoch."""
+"""Exact resume on 2, 3 and 4 gloo ranks with 3 students: a run that is SIGKILLed, resumed,
+stopped cleanly, and resumed again ends bit for bit where an uninterrupted run ends (weights,
+optimizer states, RNG, per-step losses in TensorBoard), and every rank trains on exactly the same
+samples at every step, even when stopped in the middle of an epoch. The steps of the kill and the
+stop are derived from each world size's epoch plan on the test shards."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,19 +26,64 @@ from vlcd_dist.data.stream import ShardLoader, StreamConfig, plan_epoch, resolve
 
 WORKER = REPO / "tests" / "workers" / "resume_worker.py"
 STUDENTS = ["tiny_mobilenetv3", "tiny_resnet", "test_efficientnet"]
-STEPS = 8  # two epochs of the session's placenta train shards (4 steps each on 2 ranks)
-PAUSE_BEFORE = 4  # the SIGKILL: steps 1-3 done and logged, last checkpoint at step 2
-STOP_AFTER = 6  # the clean stop, right after the checkpoint of step 6 (epoch 1, batch 2)
+EVERY = 2  # checkpoint.every_steps
+BATCH = {2: 4, 3: 4, 4: 2}
+"""Per-rank batch size by world size: the session's 38 placenta train samples (7 shards) give
+4 ranks one batch of 4 per epoch, too few to stop inside one, so 4 ranks take batches of 2."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where one world size's run is killed and stopped (steps count from 1; checkpoints every
+    EVERY steps; the run is two epochs of ``batches`` steps each)."""
+
+    world: int
+    batch: int
+    batches: int  # steps per epoch
+
+    @property
+    def steps(self) -> int:
+        return 2 * self.batches
+
+    @property
+    def killed_at(self) -> int:
+        """The SIGKILL comes when about to train this step: the steps after the newest
+        checkpoint (EVERY, inside epoch 0) are trained and logged, then lost."""
+        return EVERY + 2
+
+    @property
+    def stop_after(self) -> int:
+        """The clean stop, right after the first checkpoint inside epoch 1 (not at its end)."""
+        return next(s for s in range(self.batches + 1, self.steps) if s % EVERY == 0)
+
+
+def _plan(placenta_shards: Path, world: int) -> Plan:
+    """The epoch plan the trainer makes (the recipe's stream: shuffled, 1 worker, last partial
+    batch dropped, equal batches on every rank), and the kill and stop points derived from it."""
+    sizes = resolve_shards(str(placenta_shards), "train").sizes
+    cfg = StreamConfig(
+        batch_size=BATCH[world], num_workers=1, drop_last=True, shuffle=True, seed=0,
+        equal_batches=True,
+    )  # fmt: skip
+    plans = [plan_epoch(sizes, cfg, e, world) for e in range(2)]
+    # Both epochs have the same length, else the arithmetic below does not hold.
+    assert plans[0].batches == plans[1].batches, [p.batches for p in plans]
+    # The equal-batches cap leaves some samples of each epoch out: the skip-ahead of a resume
+    # must not get them wrong.
+    assert all(sum(map(sum, p.quota)) > p.batches * BATCH[world] * world for p in plans)
+    return Plan(world, BATCH[world], plans[0].batches)
 
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
-def _worker(recipe: Path, out: Path, tag: str, sets: list[str], *extra: object) -> list[str]:
+def _worker(
+    world: int, recipe: Path, out: Path, tag: str, sets: list[str], *extra: object
+) -> list[str]:
     args: list[object] = [WORKER, recipe, out, tag, *extra]
     for s in sets:
         args += ["--set", s]
-    return accelerate_cmd(*args)
+    return accelerate_cmd(*args, nproc=world)
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -53,16 +100,16 @@ def _kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _run_and_kill(cmd: list[str], out: Path, log: Path) -> None:
-    """Start the job, wait until both ranks are about to train step PAUSE_BEFORE, then SIGKILL
-    both ranks (with their data workers) and the launcher."""
+def _run_and_kill(cmd: list[str], world: int, out: Path, log: Path) -> None:
+    """Start the job, wait until every rank is about to train the step of ``--pause-before``,
+    then SIGKILL every rank (with its data workers) and the launcher."""
     with open(log, "w") as f:
         proc = subprocess.Popen(
             cmd, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             deadline = time.monotonic() + 400
-            markers = [out / f"paused.rank{r}" for r in range(2)]
+            markers = [out / f"paused.rank{r}" for r in range(world)]
             while not all(m.exists() for m in markers):
                 assert proc.poll() is None, f"ended before the kill\n{log.read_text()[-6000:]}"
                 assert time.monotonic() < deadline, "the job never reached the kill point"
@@ -103,70 +150,88 @@ def _rng(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     return _tensors(path), rest
 
 
-@pytest.fixture(scope="module")
-def resume_sets(tiny_pipeline) -> list[str]:
+def _sets(tiny_pipeline: dict[str, Path], plan: Plan) -> list[str]:
     # The session's predistillation has two students; the third starts from its initialisation,
     # so all three do (distill.init_from=null).
     return [
         f"teacher.checkpoint={tiny_pipeline['teacher']}",
         "distill.init_from=null",
         f"students=[{', '.join(STUDENTS)}]",
-        f"distill.steps={STEPS}",
-        "checkpoint.every_steps=2",
+        f"data.batch_size={plan.batch}",
+        f"distill.steps={plan.steps}",
+        f"checkpoint.every_steps={EVERY}",
         "checkpoint.keep_last=2",
         "logging.every_steps=1",
     ]
 
 
-def test_epoch_plan_puts_the_stops_mid_epoch(placenta_shards) -> None:
-    """The stops below are inside epochs 0 and 1 (not at their ends), and some samples of each
-    epoch are left out by the equal-batches cap: the skip-ahead must not get them wrong."""
-    sizes = resolve_shards(str(placenta_shards), "train").sizes
-    cfg = StreamConfig(batch_size=4, num_workers=1, drop_last=True, shuffle=True, seed=0)
-    plans = [plan_epoch(sizes, cfg, e, 2) for e in range(2)]
-    assert [p.batches for p in plans] == [4, 4]
-    assert all(sum(map(sum, p.quota)) > p.batches * 4 * 2 for p in plans)
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_epoch_plan_puts_the_stops_mid_epoch(placenta_shards, world: int) -> None:
+    """The kill and the stop are inside epochs 0 and 1 (not at their ends), each after a
+    checkpoint; the 2-rank points are those the test was written with."""
+    plan = _plan(placenta_shards, world)
+    ckpt = plan.killed_at - 2  # the newest checkpoint when the SIGKILL comes
+    assert ckpt % EVERY == 0 and 0 < ckpt < plan.batches
+    assert plan.killed_at - 1 <= plan.steps
+    assert plan.batches < plan.stop_after < plan.steps and plan.stop_after % plan.batches
+    assert plan.stop_after % EVERY == 0
+    if world == 2:
+        assert (plan.batches, plan.steps, plan.killed_at, plan.stop_after) == (4, 8, 4, 6)
 
 
 @pytest.mark.multiproc
-def test_killed_and_stopped_runs_resume_bit_for_bit(tiny_recipe, resume_sets, tmp_path) -> None:
+@pytest.mark.parametrize("world", [2, 3, 4], ids=lambda w: f"{w}ranks")
+def test_killed_and_stopped_runs_resume_bit_for_bit(
+    tiny_recipe, tiny_pipeline, placenta_shards, tmp_path, world: int
+) -> None:
+    plan = _plan(placenta_shards, world)
+    steps, per_epoch, kill, stop = plan.steps, plan.batches, plan.killed_at, plan.stop_after
+    ckpt = kill - 2
+    sets = _sets(tiny_pipeline, plan)
     ref, run = tmp_path / "reference", tmp_path / "interrupted"
-    _run(_worker(tiny_recipe, ref, "a", resume_sets), tmp_path / "reference.log")
-    # SIGKILL (launcher and both ranks) before step 4: steps 1-3 were trained and logged, the
-    # newest checkpoint is step 2, in the middle of epoch 0.
+    _run(_worker(world, tiny_recipe, ref, "a", sets), tmp_path / "reference.log")
+    # SIGKILL (launcher and every rank) before step `kill`: the steps up to it were trained and
+    # logged, the newest checkpoint is step `ckpt`, in the middle of epoch 0.
     _run_and_kill(
-        _worker(tiny_recipe, run, "b1", resume_sets, "--pause-before", PAUSE_BEFORE),
+        _worker(world, tiny_recipe, run, "b1", sets, "--pause-before", kill),
+        world,
         run,
         tmp_path / "b1.log",
     )
-    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002"]
-    # Resume from step 2, redo step 3, stop cleanly after the checkpoint of step 6 (epoch 1).
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [f"step_{ckpt:06d}"]
+    # Resume from `ckpt`, redo the lost steps, stop cleanly after the checkpoint of `stop`
+    # (inside epoch 1).
     _run(
-        _worker(tiny_recipe, run, "b2", resume_sets, "--resume", "--stop-after", STOP_AFTER),
+        _worker(world, tiny_recipe, run, "b2", sets, "--resume", "--stop-after", stop),
         tmp_path / "b2.log",
     )
     assert not (run / "summary.json").exists()
-    meta = json.loads((run / "checkpoints" / "step_000006" / "meta.json").read_text())
-    assert (meta["state"]["epoch"], meta["state"]["batch_in_epoch"]) == (1, 2)
-    # Resume from step 6 to the end.
-    _run(_worker(tiny_recipe, run, "b3", resume_sets, "--resume"), tmp_path / "b3.log")
+    meta = json.loads((run / "checkpoints" / f"step_{stop:06d}" / "meta.json").read_text())
+    assert (meta["state"]["epoch"], meta["state"]["batch_in_epoch"]) == (1, stop - per_epoch)
+    # Resume from `stop` to the end.
+    _run(_worker(world, tiny_recipe, run, "b3", sets, "--resume"), tmp_path / "b3.log")
 
-    # Same samples at every step on every rank; the redone step 3 saw what the killed run saw.
-    for rank in range(2):
+    # Same samples at every step on every rank; the redone steps saw what the killed run saw.
+    redone = list(range(ckpt + 1, kill))
+    assert redone
+    for rank in range(world):
         a = _keys(ref, rank, "a")
         b1, b2, b3 = (_keys(run, rank, t) for t in ("b1", "b2", "b3"))
-        assert sorted(a) == list(range(1, STEPS + 1))
-        assert sorted(b1) == [1, 2, 3] and sorted(b2) == [3, 4, 5, 6] and sorted(b3) == [7, 8]
-        assert b1[3] == b2[3]
+        assert sorted(a) == list(range(1, steps + 1))
+        assert sorted(b1) == list(range(1, kill))
+        assert sorted(b2) == list(range(ckpt + 1, stop + 1))
+        assert sorted(b3) == list(range(stop + 1, steps + 1))
+        assert all(b1[s] == b2[s] for s in redone)
         assert {**b1, **b2, **b3} == a, f"rank {rank}"
     # Within an epoch no sample is trained on twice (across ranks and steps) or dropped.
+    merged = [
+        {**_keys(run, r, "b1"), **_keys(run, r, "b2"), **_keys(run, r, "b3")} for r in range(world)
+    ]
     for epoch in range(2):
-        steps = range(1 + 4 * epoch, 5 + 4 * epoch)
-        merged = [
-            {**_keys(run, r, "b1"), **_keys(run, r, "b2"), **_keys(run, r, "b3")} for r in (0, 1)
-        ]
-        seen = [k for r in (0, 1) for s in steps for k in merged[r][s]]
-        assert len(seen) == 4 * 4 * 2 and len(set(seen)) == len(seen), f"epoch {epoch}"
+        epoch_steps = range(1 + per_epoch * epoch, 1 + per_epoch * (epoch + 1))
+        seen = [k for r in range(world) for s in epoch_steps for k in merged[r][s]]
+        assert len(seen) == per_epoch * plan.batch * world, f"epoch {epoch}"
+        assert len(set(seen)) == len(seen), f"epoch {epoch}"
 
     # TensorBoard: one value per step and tag (the killed run's step 3 is hidden), all equal.
     ta, tb = scalars(ref / "tb"), scalars(run / "tb")
@@ -175,12 +240,12 @@ def test_killed_and_stopped_runs_resume_bit_for_bit(tiny_recipe, resume_sets, tm
     for name in STUDENTS:
         assert f"{name}/loss" in tags and f"{name}/loss_contrastive" in tags
     for tag in tags:
-        assert [s for s, _ in tb[tag]] == list(range(1, STEPS + 1)), tag
+        assert [s for s, _ in tb[tag]] == list(range(1, steps + 1)), tag
         assert tb[tag] == ta[tag], tag
 
     # Final checkpoint: weights, optimizer and scheduler of every student, data position,
-    # counters and both ranks' RNG, bit for bit.
-    fa, fb = ref / "checkpoints" / f"step_{STEPS:06d}", run / "checkpoints" / f"step_{STEPS:06d}"
+    # counters and every rank's RNG, bit for bit.
+    fa, fb = ref / "checkpoints" / f"step_{steps:06d}", run / "checkpoints" / f"step_{steps:06d}"
     for name in STUDENTS:
         _assert_same_tensors(fa / name / "model.safetensors", fb / name / "model.safetensors")
         _assert_same_tensors(
@@ -194,8 +259,8 @@ def test_killed_and_stopped_runs_resume_bit_for_bit(tiny_recipe, resume_sets, tm
     state_a = json.loads((fa / "meta.json").read_text())["state"]
     state_b = json.loads((fb / "meta.json").read_text())["state"]
     assert state_a == state_b
-    assert state_a["step"] == STEPS and state_a["teacher_forwards"] == STEPS
-    for rank in range(2):
+    assert state_a["step"] == steps and state_a["teacher_forwards"] == steps
+    for rank in range(world):
         ra, rb = (_rng(f / "rng" / f"rank{rank:05d}.safetensors") for f in (fa, fb))
         assert ra[1] == rb[1] and all(torch.equal(ra[0][k], rb[0][k]) for k in ra[0])
     sa = json.loads((ref / "summary.json").read_text())

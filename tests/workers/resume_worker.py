@@ -1,4 +1,4 @@
-"""Worker for tests/test_reliability_resume.py, started by ``accelerate launch`` with 2 ranks.
+"""Worker for tests/test_reliability_resume.py, started by ``accelerate launch`` (2-4 ranks).
 
 Runs ``vlcd distill`` as the CLI does (recipe, ``--set`` overrides, ``--resume``), and also:
 
@@ -23,6 +23,7 @@ import os
 import time
 from pathlib import Path
 
+import vlcd_dist
 from vlcd_dist.config import load_config
 from vlcd_dist.train.stages import create_stage
 
@@ -46,6 +47,8 @@ def main() -> None:
     cfg.checkpoint.resume = args.resume
     trainer = create_stage(cfg, "distill")
     rank = trainer.backend.rank
+    if rank == 0:  # which tree the ranks import (PYTHONPATH, editable install)
+        print(f"resume_worker: vlcd_dist from {Path(vlcd_dist.__file__).parent}", flush=True)
     keys_file = Path(args.out) / "keys" / f"rank{rank}.{args.tag}.txt"
     keys_file.parent.mkdir(parents=True, exist_ok=True)
 

@@ -305,6 +305,7 @@ class AccelerateBackend(Backend):
     def prepare(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> Trainee:
         module.to(self.device, memory_format=self.memory_format)
         model = self.accelerator.prepare_model(module, device_placement=True)
+        fix_ddp_buckets(model)
         scaler = None
         if self.mixed_precision == "fp16":
             scaler = torch.amp.GradScaler(self.device.type)
@@ -334,6 +335,38 @@ class AccelerateBackend(Backend):
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def fix_ddp_buckets(model: nn.Module) -> None:
+    """Give a DDP model its final gradient buckets now, from the parameter order, so that every
+    step of every process reduces its gradients in the same buckets: a resumed run then adds
+    them up exactly as the run that never stopped (docs/training.md, "Exact resume").
+
+    Left alone, DDP reduces the first backward of a process in one bucket of all parameters and
+    then rebuilds its buckets in the order the gradients became ready. An all-reduce over 3 or
+    more ranks adds each element's values in an order that depends on where the element lies in
+    its bucket, so the first step after a resume (one bucket) rounds differently from the same
+    step of the uninterrupted run (rebuilt buckets); with 2 ranks a + b = b + a, which is why 2
+    ranks were exact anyway. Here the reducer rebuilds at once from the parameter order, as DDP
+    itself does for a rank that joined early (``torch.distributed.algorithms.Join``), and never
+    again: the usual 1 MiB first bucket and 25 MiB ones, fixed by the model alone. Collective:
+    every rank wraps its models in the same order. The buckets then follow the forward order,
+    so a bucket's all-reduce can start only once the earliest layers' gradients are ready (less
+    overlap of communication with the backward on GPUs than DDP's ready order; none on CPU)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(model, DistributedDataParallel):
+        return
+    reducer = model.reducer
+    if not all(hasattr(reducer, m) for m in ("_push_all_rebuilt_params", "_rebuild_buckets")):
+        logger.warning(
+            "this torch's DDP reducer cannot rebuild its buckets from the parameter order; "
+            "a resumed run on 3 or more ranks may not be bit for bit the uninterrupted run"
+        )
+        return
+    reducer._push_all_rebuilt_params()
+    if reducer._rebuild_buckets():
+        model._has_rebuilt_buckets = True
 
 
 def process_group_timeout(seconds: float) -> Any:
