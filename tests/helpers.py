@@ -148,3 +148,22 @@ def job_state(job: str) -> dict[str, str]:
         state, code = proc.stdout.strip().splitlines()[0].split("|")
         return {"JobState": state.split()[0], "ExitCode": code}
     return {}
+
+
+def resume_predistill(recipe: Path, sets: list[str], out: Path) -> tuple[object, set[int]]:
+    """``predistill --resume`` into ``out`` in-process, one rank: (its final train state, the
+    0-based steps it trained)."""
+    from vlcd_dist.config import load_config
+    from vlcd_dist.train.stages import create_stage
+
+    cfg = load_config(recipe, sets)
+    cfg.run.out = str(out)
+    cfg.checkpoint.resume = True
+    trainer = create_stage(cfg, "predistill")
+    steps_run: set[int] = set()
+    trainer.loss_hook = lambda name, step, loss: steps_run.add(step) or loss
+    try:
+        state = trainer.run()
+    finally:
+        trainer.backend.close()
+    return state, steps_run

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import resume_predistill, run_cli
 from safetensors.torch import save_file
 
-from vlcd_dist.config import load_config
 from vlcd_dist.io import write_text
 from vlcd_dist.train.backend import AccelerateBackend
 from vlcd_dist.train.checkpoint import (
@@ -34,7 +33,6 @@ from vlcd_dist.train.checkpoint import (
 )
 from vlcd_dist.train.deepspeed_backend import DeepSpeedBackend
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
-from vlcd_dist.train.stages import create_stage
 
 FIRST, SECOND = "tiny_mobilenetv3", "tiny_resnet"  # the tiny recipe's students, in order
 
@@ -291,16 +289,7 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
     assert reader.latest() == ckpts / "step_000002" and reader.problems(reader.latest()) == []
 
     # Resume: steps 3 and 4 are trained again from step 2's state, and the final save completes.
-    cfg = load_config(tiny_recipe, sets)
-    cfg.run.out = str(out)
-    cfg.checkpoint.resume = True
-    trainer = create_stage(cfg, "predistill")
-    steps_run: set[int] = set()
-    trainer.loss_hook = lambda name, step, loss: steps_run.add(step) or loss
-    try:
-        state = trainer.run()
-    finally:
-        trainer.backend.close()
+    state, steps_run = resume_predistill(tiny_recipe, sets, out)
     assert state.step == 4 and steps_run == {2, 3}  # 0-based step being taken
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000004"]
     assert reader.problems(ckpts / "step_000004") == []

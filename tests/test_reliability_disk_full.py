@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 from faults import fault_env, start, stop
-from helpers import STUDENTS
+from helpers import STUDENTS, resume_predistill
 
-from vlcd_dist.config import load_config
 from vlcd_dist.io import disk_full_after, is_disk_full, tree_bytes, write_text
 from vlcd_dist.pipelines.launch import free_port, multi_rank_command
 from vlcd_dist.train import checkpoint as checkpoint_mod
@@ -36,7 +35,6 @@ from vlcd_dist.train.checkpoint import (
     TrainState,
 )
 from vlcd_dist.train.optim import create_optimizer, create_scheduler
-from vlcd_dist.train.stages import create_stage
 
 PAGE = 4096  # tmpfs allocates whole pages
 
@@ -347,16 +345,7 @@ def test_two_ranks_stop_with_the_message_and_the_previous_checkpoint_is_resumed(
     assert meta["world_size"] == 2 and meta["trainees"] == STUDENTS
 
     # Space again: the resume starts from step 2, trains steps 3 and 4 again and saves step 4.
-    cfg = load_config(tiny_recipe, sets)
-    cfg.run.out = str(out)
-    cfg.checkpoint.resume = True
-    trainer = create_stage(cfg, "predistill")
-    steps_run: set[int] = set()
-    trainer.loss_hook = lambda name, step, loss: steps_run.add(step) or loss
-    try:
-        state = trainer.run()
-    finally:
-        trainer.backend.close()
+    state, steps_run = resume_predistill(tiny_recipe, sets, out)
     assert state.step == 4 and steps_run == {2, 3}  # 0-based step being taken
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000004"]
     assert reader.problems(ckpts / "step_000004") == []
