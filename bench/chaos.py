@@ -226,7 +226,8 @@ def run(
         while proc.poll() is None:
             if time.perf_counter() - t0 > timeout:
                 raise SystemExit(
-                    f"chaos: {out} still running after {timeout:.0f} s; see {log_file}"
+                    f"chaos: the run in {out} still going after {timeout:.0f} s (--timeout); "
+                    f"the end of {log_file}:\n{log_file.read_text(errors='replace')[-4000:]}"
                 )
             time.sleep(0.05)
             if not pending:
@@ -238,13 +239,17 @@ def run(
             kill = pending[0]
             due = log.step >= kill.step
             if kill.after_checkpoint:
+                # (Or 2 steps later, should the checkpoint's marker have been missed.)
                 due = due and (_complete(out, kill.step) or log.step >= kill.step + 2)
             if not due:
                 continue
             pid = rank_pids(proc.pid).get((attempt, kill.rank))
             if pid is None:
                 continue
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it just ended (the group is going down): look again
             killed.append((kill, log.step))
             pending.pop(0)
         wall = time.perf_counter() - t0
