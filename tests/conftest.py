@@ -41,11 +41,18 @@ def _launcher(argv: list[str]) -> str | None:
     return found
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # item.fixturenames is the whole closure, so a fixture built on accelerate_distill counts.
     for item in items:
         if LAUNCHING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.multiproc)
+    # Slow tests are opt-in: VLCD_SLOW=1, or a -m expression that names them.
+    if os.environ.get("VLCD_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a slow test: run with VLCD_SLOW=1 or -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
