@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faults import assert_same_exports, complete_checkpoints, fault_env
 from helpers import DISTILL_STEPS as STEPS
 from helpers import STUDENTS, accelerate_launch, distill_args, scalars
 from safetensors.torch import load_file
+
+from vlcd_dist.pipelines.launch import multi_rank_command
 
 pytest.importorskip("deepspeed")
 
@@ -114,6 +118,67 @@ def test_deepspeed_resume_continues_the_curve(
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.timeout(900)
+def test_deepspeed_torchrun_restart_resumes_from_the_last_checkpoint(
+    zero_runs, tiny_recipe, distill_sets, tmp_path
+) -> None:
+    """ZeRO 1 under ``torchrun --max-restarts 1``: rank 1 dies after the checkpoint of step
+    RESUME_FROM; torchrun restarts both ranks, which resume from it (each its own optimizer
+    partition) and end like the uninterrupted run of zero_runs."""
+    out, ready = tmp_path / "distill", tmp_path / "fault"
+    env = fault_env(VLCD_TEST_FAULT=f"exit:1:{RESUME_FROM}", VLCD_TEST_FAULT_READY=str(ready))
+    sets = [*distill_sets, "run.zero_stage=1", "run.collective_timeout_s=20"]
+    args = distill_args(tiny_recipe, out, sets, "--backend", "deepspeed", "--resume")
+    cmd = multi_rank_command(2, [str(a) for a in args], launcher="torchrun", max_restarts=1)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    assert ready.exists() and "[faulthook] rank 1: exiting (status 17)" in text, text[-6000:]
+    assert "no complete checkpoint" in text  # the first attempt started fresh
+    assert "resumed from" in text and f"(step {RESUME_FROM})" in text, text[-6000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["steps"] == STEPS
+    assert complete_checkpoints(out) == [f"step_{RESUME_FROM:06d}", f"step_{STEPS:06d}"]
+    engine = out / "checkpoints" / f"step_{STEPS:06d}" / STUDENTS[0] / "engine"
+    assert sorted(p.name for p in engine.glob("zero_pp_rank_*_optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    # The steps redone after the restart log what the uninterrupted run logged.
+    whole, restarted = losses(zero_runs[1]), losses(out)
+    for name in STUDENTS:
+        after = dict(restarted[name])
+        for step, value in whole[name]:
+            if step > RESUME_FROM:
+                assert after[step] == value, (name, step)
+    assert_same_exports(out, zero_runs[1])
+
+
+def test_jit_ops_are_cached_per_environment(monkeypatch, tmp_path) -> None:
+    import hashlib
+    import os
+    import sys
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    from vlcd_dist.train.deepspeed_backend import _use_own_extensions_dir
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")  # unset (and restored after the test)
+    _use_own_extensions_dir()
+    folder = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    assert folder.parent == Path(get_default_build_root())
+    tag = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
+    assert (
+        folder.name
+        == f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{tag}"
+    )
+    # One the user chose is kept.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    _use_own_extensions_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path)
 
 
 class _Payload:
