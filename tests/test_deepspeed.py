@@ -1,19 +1,23 @@
 """The DeepSpeed backend on 2 real gloo ranks, against the Accelerate backend's run of the same
-tiny recipe (``accelerate_distill``): per-step losses, exported weights, exact resume, and
-checkpoints read back without a full unpickler."""
+tiny recipe (``accelerate_distill``): per-step losses, exported weights, exact resume (also of a
+group that torchrun restarts after a rank died), and checkpoints read back without a full
+unpickler."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from faults import assert_same_exports, complete_checkpoints, fault_env
+from faults import assert_same_exports, complete_checkpoints, fault_env, start, stop
 from helpers import DISTILL_STEPS as STEPS
 from helpers import STUDENTS, accelerate_launch, distill_args, scalars
 from safetensors.torch import load_file
@@ -22,7 +26,7 @@ from vlcd_dist.pipelines.launch import multi_rank_command
 
 pytest.importorskip("deepspeed")
 
-# Every test here launches 2 ranks (accelerate launch): not in `make test-fast`.
+# The tests here launch 2 ranks (accelerate launch, torchrun): not in `make test-fast`.
 pytestmark = pytest.mark.multiproc
 
 ZERO_STAGES = (0, 1)
@@ -132,9 +136,18 @@ def test_deepspeed_torchrun_restart_resumes_from_the_last_checkpoint(
     sets = [*distill_sets, "run.zero_stage=1", "run.collective_timeout_s=20"]
     args = distill_args(tiny_recipe, out, sets, "--backend", "deepspeed", "--resume")
     cmd = multi_rank_command(2, [str(a) for a in args], launcher="torchrun", max_restarts=1)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text[-6000:]
+    log = tmp_path / "torchrun.log"
+    proc = start(cmd, env, log)
+    try:
+        # Without a process group of its own attempt, the restarted group failed to connect in
+        # 7 of 8 tries here, once hanging in its rendezvous: then its ranks are killed too.
+        code = proc.wait(timeout=800)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after 800 s\n{log.read_text()[-6000:]}") from None
+    finally:
+        stop([proc])
+    text = log.read_text()
+    assert code == 0, text[-6000:]
     assert ready.exists() and "[faulthook] rank 1: exiting (status 17)" in text, text[-6000:]
     assert "no complete checkpoint" in text  # the first attempt started fresh
     assert "resumed from" in text and f"(step {RESUME_FROM})" in text, text[-6000:]
@@ -158,10 +171,6 @@ def test_deepspeed_torchrun_restart_resumes_from_the_last_checkpoint(
 
 
 def test_jit_ops_are_cached_per_environment(monkeypatch, tmp_path) -> None:
-    import hashlib
-    import os
-    import sys
-
     from torch.utils.cpp_extension import get_default_build_root
 
     from vlcd_dist.train.deepspeed_backend import _use_own_extensions_dir
@@ -193,8 +202,6 @@ class _Payload:
 
 def _reseal(checkpoint: Path) -> None:
     """Make meta.json's file list and COMPLETE match the files as they are now."""
-    import hashlib
-
     meta = json.loads((checkpoint / "meta.json").read_text())
     for rel in meta["files"]:
         data = (checkpoint / rel).read_bytes()
