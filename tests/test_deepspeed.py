@@ -1,24 +1,32 @@
 """The DeepSpeed backend on 2 real gloo ranks, against the Accelerate backend's run of the same
-tiny recipe (``accelerate_distill``): per-step losses, exported weights, exact resume, and
-checkpoints read back without a full unpickler."""
+tiny recipe (``accelerate_distill``): per-step losses, exported weights, exact resume (also of a
+group that torchrun restarts after a rank died), and checkpoints read back without a full
+unpickler."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faults import assert_same_exports, complete_checkpoints, fault_env, start, stop
 from helpers import DISTILL_STEPS as STEPS
 from helpers import STUDENTS, accelerate_launch, distill_args, scalars
 from safetensors.torch import load_file
 
+from vlcd_dist.pipelines.launch import multi_rank_command
+
 pytest.importorskip("deepspeed")
 
-# Every test here launches 2 ranks (accelerate launch): not in `make test-fast`.
+# The tests here launch 2 ranks (accelerate launch, torchrun): not in `make test-fast`.
 pytestmark = pytest.mark.multiproc
 
 ZERO_STAGES = (0, 1)
@@ -116,6 +124,72 @@ def test_deepspeed_resume_continues_the_curve(
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
 
 
+@pytest.mark.timeout(900)
+def test_deepspeed_torchrun_restart_resumes_from_the_last_checkpoint(
+    zero_runs, tiny_recipe, distill_sets, tmp_path
+) -> None:
+    """ZeRO 1 under ``torchrun --max-restarts 1``: rank 1 dies after the checkpoint of step
+    RESUME_FROM; torchrun restarts both ranks, which resume from it (each its own optimizer
+    partition) and end like the uninterrupted run of zero_runs."""
+    out, ready = tmp_path / "distill", tmp_path / "fault"
+    env = fault_env(VLCD_TEST_FAULT=f"exit:1:{RESUME_FROM}", VLCD_TEST_FAULT_READY=str(ready))
+    sets = [*distill_sets, "run.zero_stage=1", "run.collective_timeout_s=20"]
+    args = distill_args(tiny_recipe, out, sets, "--backend", "deepspeed", "--resume")
+    cmd = multi_rank_command(2, [str(a) for a in args], launcher="torchrun", max_restarts=1)
+    log = tmp_path / "torchrun.log"
+    proc = start(cmd, env, log)
+    try:
+        # Without a process group of its own attempt, the restarted group failed to connect in
+        # 7 of 8 tries here, once hanging in its rendezvous: then its ranks are killed too.
+        code = proc.wait(timeout=800)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after 800 s\n{log.read_text()[-6000:]}") from None
+    finally:
+        stop([proc])
+    text = log.read_text()
+    assert code == 0, text[-6000:]
+    assert ready.exists() and "[faulthook] rank 1: exiting (status 17)" in text, text[-6000:]
+    assert "no complete checkpoint" in text  # the first attempt started fresh
+    assert "resumed from" in text and f"(step {RESUME_FROM})" in text, text[-6000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["steps"] == STEPS
+    assert complete_checkpoints(out) == [f"step_{RESUME_FROM:06d}", f"step_{STEPS:06d}"]
+    engine = out / "checkpoints" / f"step_{STEPS:06d}" / STUDENTS[0] / "engine"
+    assert sorted(p.name for p in engine.glob("zero_pp_rank_*_optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    # The steps redone after the restart log what the uninterrupted run logged.
+    whole, restarted = losses(zero_runs[1]), losses(out)
+    for name in STUDENTS:
+        after = dict(restarted[name])
+        for step, value in whole[name]:
+            if step > RESUME_FROM:
+                assert after[step] == value, (name, step)
+    assert_same_exports(out, zero_runs[1])
+
+
+def test_jit_ops_are_cached_per_environment(monkeypatch, tmp_path) -> None:
+    from torch.utils.cpp_extension import get_default_build_root
+
+    from vlcd_dist.train.deepspeed_backend import _use_own_extensions_dir
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")  # unset (and restored after the test)
+    _use_own_extensions_dir()
+    folder = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    assert folder.parent == Path(get_default_build_root())
+    tag = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
+    assert (
+        folder.name
+        == f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{tag}"
+    )
+    # One the user chose is kept.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    _use_own_extensions_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path)
+
+
 class _Payload:
     """Unpickling this calls Path.write_text: what a hostile checkpoint would do."""
 
@@ -128,8 +202,6 @@ class _Payload:
 
 def _reseal(checkpoint: Path) -> None:
     """Make meta.json's file list and COMPLETE match the files as they are now."""
-    import hashlib
-
     meta = json.loads((checkpoint / "meta.json").read_text())
     for rel in meta["files"]:
         data = (checkpoint / rel).read_bytes()

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,25 @@ logger = logging.getLogger(__name__)
 
 ENGINE_TAG = "engine"
 """Sub-folder of a trainee's checkpoint folder that DeepSpeed's save_checkpoint writes."""
+
+
+def _use_own_extensions_dir() -> None:
+    """Give DeepSpeed's JIT-built ops (on CPU: its shared-memory communication op) a cache
+    folder of this Python environment, unless TORCH_EXTENSIONS_DIR is set.
+
+    torch's default folder (``~/.cache/torch_extensions/py311_cu130``) is shared by every
+    virtual environment of the user, and the op's build line names the environment's DeepSpeed
+    sources: two environments on one machine (a checkout's and a fresh clone's under CI) then
+    rebuild it in turn, 1-2 minutes at every DeepSpeed start, the ranks of a torchrun restart
+    included (seen here: each start recompiled while a second environment was in use)."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return
+    from torch.utils.cpp_extension import get_default_build_root
+
+    tag = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
+    # torch's version too: its headers are -isystem, so ninja would not rebuild for a new one.
+    name = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{tag}"
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(get_default_build_root(), name)
 
 
 def _free_port() -> str:
@@ -89,6 +110,7 @@ class DeepSpeedBackend(Backend):
             )
         if use_cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        _use_own_extensions_dir()
         try:
             import deepspeed
         except ImportError as e:
