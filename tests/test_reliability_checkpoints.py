@@ -53,11 +53,12 @@ def warnings_of_checkpoint(caplog):
         log.removeHandler(caplog.handler)
 
 
-def _trainees(backend, names=("a", "b")):
+def _trainees(backend, names=("a", "b"), width=8):
+    """Two tiny trainees (4 -> width -> 2) that took one step, with their schedulers."""
     trainees, scheds = [], {}
     for i, name in enumerate(names):
         torch.manual_seed(i)
-        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        net = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Linear(width, 2))
         opt = create_optimizer(net, lr=0.1, weight_decay=0.01)
         trainee = backend.prepare(name, net, opt)
         net(torch.randn(5, 4)).pow(2).mean().backward()

@@ -21,6 +21,7 @@ import pytest
 import torch
 from faults import fault_env, start, stop
 from helpers import STUDENTS, resume_predistill
+from test_reliability_checkpoints import _save, _trainees
 
 from vlcd_dist.io import disk_full_after, is_disk_full, tree_bytes, write_text
 from vlcd_dist.pipelines.launch import free_port, multi_rank_command
@@ -34,7 +35,6 @@ from vlcd_dist.train.checkpoint import (
     SaveFailedError,
     TrainState,
 )
-from vlcd_dist.train.optim import create_optimizer, create_scheduler
 
 PAGE = 4096  # tmpfs allocates whole pages
 
@@ -42,24 +42,6 @@ PAGE = 4096  # tmpfs allocates whole pages
 @pytest.fixture(scope="module")
 def backend() -> AccelerateBackend:
     return AccelerateBackend(cpu=True)
-
-
-def _trainees(backend, width=8):
-    trainees, scheds = [], {}
-    for i, name in enumerate(("a", "b")):
-        torch.manual_seed(i)
-        net = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Linear(width, 2))
-        opt = create_optimizer(net, lr=0.1, weight_decay=0.01)
-        trainee = backend.prepare(name, net, opt)
-        net(torch.randn(5, 4)).pow(2).mean().backward()
-        backend.step(trainee)
-        trainees.append(trainee)
-        scheds[name] = create_scheduler(opt, total=10, warmup=2)
-    return trainees, scheds
-
-
-def _save(ckpt: Checkpointer, step: int, trainees, scheds) -> Path:
-    return ckpt.save("distill", TrainState(step=step), trainees, scheds, {"x": 1}, "x: 1\n")
 
 
 def _files(path: Path) -> dict[str, bytes]:
