@@ -4,6 +4,7 @@ and a bad heads file is refused with the file and field named."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -133,7 +134,7 @@ def test_heads_json_has_the_spec_fields(fitted, tmp_path) -> None:
     assert data["format"] == HEADS_FORMAT and data["model"] == "m"
     assert data["embed_dim"] == 6 and data["tasks"] == TASKS
     assert data["probe"]["cv_folds"] == FOLDS and data["probe"]["seed"] == SEED
-    assert data["samples"] == {"train": 90, "test": 40}
+    assert data["samples"] == {"train": 90, "val": 0, "test": 40}
     assert data["zero_shot"] == {
         "tasks": ["a", "b"],
         "prompts": {
@@ -390,7 +391,8 @@ def test_stored_heads_give_the_eval_aucs(tiny_eval, prompted_recipe, eval_sets, 
     evaluator = Evaluator(cfg)
     models = evaluator.models()
     # The eval's own code path: the same loader, encoders and gathering.
-    test_f, test_y, tasks = evaluator.extract(models, "test")
+    test = evaluator.extract(models, "test")
+    test_f, test_y, tasks = test.features, test.labels, test.tasks
     assert tasks == report["tasks"]
     finite = 0
     for m in MODELS:
@@ -418,11 +420,13 @@ def test_eval_threshold_and_c_ignore_the_test_labels(
     evaluator = Evaluator(cfg)
     models = evaluator.models()
     prompts = evaluator.zero_shot_prompts(["meconium", "chorioamnionitis"])
-    train_f, train_y, tasks = evaluator.extract(models, "train")
-    test_f, test_y, _ = evaluator.extract(models, "test")
-    perm = np.random.default_rng(0).permutation(len(test_y))
+    train = evaluator.extract(models, "train")
+    test = evaluator.extract(models, "test")
+    tasks = test.tasks
+    perm = np.random.default_rng(0).permutation(len(test.labels))
+    permuted = dataclasses.replace(test, labels=test.labels[perm])
     with caplog.at_level(logging.INFO, logger="vlcd_dist.eval"):
-        evaluator.report(models, tasks, train_f, train_y, test_f, test_y[perm], prompts=prompts)
+        again = evaluator.report(models, train, permuted, prompts=prompts)
     assert f"of 3 models in {tmp_path / 'permuted' / 'heads'}" in caplog.text
     changed = 0
     for m in MODELS:
@@ -435,3 +439,11 @@ def test_eval_threshold_and_c_ignore_the_test_labels(
             assert (a.threshold, a.train) == (b.threshold, b.train), (m, t)
             changed += a.test != b.test
     assert changed  # the test rates did see the permuted labels
+    # The validation AUCs (what runs are chosen on) and the probes' C ignore them too, while
+    # the test AUCs do move.
+    kept_report = json.loads((tiny_eval / "report.json").read_text())
+    for m in MODELS:
+        r, k = again.models[m], kept_report["models"][m]
+        assert r.val_auc == pytest.approx(k["val_auc"], nan_ok=True) and r.val_auc
+        assert r.probe_c == pytest.approx(k["probe_c"], nan_ok=True)
+    assert any(again.models[m].auc_mean != kept_report["models"][m]["auc_mean"] for m in MODELS)

@@ -228,6 +228,7 @@ def test_features_of_one_rank_come_in_key_order() -> None:
             "image": torch.randn(len(k), 3, 4, 4, generator=gen),
             "labels": torch.tensor([[i % 2, (i + 1) % 2] for i in range(len(k))]),
             "key": k,
+            "study": [f"study-{key[1:]}" if key != "s11" else "study-02" for key in k],
         }
         for k in keys
     ]
@@ -236,7 +237,7 @@ def test_features_of_one_rank_come_in_key_order() -> None:
         "mean": (lambda x: x.mean(dim=(2, 3)), 3),
         "linear": (lambda x: x.flatten(1) @ weight, 6),
     }
-    feats, labels = extract_features(encoders, batches, num_tasks=2, device="cpu")
+    feats, labels, studies = extract_features(encoders, batches, num_tasks=2, device="cpu")
 
     # Directly: every sample on its own, then sorted by key_order of its key.
     flat_keys = [k for ks in keys for k in ks]
@@ -249,6 +250,11 @@ def test_features_of_one_rank_come_in_key_order() -> None:
         np.testing.assert_allclose(feats[name], want, rtol=1e-6, atol=1e-6)
     want_labels = torch.cat([b["labels"] for b in batches]).numpy()[order]
     np.testing.assert_array_equal(labels, want_labels)
+    # Studies follow their rows; s02 and s11 share one, so they share a number.
+    flat_studies = [s for b in batches for s in b["study"]]
+    want_studies = np.array([key_order(s) for s in flat_studies])[order]
+    np.testing.assert_array_equal(studies, want_studies)
+    assert len(set(studies.tolist())) == 4
 
 
 # --- the fast lane ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from vlcd_dist.evaluation.results import (
     EvalReport,
     LatencySetup,
     ModelResult,
+    Paired,
     Roc,
     Samples,
     ZeroShot,
@@ -78,12 +79,24 @@ def make_report(degrade: bool = False, zero_shot: bool = False) -> EvalReport:
                 "fp32": LATENCY["teacher"] / LATENCY[name],
                 "bf16": LATENCY_BF16["teacher"] / LATENCY_BF16[name],
             },
-            delta_vs_teacher=mean - teacher_mean,
+            val_auc={t: a - 0.02 for t, a in zip(TASKS, aucs, strict=True)},
+            val_auc_mean=mean - 0.02,
+            vs_teacher={}
+            if name == "teacher"
+            else {
+                **{
+                    t: Paired(a - b, (a - b - 0.05, a - b + 0.05))
+                    for t, a, b in zip(TASKS, aucs, AUC["teacher"], strict=True)
+                },
+                "mean": Paired(
+                    mean - teacher_mean, (mean - teacher_mean - 0.02, mean - teacher_mean + 0.02)
+                ),
+            },
             weights=f"{name}.safetensors",
         )
     report = EvalReport(
         tasks=TASKS,
-        samples=Samples(train=40, test=8),
+        samples=Samples(train=32, val=8, test=8),
         image_size=(32, 32),
         latency=LatencySetup(batch=1, threads=1, precisions=["fp32", "bf16"]),
         bootstrap=BootstrapSetup(resamples=20, confidence=0.95),
@@ -258,7 +271,7 @@ def test_the_typed_report_round_trips_through_report_json(tmp_path) -> None:
     )
     path = report.save(tmp_path / "report.json")
     raw = json.loads(path.read_text())
-    assert raw["format"] == "vlcd-eval-report" and raw["version"] == 3
+    assert raw["format"] == "vlcd-eval-report" and raw["version"] == 4
     assert raw["zero_shot"]["prompts"]["fir"] == {
         "positive": ["<b>fir</b> & stained", "fir, e.g. green"],
         "negative": ["clear fir"],
@@ -297,10 +310,10 @@ def test_an_old_or_broken_report_json_names_the_file_and_says_to_rerun(tmp_path)
         rf"{old.parent}`, or the demo or sweep that made it\)",
     ):
         EvalReport.load(old)
-    # Version 2: one latency per model (the teacher's in its own precision), one prompt a side.
-    older = dict(make_report().to_json(), version=2)
+    # Version 3: no validation split, no paired intervals.
+    older = dict(make_report().to_json(), version=3)
     (tmp_path / "report.json").write_text(json.dumps(older))
-    with pytest.raises(VlcdError, match=r"eval report version 2, this vlcd reads version 3; rerun"):
+    with pytest.raises(VlcdError, match=r"eval report version 3, this vlcd reads version 4; rerun"):
         EvalReport.load(tmp_path / "report.json")
     broken = make_report().to_json()
     del broken["models"]["teacher"]["roc"]

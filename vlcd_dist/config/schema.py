@@ -75,6 +75,11 @@ class DataConfig:
     """Raw samples each worker holds for shuffling."""
     strict: bool = False
     """Raise on the first bad sample instead of skipping and counting it."""
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    """Training augmentation: the random resized crop's area range, as fractions of the image."""
+    color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02)
+    """Training augmentation: colour jitter strengths (brightness, contrast, saturation, hue);
+    0 switches one off. Every model sees the same augmented batch."""
 
     def stream(self, shards: str, *, split: str | None, train: bool, seed: int) -> StreamConfig:
         """The StreamConfig of one shard set for training (augmented) or evaluation."""
@@ -90,6 +95,8 @@ class DataConfig:
             num_workers=self.num_workers,
             drop_last=train,
             strict=self.strict,
+            crop_scale=tuple(self.crop_scale),
+            color_jitter=tuple(self.color_jitter),
             # Training needs equal batch counts (collectives every step); evaluation needs every
             # sample exactly once, and gathers ranks of different sizes.
             equal_batches=train,
@@ -344,8 +351,13 @@ class EvalConfig:
     """Distill output folder holding export/<name>.safetensors; None: the students' init_from."""
     include_teacher: bool = True
     """Probe the teacher's image tower too (the reference of the speed-up)."""
+    val_fraction: float = 0.2
+    """Share of the train split's studies held out for validation (stratified by label
+    pattern, fixed by the studies alone): the probes never see them; their AUCs choose between
+    runs (a sweep's winner). 0: no validation split."""
     cv_folds: int = 5
-    """Folds of the cross-validation that picks each probe's regularisation C."""
+    """Folds (grouped by study) of the cross-validation on the probes' fit rows that picks
+    each probe's regularisation C."""
     probe_cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
     """Inverse regularisation strengths tried per task (on standardised unit-norm features)."""
     operating_sensitivity: float = 0.9
@@ -516,6 +528,12 @@ class TrainConfig:
         _check(every_s >= 0, "logging.progress_every_s", every_s, ">= 0 seconds")
         e = self.eval
         _check(e.cv_folds >= 2, "eval.cv_folds", e.cv_folds, ">= 2")
+        _check(
+            0 <= e.val_fraction < 1,
+            "eval.val_fraction",
+            e.val_fraction,
+            "a fraction in [0, 1), e.g. 0.2 (0: no validation split)",
+        )
         _check(
             bool(e.probe_cs) and all(c > 0 for c in e.probe_cs),
             "eval.probe_cs",

@@ -65,6 +65,8 @@ class StreamConfig:
     drop_last: bool = False  # drop each worker's final partial batch
     strict: bool = False  # raise on the first bad sample instead of skipping it
     equal_batches: bool = True  # cap every rank at the smallest rank's batch count
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # train: random resized crop's area range
+    color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02)  # train: b, c, s, hue
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -76,6 +78,17 @@ class StreamConfig:
         if len(self.image_size) != 2 or min(self.image_size) < 8:
             raise DataError(
                 f"data.image_size must be (H, W) of at least 8 px, got {self.image_size}"
+            )
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise DataError(
+                f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got "
+                f"{list(self.crop_scale)}"
+            )
+        if len(self.color_jitter) != 4 or min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
+            raise DataError(
+                "data.color_jitter must be [brightness, contrast, saturation, hue], each >= 0 "
+                f"and hue <= 0.5, got {list(self.color_jitter)}"
             )
 
 
@@ -202,11 +215,15 @@ def iter_tar(url: str) -> Iterator[dict[str, Any]]:
 class Decoder:
     """Turns a raw sample into tensors and text, or raises :class:`_Skip` saying why not."""
 
-    def __init__(self, kind: str, tasks: list[str], image_size: tuple[int, int], train: bool):
+    def __init__(self, kind: str, tasks: list[str], cfg: StreamConfig):
         self.kind = kind
         self.tasks = tasks
-        self.image_size, self.train = image_size, train
-        self.transform = train_transform(image_size) if train else eval_transform(image_size)
+        self.image_size, self.train = tuple(cfg.image_size), cfg.train
+        self.transform = (
+            train_transform(self.image_size, tuple(cfg.crop_scale), tuple(cfg.color_jitter))
+            if cfg.train
+            else eval_transform(self.image_size)
+        )
 
     def decode_image(self, raw: dict[str, Any]) -> Image.Image:
         try:
@@ -226,13 +243,14 @@ class Decoder:
                 out["text"] = raw["txt"].decode("utf-8")
             except UnicodeDecodeError as exn:
                 raise _Skip("bad_text", url, key, str(exn)) from exn
-            out["labels"] = self._labels(raw["json"], url, key)
+            out["labels"], out["study"] = self._labels(raw["json"], url, key)
         if "cls" in raw:
             out["cls"] = raw["cls"].decode("utf-8", "replace")
         out["image"] = self.transform(self.decode_image(raw))
         return out
 
-    def _labels(self, data: bytes, url: str, key: str) -> torch.Tensor:
+    def _labels(self, data: bytes, url: str, key: str) -> tuple[torch.Tensor, str]:
+        """(labels [T] in task order, the study id: ``study_id``, else the sample key)."""
         try:
             meta = json.loads(data)
             labels = meta["labels"]
@@ -241,7 +259,8 @@ class Decoder:
             raise _Skip("bad_json", url, key, f"{type(exn).__name__}: {exn}") from exn
         if any(v not in (0.0, 1.0) for v in values):
             raise _Skip("bad_json", url, key, f"labels must be 0/1, got {labels}")
-        return torch.tensor(values, dtype=torch.float32)
+        study = meta.get("study_id") if isinstance(meta, dict) else None
+        return torch.tensor(values, dtype=torch.float32), str(study or key)
 
 
 def collate(samples: list[dict[str, Any]], tasks: list[str], skipped: Counter) -> dict[str, Any]:
@@ -253,6 +272,7 @@ def collate(samples: list[dict[str, Any]], tasks: list[str], skipped: Counter) -
     if "text" in samples[0]:
         batch["text"] = [s["text"] for s in samples]
         batch["labels"] = torch.stack([s["labels"] for s in samples])
+        batch["study"] = [s["study"] for s in samples]
         batch["tasks"] = list(tasks)
     if all("cls" in s for s in samples):
         batch["cls"] = [s["cls"] for s in samples]
@@ -380,7 +400,7 @@ class ShardStream(IterableDataset):
     def _samples(self, shard_ids: list[int], worker: int, quota: int, counts: Counter):
         """Exactly ``quota`` decoded samples, refilled from the worker's own shards if bad
         samples were skipped. Each comes with the skip counts seen since the previous one."""
-        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg.image_size, self.cfg.train)
+        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg)
         produced = 0
         for pass_no in range(1_000_000):
             # Only the first pass counts skips: a refill reads the same bad samples again.

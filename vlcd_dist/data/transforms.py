@@ -29,13 +29,24 @@ def _to_tensor() -> list:
     ]
 
 
-def train_transform(size: tuple[int, int], scale: tuple[float, float] = (0.5, 1.0)) -> v2.Compose:
-    """Random resized crop to (H, W), horizontal flip, colour jitter, normalise."""
+def train_transform(
+    size: tuple[int, int],
+    scale: tuple[float, float] = (0.5, 1.0),
+    jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02),
+) -> v2.Compose:
+    """Random resized crop to (H, W) over ``scale`` of the area, horizontal flip, colour jitter
+    of strengths ``jitter`` (brightness, contrast, saturation, hue; all 0: none), normalise."""
+    brightness, contrast, saturation, hue = jitter
+    colour = (
+        [v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)]
+        if any(jitter)
+        else []
+    )
     return v2.Compose(
         [
             v2.RandomResizedCrop(size, scale=scale, antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            *colour,
             *_to_tensor(),
         ]
     )

@@ -26,7 +26,7 @@ prompts ensembled, unit length). heads.json::
                                  "test": {"sensitivity": float | null, "specificity": ...}}},
      "zero_shot": null | {"tasks": [T' names],
                           "prompts": {task: {"positive": [str], "negative": [str]}}},
-     "samples": {"train": N, "test": M}}
+     "samples": {"train": N, "val": V, "test": M}}
 
 A rate is null where its split has no sample of the class it counts.
 """
@@ -163,7 +163,7 @@ class TaskHeads:
     cv_folds: int
     seed: int
     operating_points: dict[str, OperatingPoint]
-    samples: dict[str, int]  # {"train": N, "test": M}
+    samples: dict[str, int]  # {"train": N (the probes' fit rows), "val": V, "test": M}
     prompts: ZeroShotPrompts | None = None
 
     @property
@@ -187,6 +187,7 @@ class TaskHeads:
         seed: int,
         target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
         prompts: ZeroShotPrompts | None = None,
+        val_samples: int = 0,
     ) -> TaskHeads:
         """The heads of a fitted sklearn StandardScaler (``mean_``, ``scale_`` [d]) and one
         :class:`~.probes.LinearProbe` per task, as the eval fits them; train_y [N, T] and
@@ -213,7 +214,11 @@ class TaskHeads:
                 )
                 for j, (t, p) in enumerate(zip(tasks, probes, strict=True))
             },
-            samples={"train": int(len(train_y)), "test": int(len(test_y))},
+            samples={
+                "train": int(len(train_y)),
+                "val": int(val_samples),
+                "test": int(len(test_y)),
+            },
             prompts=prompts,
         )
 
@@ -329,7 +334,12 @@ class TaskHeads:
         ops_of = f.get(data, "operating_points", dict)
         ops = {t: f.operating_point(ops_of, t) for t in tasks}
         samples_of = f.get(data, "samples", dict)
-        samples = {k: f.get(samples_of, k, int, f"samples.{k}") for k in ("train", "test")}
+        # "val" came with the validation split; heads written before it held none.
+        samples = {
+            k: f.get(samples_of, k, int, f"samples.{k}")
+            for k in ("train", "val", "test")
+            if k != "val" or k in samples_of
+        }
         zs = data.get("zero_shot")
         if zs is not None and not isinstance(zs, dict):
             raise HeadsError(f'{path}: field "zero_shot" must be null or an object; {HOW}')

@@ -1,6 +1,7 @@
 """Linear probes on frozen features: logistic regression per task, C chosen by stratified
-cross-validation on the train split. The out-of-fold train scores of those folds at the chosen
-C are kept: :mod:`.heads` chooses each task's operating point on them."""
+(study-grouped) cross-validation on the rows the probe is fitted on. The out-of-fold scores of
+those folds at the chosen C are kept: :mod:`.heads` chooses each task's operating point on
+them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vlcd_dist.evaluation.metrics import auc_roc, l2_normalize
+from vlcd_dist.evaluation.metrics import l2_normalize
 
 CONSTANT_CLIP = 1e-6
 """A one-class task's train rate p is clipped to [CONSTANT_CLIP, 1 - CONSTANT_CLIP]."""
@@ -46,19 +47,30 @@ class LinearProbe:
 
 
 def stratified_folds(
-    train_y: np.ndarray, folds: int, seed: int = 0
+    train_y: np.ndarray, folds: int, seed: int = 0, groups: np.ndarray | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (fit, validation) index pairs of the C search and the out-of-fold scores:
-    StratifiedKFold(k, shuffle=True, random_state=seed) over train_y [N] (0/1), k = min(folds,
-    minority count); [] when k < 2."""
-    from sklearn.model_selection import StratifiedKFold
+    """The (fit, validation) index pairs of the C search and the out-of-fold scores over
+    train_y [N] (0/1): StratifiedKFold(k, shuffle=True, random_state=seed), or, with ``groups``
+    [N] (a study id per row), StratifiedGroupKFold, so that a study's rows share a fold.
+    k = min(folds, the count of the minority class: rows, or with groups the studies that hold
+    it); [] when k < 2."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     train_y = np.asarray(train_y).astype(int)
-    k = min(folds, int(min(train_y.sum(), train_y.size - train_y.sum())))
+    if groups is None:
+        pos, neg = int(train_y.sum()), int(train_y.size - train_y.sum())
+    else:
+        groups = np.asarray(groups)
+        pos = len(np.unique(groups[train_y == 1]))
+        neg = len(np.unique(groups[train_y == 0]))
+    k = min(folds, pos, neg)
     if k < 2:
         return []
-    x = np.zeros((len(train_y), 1))  # StratifiedKFold looks at the labels only
-    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, train_y))
+    x = np.zeros((len(train_y), 1))  # the splitters look at the labels (and groups) only
+    if groups is None:
+        return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, train_y))
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    return list(splitter.split(x, train_y, groups))
 
 
 def out_of_fold_scores(
@@ -79,32 +91,41 @@ def out_of_fold_scores(
 
 
 def fit_probe(
-    train_x: np.ndarray, train_y: np.ndarray, cs: list[float], folds: int, seed: int = 0
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    cs: list[float],
+    folds: int,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> LinearProbe:
     """Logistic-regression probe of one task on train_x [N, d], train_y [N] (0/1).
 
-    C maximises the mean cross-validated AUC on train (:func:`stratified_folds`, seeded); the
-    probe keeps the out-of-fold decision values at that C (``train_scores``)."""
-    from sklearn.linear_model import LogisticRegression
+    C maximises the mean cross-validated AUC on these rows only (scikit-learn's
+    LogisticRegressionCV over :func:`stratified_folds`, seeded, grouped by study when
+    ``groups`` [N] is given), and the probe is refitted on all of them at that C; it keeps the
+    out-of-fold decision values at that C (``train_scores``). Nothing outside train_x/train_y
+    is read, so held-out and test labels cannot move C."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     train_y = np.asarray(train_y).astype(int)
     if train_y.sum() in (0, train_y.size):
         p = min(max(float(train_y.mean()), CONSTANT_CLIP), 1 - CONSTANT_CLIP)
         return LinearProbe(None, math.log(p / (1 - p)), float("nan"))
-    splits = stratified_folds(train_y, folds, seed)
-    best_c, best_auc, best_oof = cs[0], -1.0, None
-    if len(cs) > 1 and splits:
-        for c in cs:
-            oof = out_of_fold_scores(train_x, train_y, c, splits)
-            score = float(np.nanmean([auc_roc(train_y[v], oof[v]) for _, v in splits]))
-            if score > best_auc:
-                best_c, best_auc, best_oof = c, score, oof
-    if splits and best_oof is None:  # one C only (or no finite fold AUC): no search to reuse
-        best_oof = out_of_fold_scores(train_x, train_y, best_c, splits)
-    model = LogisticRegression(C=best_c, max_iter=2000).fit(train_x, train_y)
-    if best_oof is None:  # the minority class has one sample: no folds
-        return LinearProbe(model, float("nan"), float(best_c), model.decision_function(train_x))
-    return LinearProbe(model, float("nan"), float(best_c), best_oof, len(splits))
+    splits = stratified_folds(train_y, folds, seed, groups)
+    if not splits:  # the minority class has one sample (or study): no folds, in-sample scores
+        model = LogisticRegression(C=cs[0], max_iter=2000).fit(train_x, train_y)
+        return LinearProbe(model, float("nan"), float(cs[0]), model.decision_function(train_x))
+    model = LogisticRegressionCV(
+        Cs=list(cs),
+        cv=splits,
+        scoring="roc_auc",
+        l1_ratios=(0.0,),  # plain L2
+        max_iter=2000,
+        use_legacy_attributes=False,
+    ).fit(train_x, train_y)
+    c = float(np.ravel(model.C_)[0])
+    oof = out_of_fold_scores(train_x, train_y, c, splits)
+    return LinearProbe(model, float("nan"), c, oof, len(splits))
 
 
 def probe_scores(

@@ -8,9 +8,9 @@ message naming it instead of being half-understood.
 Shapes of the JSON (``NaN`` stands for an AUC that is undefined, e.g. a task without positive
 test samples)::
 
-    {"format": "vlcd-eval-report", "version": 3,
+    {"format": "vlcd-eval-report", "version": 4,
      "tasks": [task, ...],
-     "samples": {"train": int, "test": int},
+     "samples": {"train": int, "val": int, "test": int},
      "image_size": [h, w],
      "latency": {"batch": int, "threads": int, "device": "cpu", "precisions": [str, ...]},
      "bootstrap": {"resamples": int, "confidence": float},
@@ -20,7 +20,9 @@ test samples)::
                        "ci": {"mean": [lo, hi] | null, task: [lo, hi] | null, ...},
                        "probe_c": {task: float}, "params": int,
                        "latency_ms": {precision: float}, "speedup": {precision: float},
-                       "resizes_to": [h, w] | null, "delta_vs_teacher": float | null,
+                       "resizes_to": [h, w] | null,
+                       "val_auc": {task: float}, "val_auc_mean": float | null,
+                       "vs_teacher": {task | "mean": {"delta": float, "ci": [lo, hi] | null}},
                        "roc": {task: {"fpr": [float], "tpr": [float]}}}},
      "degrade": null | {"corruptions": [name, ...], "severities": [int, ...], "seed": int,
                         "models": {model: {corruption: {"<severity>": {
@@ -43,10 +45,12 @@ from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_json
 
 FORMAT = "vlcd-eval-report"
-VERSION = 3
+VERSION = 4
 """Version 1 (no ``format`` field) had no ROC points and two spellings of the corruption;
 version 2 had one latency per model (the teacher's timed in its own autocast precision) and
-one zero-shot prompt per side (``"prompts": {task: [positive, negative]}``)."""
+one zero-shot prompt per side (``"prompts": {task: [positive, negative]}``); version 3 had no
+validation split (probes fitted on the whole train split), percentile intervals, and the
+student-minus-teacher mean AUC without a paired interval (``delta_vs_teacher``)."""
 
 Interval = tuple[float, float]
 
@@ -57,6 +61,24 @@ class Roc:
 
     fpr: list[float]
     tpr: list[float]
+
+
+@dataclass
+class Paired:
+    """A student's test AUC minus the teacher's, on one task or their mean, with the paired
+    bootstrap interval of that difference (both models scored on the same resampled rows)."""
+
+    delta: float
+    ci: Interval | None = None
+    """None without a bootstrap (eval.bootstrap 0)."""
+
+    @property
+    def matches(self) -> bool | None:
+        """The student matches the teacher: the interval contains 0 or lies above it (its upper
+        end is >= 0). None without an interval."""
+        if self.ci is None or not all(math.isfinite(v) for v in self.ci):
+            return None
+        return self.ci[1] >= 0
 
 
 @dataclass
@@ -86,13 +108,26 @@ class ModelResult:
     resizes_to: tuple[int, int] | None = None
     """(H, W) the model resizes its input to inside (a student trained at another size than
     :attr:`EvalReport.image_size`; its latency includes the resize); None: it runs as fed."""
-    delta_vs_teacher: float | None = None
-    """auc_mean minus the teacher's; None when the teacher was not evaluated."""
+    val_auc: dict[str, float] = field(default_factory=dict)
+    """Validation AUC-ROC per task: the probes (fitted on the rest of the train split) on the
+    validation rows carved from it by study; empty without a validation split."""
+    val_auc_mean: float | None = None
+    """Mean of the finite validation AUCs: what choices between runs (a sweep's winner) are
+    made on; None without a validation split."""
+    vs_teacher: dict[str, Paired] = field(default_factory=dict)
+    """{task and "mean": this student's test AUC minus the teacher's, with a paired interval};
+    empty for the teacher and when the teacher was not evaluated."""
     weights: str | None = None
     """The file the weights came from (the teacher's checkpoint, the exported student)."""
     stage: str | None = None
     step: int | None = None
     init_from: str | None = None
+
+    @property
+    def delta_vs_teacher(self) -> float | None:
+        """auc_mean minus the teacher's; None for the teacher and without one."""
+        paired = self.vs_teacher.get("mean")
+        return None if paired is None else paired.delta
 
 
 @dataclass
@@ -144,6 +179,9 @@ class ZeroShot:
 @dataclass
 class Samples:
     train: int
+    """Rows the probes were fitted on (the train split less the validation rows)."""
+    val: int
+    """Validation rows, carved from the train split by study (eval.val_fraction)."""
     test: int
 
 
@@ -227,7 +265,12 @@ class EvalReport:
                 "latency_ms": r.latency_ms,
                 "speedup": r.speedup,
                 "resizes_to": list(r.resizes_to) if r.resizes_to else None,
-                "delta_vs_teacher": r.delta_vs_teacher,
+                "val_auc": r.val_auc,
+                "val_auc_mean": r.val_auc_mean,
+                "vs_teacher": {
+                    k: {"delta": p.delta, "ci": list(p.ci) if p.ci else None}
+                    for k, p in r.vs_teacher.items()
+                },
                 "roc": {t: {"fpr": c.fpr, "tpr": c.tpr} for t, c in r.roc.items()},
             }
         degrade = None
@@ -261,7 +304,11 @@ class EvalReport:
             "format": FORMAT,
             "version": VERSION,
             "tasks": self.tasks,
-            "samples": {"train": self.samples.train, "test": self.samples.test},
+            "samples": {
+                "train": self.samples.train,
+                "val": self.samples.val,
+                "test": self.samples.test,
+            },
             "image_size": list(self.image_size),
             "latency": {
                 "batch": self.latency.batch,
@@ -299,7 +346,12 @@ class EvalReport:
                 latency_ms=_floats(r["latency_ms"]),
                 speedup=_floats(r["speedup"]),
                 resizes_to=_size(r["resizes_to"]),
-                delta_vs_teacher=_optional_float(r["delta_vs_teacher"]),
+                val_auc=_floats(r["val_auc"]),
+                val_auc_mean=_optional_float(r["val_auc_mean"]),
+                vs_teacher={
+                    k: Paired(float(p["delta"]), _interval(p["ci"]))
+                    for k, p in r["vs_teacher"].items()
+                },
                 roc={
                     t: Roc([float(v) for v in c["fpr"]], [float(v) for v in c["tpr"]])
                     for t, c in r["roc"].items()
@@ -331,7 +383,11 @@ class EvalReport:
         h, w = data["image_size"]
         return cls(
             tasks=[str(t) for t in data["tasks"]],
-            samples=Samples(int(data["samples"]["train"]), int(data["samples"]["test"])),
+            samples=Samples(
+                int(data["samples"]["train"]),
+                int(data["samples"]["val"]),
+                int(data["samples"]["test"]),
+            ),
             image_size=(int(h), int(w)),
             latency=LatencySetup(
                 int(data["latency"]["batch"]),

@@ -54,7 +54,7 @@ class DegradedShardStream(ShardStream):
 
         from vlcd_dist.data.degrade import degrade
 
-        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg.image_size, self.cfg.train)
+        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg)
         for raw in super()._raw(shard_ids, worker, counts):
             if "jpg" in raw:
                 try:

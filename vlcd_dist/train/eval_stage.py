@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from vlcd_dist.config import TrainConfig, dump_yaml
+from vlcd_dist.data.placenta import assign_split
 from vlcd_dist.data.stream import ShardLoader
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.efficiency import latency_by_precision
@@ -44,6 +45,7 @@ from vlcd_dist.evaluation.metrics import (
     bootstrap_intervals,
     l2_normalize,
     mean_finite,
+    paired_intervals,
     roc_points,
 )
 from vlcd_dist.evaluation.probes import apply_probes, fit_probe
@@ -54,6 +56,7 @@ from vlcd_dist.evaluation.results import (
     EvalReport,
     LatencySetup,
     ModelResult,
+    Paired,
     Roc,
     Samples,
     ZeroShot,
@@ -94,6 +97,46 @@ class EvalModel:
     info: dict[str, Any] = field(default_factory=dict)
     resizes_to: tuple[int, int] | None = None
     """The size the model resizes data.image_size batches to inside, if it does."""
+
+
+@dataclass
+class SplitFeatures:
+    """One split as the eval sees it: every model's features {model: [N, d]}, labels [N, T],
+    the study of every row [N] (int64, :func:`~vlcd_dist.evaluation.features.extract_features`)
+    and the task names."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    studies: np.ndarray
+    tasks: list[str]
+
+    def rows(self, mask: np.ndarray) -> SplitFeatures:
+        """The rows where ``mask`` [N] (bool) holds."""
+        return SplitFeatures(
+            {m: f[mask] for m, f in self.features.items()},
+            self.labels[mask],
+            self.studies[mask],
+            self.tasks,
+        )
+
+
+VALIDATION_SEED = 1
+"""The validation split depends on the studies, their labels and eval.val_fraction only (not on
+run.seed), so that runs of different seeds are chosen between on the same rows."""
+
+
+def validation_rows(studies: np.ndarray, labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Which train rows [N] (bool) are held out for validation: ``fraction`` of the studies,
+    stratified by each study's label pattern (a task is positive for a study when any of its
+    rows is) and drawn like the test split (:func:`~vlcd_dist.data.placenta.assign_split`), so
+    that a study's rows are all on one side. None when ``fraction`` is 0."""
+    if fraction <= 0 or not len(studies):
+        return np.zeros(len(studies), dtype=bool)
+    patterns: dict[int, np.ndarray] = {}
+    for study, row in zip(studies.tolist(), labels.astype(int), strict=True):
+        patterns[study] = np.maximum(patterns[study], row) if study in patterns else row
+    held = assign_split({s: p.tolist() for s, p in patterns.items()}, fraction, VALIDATION_SEED)
+    return np.isin(studies, np.fromiter(held, dtype=np.int64, count=len(held)))
 
 
 class Evaluator:
@@ -208,14 +251,12 @@ class Evaluator:
 
     def extract(
         self, models: list[EvalModel], split: str, degradation: tuple[str, int] | None = None
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-        """Features of every model and labels of one split (optionally degraded), gathered from
-        all ranks in the order of the sample keys (:func:`extract_features`).
-
-        Returns ({model: [N, d] float32}, labels [N, T], task names)."""
+    ) -> SplitFeatures:
+        """Features of every model, labels and studies of one split (optionally degraded),
+        gathered from all ranks in the order of the sample keys (:func:`extract_features`)."""
         loader = self.loader(split, degradation)
         encoders = {m.name: (m.features, int(m.module.embed_dim)) for m in models}
-        gathered, y_all = extract_features(
+        gathered, y_all, studies = extract_features(
             encoders, loader, len(loader.tasks), self.device, prepare=self.backend.images
         )
         if loader.skipped and sum(loader.skipped.values()):
@@ -225,7 +266,7 @@ class Evaluator:
                 self.backend.rank,
                 dict(loader.skipped),
             )
-        return gathered, y_all, loader.tasks
+        return SplitFeatures(gathered, y_all, studies, list(loader.tasks))
 
     def extract_degraded(
         self, models: list[EvalModel], test_y: np.ndarray
@@ -236,18 +277,18 @@ class Evaluator:
         for name in d.corruptions:
             for severity in d.severities:
                 t0 = time.perf_counter()
-                feats, y, _ = self.extract(models, "test", (name, severity))
-                if not np.array_equal(y, test_y):
+                split = self.extract(models, "test", (name, severity))
+                if not np.array_equal(split.labels, test_y):
                     raise VlcdError(
                         f"eval: the degraded test split ({name}, severity {severity}) did not "
                         "come back in the clean order; were the shards rewritten meanwhile?"
                     )
-                out[(name, severity)] = feats
+                out[(name, severity)] = split.features
                 logger.info(
                     "eval: %s severity %d: features of %d test samples in %.0f s",
                     name,
                     severity,
-                    len(y),
+                    len(split.labels),
                     time.perf_counter() - t0,
                 )
         return out
@@ -266,44 +307,56 @@ class Evaluator:
         # Every rank embeds the prompts (a few sentences), so a failure stops all ranks alike.
         prompts = self.zero_shot_prompts(chosen) if chosen else None
         t0 = time.perf_counter()
-        train_f, train_y, tasks = self.extract(models, "train")
-        test_f, test_y, _ = self.extract(models, "test")
+        train = self.extract(models, "train")
+        test = self.extract(models, "test")
         logger.info(
             "eval: features of %d train / %d test samples in %.0f s",
-            len(train_y),
-            len(test_y),
+            len(train.labels),
+            len(test.labels),
             time.perf_counter() - t0,
         )
-        degraded = self.extract_degraded(models, test_y) if cfg.eval.degrade.enabled else {}
+        degraded = self.extract_degraded(models, test.labels) if cfg.eval.degrade.enabled else {}
         report = None
         if self.backend.is_main:
-            report = self.report(
-                models, tasks, train_f, train_y, test_f, test_y, degraded=degraded, prompts=prompts
-            )
+            report = self.report(models, train, test, degraded=degraded, prompts=prompts)
         self.backend.barrier()
         return report
 
     def report(
         self,
         models: list[EvalModel],
-        tasks: list[str],
-        train_f: dict[str, np.ndarray],
-        train_y: np.ndarray,
-        test_f: dict[str, np.ndarray],
-        test_y: np.ndarray,
+        train: SplitFeatures,
+        test: SplitFeatures,
         degraded: dict[tuple[str, int], dict[str, np.ndarray]] | None = None,
         prompts: ZeroShotPrompts | None = None,
     ) -> EvalReport:
         """Probes, intervals, latency, robustness, zero-shot; writes the heads, report.json,
         config.yaml and the TensorBoard scalars (the tables and figures are the reporting
-        layer's)."""
+        layer's).
+
+        The train split is cut by study into the probes' fit rows and eval.val_fraction of
+        validation rows (:func:`validation_rows`): the probes (scaler, C, weights, operating
+        points) see the fit rows only, the validation AUCs are what choices between runs are
+        made on, and the test split is scored once."""
         from sklearn.preprocessing import StandardScaler
 
         cfg, e = self.cfg, self.cfg.eval
         degraded = degraded or {}
+        tasks, test_y = test.tasks, test.labels
         h, w = cfg.data.image_size
         columns = list(range(len(tasks)))
+        held_out = validation_rows(train.studies, train.labels, e.val_fraction)
+        fit, val = train.rows(~held_out), train.rows(held_out)
+        logger.info(
+            "eval: probes fitted on %d train samples, %d held out for validation (%d studies), "
+            "%d test samples",
+            len(fit.labels),
+            len(val.labels),
+            len(np.unique(val.studies)),
+            len(test_y),
+        )
         results: dict[str, ModelResult] = {}
+        test_scores: dict[str, np.ndarray] = {}
         robust: dict[str, dict[str, dict[int, DegradedResult]]] = {}
         zero_shot: dict[str, ZeroShotResult] = {}
         heads: dict[str, TaskHeads] = {}
@@ -311,26 +364,35 @@ class Evaluator:
         latency = self.latency(models)
         for m in models:
             t0 = time.perf_counter()
-            scaler = StandardScaler().fit(l2_normalize(train_f[m.name]))
-            xtr = scaler.transform(l2_normalize(train_f[m.name]))
+            scaler = StandardScaler().fit(l2_normalize(fit.features[m.name]))
+            xfit = scaler.transform(l2_normalize(fit.features[m.name]))
             probes = [
-                fit_probe(xtr, train_y[:, j], e.probe_cs, e.cv_folds, cfg.run.seed) for j in columns
+                fit_probe(xfit, fit.labels[:, j], e.probe_cs, e.cv_folds, cfg.run.seed, fit.studies)
+                for j in columns
             ]
-            scores = apply_probes(probes, scaler, test_f[m.name])
+            scores = test_scores[m.name] = apply_probes(probes, scaler, test.features[m.name])
             heads[m.name] = TaskHeads.from_probes(
                 m.name,
                 tasks,
                 scaler,
                 probes,
-                train_y,
+                fit.labels,
                 test_y,
                 scores,
                 cv_folds=e.cv_folds,
                 seed=cfg.run.seed,
                 target_sensitivity=e.operating_sensitivity,
                 prompts=prompts,
+                val_samples=len(val.labels),
             )
             aucs = aucs_by_task(test_y, scores, tasks, columns)
+            val_aucs = (
+                aucs_by_task(
+                    val.labels, apply_probes(probes, scaler, val.features[m.name]), tasks, columns
+                )
+                if len(val.labels)
+                else {}
+            )
             roc = {}
             for j, task in enumerate(tasks):
                 fpr, tpr = roc_points(test_y[:, j], scores[:, j])
@@ -353,10 +415,12 @@ class Evaluator:
                 latency_ms={p: ms[m.name] for p, ms in latency.items()},
                 roc=roc,
                 resizes_to=m.resizes_to,
+                val_auc=val_aucs,
+                val_auc_mean=mean_finite(val_aucs) if val_aucs else None,
                 **m.info,
             )
             if prompts:
-                zs = zero_shot_scores(test_f[m.name], prompts.positive, prompts.negative)
+                zs = zero_shot_scores(test.features[m.name], prompts.positive, prompts.negative)
                 zs_aucs = aucs_by_task(test_y, zs, prompts.tasks, zs_columns)
                 zero_shot[m.name] = ZeroShotResult(zs_aucs, mean_finite(zs_aucs))
             for (name, severity), feats in degraded.items():
@@ -375,19 +439,25 @@ class Evaluator:
                     zero_shot=zs_result,
                 )
             logger.info(
-                "eval: %s mean AUC %.3f (%.0f s)",
+                "eval: %s mean AUC %.3f (validation %s, %.0f s)",
                 m.name,
                 clean_mean,
+                "-" if not val_aucs else f"{mean_finite(val_aucs):.3f}",
                 time.perf_counter() - t0,
             )
         reference = results.get("teacher")
         if reference is not None:
-            for r in results.values():
+            for name, r in results.items():
                 r.speedup = {p: reference.latency_ms[p] / ms for p, ms in r.latency_ms.items()}
-                r.delta_vs_teacher = r.auc_mean - reference.auc_mean
+                if r.kind == "student":
+                    r.vs_teacher = self.paired(
+                        test_y, tasks, test_scores[name], test_scores["teacher"]
+                    )
         report = EvalReport(
             tasks=tasks,
-            samples=Samples(train=int(len(train_y)), test=int(len(test_y))),
+            samples=Samples(
+                train=int(len(fit.labels)), val=int(len(val.labels)), test=int(len(test_y))
+            ),
             image_size=(h, w),
             latency=LatencySetup(
                 batch=e.latency_batch,
@@ -413,6 +483,29 @@ class Evaluator:
             )
         self.write(report, heads)
         return report
+
+    def paired(
+        self, y: np.ndarray, tasks: list[str], scores: np.ndarray, reference: np.ndarray
+    ) -> dict[str, Paired]:
+        """{task and "mean": the test AUC of ``scores`` minus the teacher's (``reference``), with
+        a paired BCa interval (:func:`paired_intervals`, the same resamples as every other
+        interval of this eval; none when eval.bootstrap is 0)}."""
+        e = self.cfg.eval
+        if e.bootstrap:
+            delta, ci = paired_intervals(
+                y, scores, reference, e.bootstrap, e.confidence, self.cfg.run.seed
+            )
+        else:
+            columns = list(range(len(tasks)))
+            a = aucs_by_task(y, scores, tasks, columns)
+            b = aucs_by_task(y, reference, tasks, columns)
+            delta = np.array([a[t] - b[t] for t in tasks] + [mean_finite(a) - mean_finite(b)])
+            ci = {}
+        keys = [*map(str, range(len(tasks))), "mean"]
+        return {
+            name: Paired(float(d), _pair(ci.get(k)))
+            for name, k, d in zip([*tasks, "mean"], keys, delta, strict=True)
+        }
 
     def latency(self, models: list[EvalModel]) -> dict[str, dict[str, float]]:
         """Median CPU latency (ms) of every model in every eval.latency_precisions entry, all
