@@ -359,13 +359,31 @@ def tiny_eval(tmp_path_factory, prompted_recipe, eval_sets) -> Path:
     return out
 
 
-def test_eval_writes_heads_of_every_model_before_report_json(tiny_eval) -> None:
+def test_eval_writes_heads_of_every_model_before_report_json(tiny_eval, placenta_shards) -> None:
     report = json.loads((tiny_eval / "report.json").read_text())
     names = sorted(p.name for p in (tiny_eval / "heads").iterdir())
     assert names == sorted(f"{m}.{ext}" for m in MODELS for ext in ("json", "safetensors"))
     # report.json stays the last file written, the marker of a finished eval.
     finished = (tiny_eval / "report.json").stat().st_mtime_ns
     assert all((tiny_eval / "heads" / n).stat().st_mtime_ns <= finished for n in names)
+    # The validation rows come out of the train split; the probes never saw them.
+    sizes = json.loads((Path(placenta_shards) / "sizes.json").read_text())
+    train = sum(n for name, n in sizes.items() if name.startswith("placenta-train-"))
+    assert report["samples"]["train"] + report["samples"]["val"] == train
+    assert report["samples"]["val"] > 0 and report["samples"]["train"] > report["samples"]["val"]
+    for m in MODELS:
+        r = report["models"][m]
+        assert sorted(r["val_auc"]) == sorted(report["tasks"])
+        if m == "teacher":
+            assert r["vs_teacher"] == {}
+        else:
+            assert sorted(r["vs_teacher"]) == sorted([*report["tasks"], "mean"])
+            mean = r["vs_teacher"]["mean"]
+            assert mean["delta"] == pytest.approx(
+                r["auc_mean"] - report["models"]["teacher"]["auc_mean"], abs=1e-12
+            )
+            assert mean["ci"][0] <= mean["delta"] <= mean["ci"][1]
+    assert "## Students vs teacher (paired)" in (tiny_eval / "report.md").read_text()
     for m in MODELS:
         heads = TaskHeads.load(tiny_eval / "heads" / f"{m}.json")
         assert heads.model == m and heads.tasks == report["tasks"]

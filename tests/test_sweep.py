@@ -89,7 +89,9 @@ def test_predistillation_on_and_off_map_to_init_from(tiny_recipe, tmp_path) -> N
     assert plan.train_teacher and plan.train_predistill
 
 
-def test_sweep_table_has_degraded_columns_when_evaluated_under_degradation() -> None:
+def test_sweep_table_shows_val_and_test_and_highlights_by_val() -> None:
+    # The test AUC is best at lambda 1, the validation AUC at lambda 0: the table highlights
+    # the point chosen on validation (lambda 0), both its cells, never the best test cell.
     summary = {
         "grid": [{"key": "loss.distill_lambda", "values": ["0", "1"]}],
         "students": ["a"],
@@ -99,6 +101,7 @@ def test_sweep_table_has_degraded_columns_when_evaluated_under_degradation() -> 
                 "name": f"p{v}",
                 "values": {"loss.distill_lambda": v},
                 "report": "x",
+                "val_auc_mean": {"a": 0.75 - int(v) / 10},
                 "auc_mean": {"a": 0.7 + int(v) / 10},
                 "degraded_auc_mean": {"a": 0.6},
                 "teacher_auc_mean": 0.9,
@@ -107,18 +110,22 @@ def test_sweep_table_has_degraded_columns_when_evaluated_under_degradation() -> 
         ],
     }
     table = sweep_table(summary)
-    assert table.header == ["distill_lambda", "a", "a degraded"]
-    assert table.rows == [["0", "0.700", "0.600"], ["1", "0.800", "0.600"]]
-    assert (1, 1) in table.bold and (0, 2) in table.bold and (1, 2) in table.bold
-    assert table.groups == [("", 1), ("a", 2)]
+    assert table.header == ["distill_lambda", "a val", "a test", "a degraded"]
+    assert table.rows == [["0", "0.750", "0.700", "0.600"], ["1", "0.650", "0.800", "0.600"]]
+    assert table.bold == {(0, 1), (0, 2), (0, 3)}
+    assert table.groups == [("", 1), ("a", 3)]
     # Markdown and the HTML template render these same cells; HTML names the columns under
     # their model group.
     assert [[c.text for c in row] for row in table.cells()] == table.rows
-    assert [c.text for c in table.head()] == ["distill_lambda", "clean", "degraded"]
+    assert [c.text for c in table.head()] == ["distill_lambda", "val", "test", "degraded"]
     assert table.markdown().splitlines()[2:] == [
-        "| 0 | 0.700 | **0.600** |",
-        "| 1 | **0.800** | **0.600** |",
+        "| 0 | **0.750** | **0.700** | **0.600** |",
+        "| 1 | 0.650 | 0.800 | 0.600 |",
     ]
+    # Without a validation split nothing is chosen, so nothing is bold.
+    for p in summary["points"]:
+        p["val_auc_mean"] = {"a": None}
+    assert sweep_table(summary).bold == set()
 
 
 def test_two_point_sweep_runs_distill_and_eval_per_point(

@@ -124,6 +124,12 @@ def _print_verdict(report: EvalReport) -> None:
     print(f"teacher mean test AUC: {teacher.auc_mean:.3f}")
     for name, r in report.models.items():
         if r.kind == "student":
-            delta = r.auc_mean - teacher.auc_mean
             speed = ", ".join(f"{v:.1f}x faster in {p}" for p, v in r.speedup.items())
-            print(f"  {name}: {r.auc_mean:.3f} ({delta:+.3f} vs teacher, {speed})")
+            mean = r.vs_teacher["mean"]
+            paired = f"{mean.delta:+.3f}"
+            if mean.ci is not None:
+                paired += f" [{mean.ci[0]:+.3f}, {mean.ci[1]:+.3f}]"
+            verdicts = [r.vs_teacher[t].matches for t in report.tasks]
+            known = [v for v in verdicts if v is not None]
+            matches = f", matches it on {sum(known)}/{len(known)} tasks" if known else ""
+            print(f"  {name}: {r.auc_mean:.3f} ({paired} vs teacher{matches}; {speed})")

@@ -21,8 +21,10 @@ Every stage is the command a user would type, started like the demo's
 (:func:`vlcd_dist.pipelines.launch.run_stage`): a finished stage of the same resolved recipe is not
 rerun, an interrupted one resumes, so rerunning the sweep continues where it stopped. Point
 ``P`` lives in ``OUT/<P>/distill`` and ``OUT/<P>/eval``; at the end the sweep writes
-``OUT/sweep.json`` (every point's values, overrides and AUCs), ``OUT/sweep.md`` (a table: point
-x student mean AUC, clean and, when the eval ran ``--degrade``, degraded), ``OUT/sweep.png``
+``OUT/sweep.json`` (every point's values, overrides, validation and test AUCs and paired
+comparisons with the teacher), ``OUT/sweep.md`` (a table: point x student mean AUC on the
+validation rows and the test split, and, when the eval ran ``--degrade``, degraded; the point
+with the best validation AUC in bold), ``OUT/sweep.png``
 (mean AUC against the swept value, a line per student and predistillation setting) and
 TensorBoard logs in ``OUT/tb`` (one hparams run per point).
 """
@@ -326,10 +328,19 @@ def summarize(plan: Plan) -> dict[str, Any]:
             names = [n for n, r in models.items() if r.kind == "student"]
             students += [n for n in names if n not in students]
             entry["auc_mean"] = {n: models[n].auc_mean for n in names}
+            entry["val_auc_mean"] = {n: models[n].val_auc_mean for n in names}
             entry["auc"] = {n: models[n].auc for n in names}
+            entry["vs_teacher"] = {
+                n: {
+                    k: {"delta": p.delta, "ci": list(p.ci) if p.ci else None, "matches": p.matches}
+                    for k, p in models[n].vs_teacher.items()
+                }
+                for n in names
+            }
             entry["latency_ms"] = {n: models[n].latency_ms for n in names}
             teacher = models.get("teacher")
             entry["teacher_auc_mean"] = teacher.auc_mean if teacher else None
+            entry["teacher_val_auc_mean"] = teacher.val_auc_mean if teacher else None
             if report.degrade is not None:
                 entry["degraded_auc_mean"] = {n: report.degraded_mean(n) for n in names}
                 entry["teacher_degraded_auc_mean"] = report.degraded_mean("teacher")

@@ -1,9 +1,10 @@
 """The tables and notes of one eval report, built once for report.md (``vlcd eval``) and the
-HTML page (``vlcd report``): linear probes, robustness per corruption, zero-shot and prompts."""
+HTML page (``vlcd report``): linear probes, the paired comparison of each student with the
+teacher, robustness per corruption, zero-shot and prompts."""
 
 from __future__ import annotations
 
-from vlcd_dist.evaluation.results import EvalReport
+from vlcd_dist.evaluation.results import EvalReport, Paired
 from vlcd_dist.reporting.document import Block, Heading, Note, TableBlock
 from vlcd_dist.reporting.tables import DASH, Table, change, finite, fmt
 
@@ -13,7 +14,15 @@ def eval_table(report: EvalReport) -> Table:
     tasks = report.tasks
     level = int(round(report.bootstrap.confidence * 100))
     precisions = report.latency.precisions
-    header = ["model", *tasks, "mean AUC", f"{level}% CI", "Δ vs teacher", "params (M)"]
+    header = [
+        "model",
+        *tasks,
+        "mean AUC",
+        f"{level}% CI",
+        "val AUC",
+        "Δ vs teacher",
+        "params (M)",
+    ]
     for p in precisions:
         header += [f"latency {p} (ms)", f"speed-up {p}"]
     rows, values = [], []
@@ -27,6 +36,7 @@ def eval_table(report: EvalReport) -> Table:
                 *(fmt(v) for v in aucs),
                 fmt(r.auc_mean),
                 f"{ci[0]:.3f}–{ci[1]:.3f}" if ci is not None and all(map(finite, ci)) else DASH,
+                fmt(r.val_auc_mean),
                 DASH if delta is None or r.kind == "teacher" else f"{delta:+.3f}",
                 fmt(r.params / 1e6, 1),
                 *(
@@ -42,6 +52,58 @@ def eval_table(report: EvalReport) -> Table:
     return table
 
 
+def paired_table(report: EvalReport) -> Table | None:
+    """Student x task: test AUC minus the teacher's with its paired interval, and whether the
+    student matches the teacher (the interval contains 0 or lies above it); None without a
+    teacher."""
+    students = {n: r for n, r in report.models.items() if r.vs_teacher}
+    if not students:
+        return None
+    tasks = report.tasks
+    header = ["student", *tasks, "mean", "matches on"]
+    rows = []
+    for name, r in students.items():
+        cells = [_paired_cell(r.vs_teacher.get(t)) for t in [*tasks, "mean"]]
+        verdicts = [r.vs_teacher[t].matches for t in tasks if t in r.vs_teacher]
+        known = [v for v in verdicts if v is not None]
+        rows.append([name, *cells, f"{sum(known)}/{len(known)} tasks" if known else DASH])
+    return Table(header, rows, numeric=set(range(1, len(header))), code={0})
+
+
+def _paired_cell(p: Paired | None) -> str:
+    """'-0.012 [-0.041, +0.018] ✓': the difference, its interval, a tick when it matches."""
+    if p is None or not finite(p.delta):
+        return DASH
+    text = f"{p.delta:+.3f}"
+    if p.ci is not None and all(map(finite, p.ci)):
+        text += f" [{p.ci[0]:+.3f}, {p.ci[1]:+.3f}]"
+    return text + (" ✓" if p.matches else "")
+
+
+def paired_blocks(report: EvalReport) -> list[Block]:
+    """The paired comparison with the teacher and what it means."""
+    table = paired_table(report)
+    if table is None:
+        return []
+    boot = report.bootstrap
+    level = int(round(boot.confidence * 100))
+    how = (
+        f"its {level}% paired BCa bootstrap interval ({boot.resamples} resamples of the test "
+        "rows, each scoring the student and the teacher on the same rows)"
+        if boot.resamples
+        else "no interval (eval.bootstrap is 0)"
+    )
+    return [
+        TableBlock(table),
+        Note(
+            "Each cell: the student's test AUC minus the teacher's, with "
+            f"{how}. ✓: the student matches the teacher there, i.e. the interval contains 0 or "
+            "lies above it; without ✓ the student is worse than the teacher beyond the "
+            "resampling noise of this test split."
+        ),
+    ]
+
+
 def _times(speedup: float | None) -> str:
     return f"{speedup:.1f}x" if finite(speedup) else DASH
 
@@ -51,7 +113,7 @@ def eval_notes(report: EvalReport) -> str:
     s, lat, boot = report.samples, report.latency, report.bootstrap
     h, w = report.image_size
     interval = (
-        f"; the interval is a percentile bootstrap over test samples ({boot.resamples} resamples)"
+        f"; the interval is a BCa bootstrap over test samples ({boot.resamples} resamples)"
         if boot.resamples
         else ""
     )
@@ -60,9 +122,15 @@ def eval_notes(report: EvalReport) -> str:
         for name, r in report.models.items()
         if r.resizes_to is not None
     )
+    val = (
+        f", {s.val} validation samples held out of train by study: val AUC, the mean AUC on "
+        "them, is what runs are chosen on; the test split is scored once"
+        if s.val
+        else ""
+    )
     return (
         "Test AUC-ROC of logistic-regression probes on frozen, L2-normalised image features "
-        f"({s.train} train / {s.test} test samples, {h}x{w} px){interval}. Latency: median "
+        f"({s.train} train / {s.test} test samples, {h}x{w} px{val}){interval}. Latency: median "
         f"{lat.device.upper()} forward of a batch of {lat.batch} with {lat.threads} thread(s), "
         f"every model timed in each precision alike ({_precisions(lat.precisions)}) and each "
         "speed-up taken within one precision; the teacher's is its image tower's."
@@ -171,6 +239,9 @@ def zero_shot_blocks(report: EvalReport) -> list[Block]:
 def eval_blocks(report: EvalReport) -> list[Block]:
     """report.md of ``vlcd eval``: the probe table, then robustness and zero-shot when run."""
     blocks: list[Block] = [TableBlock(eval_table(report)), Note(eval_notes(report))]
+    paired = paired_blocks(report)
+    if paired:
+        blocks += [Heading("Students vs teacher (paired)"), *paired]
     blocks += robustness_blocks(report)
     zero_shot = zero_shot_blocks(report)
     if zero_shot:

@@ -49,6 +49,7 @@ from vlcd_dist.reporting.document import (
 from vlcd_dist.reporting.eval_tables import (
     eval_notes,
     eval_table,
+    paired_blocks,
     robustness_blocks,
     zero_shot_blocks,
 )
@@ -99,7 +100,10 @@ def summary_cards(report: EvalReport) -> Cards:
         facts: list[tuple[str, str]] = []
         if r.kind == "student" and teacher is not None and finite(r.delta_vs_teacher):
             d = r.delta_vs_teacher
+            matches = r.vs_teacher["mean"].matches
             facts.append((f"{d:+.3f} vs teacher", "up" if d >= 0 else "down"))  # type: ignore[operator]
+            if matches is not None:
+                facts.append(("matches the teacher" if matches else "below the teacher", ""))
         for precision, ms in r.latency_ms.items():
             speedup = r.speedup.get(precision)
             if finite(speedup) and r.kind != "teacher":
@@ -304,7 +308,11 @@ def eval_sections(report: EvalReport, out: Path, drawn: dict[str, np.ndarray]) -
             Note(pareto_note(report)),
         ],
     )
-    sections = [results, pareto]
+    sections = [results]
+    paired = paired_blocks(report)
+    if paired:
+        sections.append(Section("paired", "Students vs teacher (paired)", paired))
+    sections.append(pareto)
     if report.degrade is not None:
         blocks = robustness_blocks(report)
         blocks.append(

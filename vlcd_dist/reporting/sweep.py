@@ -40,45 +40,64 @@ def _label(key: str) -> str:
 
 
 def sweep_table(summary: dict[str, Any]) -> Table:
-    """Grid point x student mean AUC (and degraded mean AUC); the best of a column in bold."""
+    """Grid point x model: the validation and the test mean AUC (and the degraded test mean
+    AUC); bold: per model, the point with the best validation AUC, i.e. the one a user would
+    choose, and its test figures. Nothing is bold without a validation split: choosing on test
+    would select on test."""
     keys = [g["key"] for g in summary["grid"]]
     students = summary["students"]
     degraded = summary.get("degrade") is not None
-    teachers = {p.get("teacher_auc_mean") for p in summary["points"] if p.get("report")}
-    teacher_col = len(teachers) > 1
+    done = [p for p in summary["points"] if p.get("report")]
+    teacher_col = len({p.get("teacher_auc_mean") for p in done}) > 1
+    fields = [("val_auc_mean", "val"), ("auc_mean", "test")]
+    if degraded:
+        fields.append(("degraded_auc_mean", "degraded"))
+    models = [*students, *(["teacher"] if teacher_col else [])]
     header = [_label(k) for k in keys]
-    cols: list[tuple[str, str, bool]] = []  # (model, field, degraded)
-    for s in students:
-        cols.append((s, "auc_mean", False))
-        if degraded:
-            cols.append((s, "degraded_auc_mean", True))
-    if teacher_col:
-        cols.append(("teacher", "teacher_auc_mean", False))
-        if degraded:
-            cols.append(("teacher", "teacher_degraded_auc_mean", True))
     first = len(header)
-    header += [f"{m} degraded" if d else m for m, _, d in cols]
+    header += [f"{m} {label}" for m in models for _, label in fields]
     rows, values = [], []
     for p in summary["points"]:
         row = [p["values"][k] for k in keys]
-        vals: list[Any] = [None] * len(row)
-        for model, key, _ in cols:
-            got = p.get(key)
-            v = got.get(model) if isinstance(got, dict) else got
-            row.append(fmt(v) if p.get("report") else "not run")
-            vals.append(v)
+        vals: list[Any] = []
+        for m in models:
+            for key, _ in fields:
+                v = _model_value(p, m, key)
+                row.append(fmt(v) if p.get("report") else "not run")
+                vals.append(v)
         rows.append(row)
         values.append(vals)
     numeric_keys = {
         i for i, g in enumerate(summary["grid"]) if all(_number(v) is not None for v in g["values"])
     }
     table = Table(header, rows, numeric=numeric_keys | set(range(first, len(header))))
-    table.bold_best(range(first, len(header)), values)
-    if degraded:
-        models = list(dict.fromkeys(m for m, _, _ in cols))
-        table.groups = [("", first), *((m, 2) for m in models)]
-        table.short_header = header[:first] + ["degraded" if d else "clean" for _, _, d in cols]
+    for mi in range(len(models)):
+        chosen = _best_rows([vals[mi * len(fields)] for vals in values])
+        table.bold |= {
+            (r, first + mi * len(fields) + f) for r in chosen for f in range(len(fields))
+        }
+    table.groups = [("", first), *((m, len(fields)) for m in models)]
+    table.short_header = header[:first] + [label for _ in models for _, label in fields]
     return table
+
+
+def _model_value(point: dict[str, Any], model: str, key: str) -> Any:
+    """A point's ``key`` figure of ``model``: students' are {student: value} maps, the
+    teacher's a "teacher_<key>" value."""
+    if model == "teacher":
+        return point.get(f"teacher_{key}")
+    got = point.get(key)
+    return got.get(model) if isinstance(got, dict) else None
+
+
+def _best_rows(values: list[Any]) -> set[int]:
+    """Rows of the largest finite value (as shown, 3 decimals); none among fewer than two."""
+    col = [(round(v, 3), r) for r, v in enumerate(values) if isinstance(v, (int, float))]
+    col = [(v, r) for v, r in col if math.isfinite(v)]
+    if len(col) < 2:
+        return set()
+    best = max(v for v, _ in col)
+    return {r for v, r in col if v == best}
 
 
 def sweep_notes(summary: dict[str, Any]) -> str:
@@ -88,9 +107,11 @@ def sweep_notes(summary: dict[str, Any]) -> str:
     grid = " x ".join(f"{g['key']} in {{{', '.join(g['values'])}}}" for g in summary["grid"])
     text = (
         f"Recipe {summary['recipe']}, {len(points)} points ({grid}), {done} evaluated; each "
-        "point is one distill of every student and one eval. Cells: mean test AUC-ROC over the "
-        f"{len(summary['tasks']) or '?'} tasks (linear probes); bold: the best of a column. "
-        "Each point's folder is named after its values, e.g. "
+        "point is one distill of every student and one eval. Cells: mean AUC-ROC over the "
+        f"{len(summary['tasks']) or '?'} tasks (linear probes) on the validation rows held out "
+        "of the train split (val) and on the test split (test). Bold: per model, the point "
+        "with the best validation AUC (the one to choose) and its test AUC; the test split "
+        "plays no part in the choice. Each point's folder is named after its values, e.g. "
         f"{points[0]['name'] if points else 'distill_lambda-0.1'}/."
     )
     teachers = {p.get("teacher_auc_mean") for p in points if p.get("report")}
@@ -98,8 +119,8 @@ def sweep_notes(summary: dict[str, Any]) -> str:
         text += f" The teacher (the same in every point) has mean AUC {fmt(next(iter(teachers)))}."
     if summary.get("degrade"):
         text += (
-            f" Degraded: the mean AUC averaged over {summary['degrade']} (probes fitted on clean "
-            "images)."
+            f" Degraded: the mean test AUC averaged over {summary['degrade']} (probes fitted on "
+            "clean images)."
         )
     if any(g["key"] == INIT_KEY for g in summary["grid"]):
         text += (
@@ -212,6 +233,9 @@ def _tensorboard(folder: Path, summary: dict[str, Any], chart: Any, table: str) 
                 number = _number(value)
                 hparams[key] = number if number is not None else value
             metrics = {f"auc_mean/{s}": v for s, v in p["auc_mean"].items() if v is not None}
+            for s, v in (p.get("val_auc_mean") or {}).items():
+                if v is not None:
+                    metrics[f"val_auc_mean/{s}"] = v
             for s, v in (p.get("degraded_auc_mean") or {}).items():
                 if v is not None:
                     metrics[f"degraded_auc_mean/{s}"] = v
