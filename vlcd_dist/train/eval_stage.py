@@ -1,9 +1,12 @@
 """The eval stage (``vlcd eval``): it loads the teacher's image tower and every student, reads
 the placenta train and test splits on every rank, and measures with :mod:`vlcd_dist.evaluation`.
 
-Per model: features of both splits gathered from all ranks in key order, linear probes per task
-(C by stratified cross-validation on train), test AUC-ROC and ROC curves, a bootstrap interval
-of every task's AUC and of their mean (the same resamples for every task), parameters and CPU
+Per model: features of both splits gathered from all ranks in key order; the train split cut by
+study into the probes' fit rows and eval.val_fraction of validation rows (:func:`validation_rows`);
+linear probes per task on the fit rows (C by study-grouped cross-validation there), validation
+and test AUC-ROC and ROC curves, a BCa bootstrap interval of every task's test AUC and of their
+mean (the same resamples for every task and model), each student's test AUC minus the
+teacher's with a paired interval (:meth:`Evaluator.paired`), parameters and CPU
 latency in each of eval.latency_precisions, every model timed alike (:meth:`Evaluator.latency`);
 with ``eval.degrade`` the test split again under each corruption and severity, scored by the
 probes fitted on clean features (severity 0 reproduces the clean AUCs exactly); with
@@ -129,7 +132,7 @@ def validation_rows(studies: np.ndarray, labels: np.ndarray, fraction: float) ->
     """Which train rows [N] (bool) are held out for validation: ``fraction`` of the studies,
     stratified by each study's label pattern (a task is positive for a study when any of its
     rows is) and drawn like the test split (:func:`~vlcd_dist.data.placenta.assign_split`), so
-    that a study's rows are all on one side. None when ``fraction`` is 0."""
+    that a study's rows are all on one side. All False when ``fraction`` is 0."""
     if fraction <= 0 or not len(studies):
         return np.zeros(len(studies), dtype=bool)
     patterns: dict[int, np.ndarray] = {}
