@@ -500,22 +500,23 @@ def test_paired_comparison_table_marks_where_a_student_matches_the_teacher(tmp_p
 
     report = make_report()
     table = paired_table(report)
-    assert table.header == ["student", *TASKS, "mean", "matches on"]
-    rows = {row[0]: row for row in table.rows}
-    assert set(rows) == {"mobilenetv3_large_100", "efficientnet_b0", "efficientformer_l1"}
+    students = ["mobilenetv3_large_100", "efficientnet_b0", "efficientformer_l1"]
+    assert table.header == ["task", *students]
+    assert [row[0] for row in table.rows] == [*TASKS, "mean", "matches on"]
+    col = {name: [row[i + 1] for row in table.rows] for i, name in enumerate(students)}
     # meconium: 0.599 - 0.815 = -0.216, interval +-0.05 below 0; fir: +0.094, above 0.
-    assert rows["mobilenetv3_large_100"][1] == "-0.216 [-0.266, -0.166]"
-    assert rows["mobilenetv3_large_100"][2] == "+0.094 [+0.044, +0.144] ✓"
+    assert col["mobilenetv3_large_100"][0] == "-0.216 [-0.266, -0.166]"
+    assert col["mobilenetv3_large_100"][1] == "+0.094 [+0.044, +0.144] ✓"
     # 0.877 - 0.839 = +0.038: its interval [-0.012, +0.088] contains 0, a match.
-    assert rows["mobilenetv3_large_100"][3] == "+0.038 [-0.012, +0.088] ✓"
-    assert rows["mobilenetv3_large_100"][-1] == "2/3 tasks"
+    assert col["mobilenetv3_large_100"][2] == "+0.038 [-0.012, +0.088] ✓"
+    assert col["mobilenetv3_large_100"][-1] == "2/3 tasks"
     # The HTML page and report.md show the section with the same cells.
     run = tmp_path / "run"
     make_eval(run / "eval", report)
     text = check_page(write_report(run))
     assert "Students vs teacher (paired)" in text and "+0.094 [+0.044, +0.144] ✓" in text
     md = (run / "report" / "report.md").read_text()
-    assert "| `mobilenetv3_large_100` | -0.216 [-0.266, -0.166] |" in md
+    assert "| meconium | -0.216 [-0.266, -0.166] | " in md
     # Without a teacher there is nothing to pair with.
     del report.models["teacher"]
     for r in report.models.values():

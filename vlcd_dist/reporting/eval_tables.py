@@ -53,21 +53,25 @@ def eval_table(report: EvalReport) -> Table:
 
 
 def paired_table(report: EvalReport) -> Table | None:
-    """Student x task: test AUC minus the teacher's with its paired interval, and whether the
-    student matches the teacher (the interval contains 0 or lies above it); None without a
-    teacher."""
+    """Task (and the mean) x student: test AUC minus the teacher's with its paired interval,
+    ticked where the student matches the teacher (the interval contains 0 or lies above it),
+    and a last row counting the tasks it matches on; None without a teacher. Tasks are rows so
+    that the table stays as wide as the students are many."""
     students = {n: r for n, r in report.models.items() if r.vs_teacher}
     if not students:
         return None
     tasks = report.tasks
-    header = ["student", *tasks, "mean", "matches on"]
-    rows = []
-    for name, r in students.items():
-        cells = [_paired_cell(r.vs_teacher.get(t)) for t in [*tasks, "mean"]]
-        verdicts = [r.vs_teacher[t].matches for t in tasks if t in r.vs_teacher]
-        known = [v for v in verdicts if v is not None]
-        rows.append([name, *cells, f"{sum(known)}/{len(known)} tasks" if known else DASH])
-    return Table(header, rows, numeric=set(range(1, len(header))), code={0})
+    rows = [[t, *(_paired_cell(r.vs_teacher.get(t)) for r in students.values())] for t in tasks]
+    rows.append(["mean", *(_paired_cell(r.vs_teacher.get("mean")) for r in students.values())])
+    counts = []
+    for r in students.values():
+        known = [r.vs_teacher[t].matches for t in tasks if t in r.vs_teacher]
+        known = [v for v in known if v is not None]
+        counts.append(f"{sum(known)}/{len(known)} tasks" if known else DASH)
+    rows.append(["matches on", *counts])
+    table = Table(["task", *students], rows, numeric=set(range(1, len(students) + 1)))
+    table.breaks = {len(tasks)}
+    return table
 
 
 def _paired_cell(p: Paired | None) -> str:
