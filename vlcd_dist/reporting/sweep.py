@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from vlcd_dist.io import write_json, write_text
-from vlcd_dist.reporting.tables import DASH, Table, fmt
+from vlcd_dist.reporting.tables import DASH, Table, best_rows, fmt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,7 +72,7 @@ def sweep_table(summary: dict[str, Any]) -> Table:
     }
     table = Table(header, rows, numeric=numeric_keys | set(range(first, len(header))))
     for mi in range(len(models)):
-        chosen = _best_rows([vals[mi * len(fields)] for vals in values])
+        chosen = best_rows([vals[mi * len(fields)] for vals in values])
         table.bold |= {
             (r, first + mi * len(fields) + f) for r in chosen for f in range(len(fields))
         }
@@ -88,16 +88,6 @@ def _model_value(point: dict[str, Any], model: str, key: str) -> Any:
         return point.get(f"teacher_{key}")
     got = point.get(key)
     return got.get(model) if isinstance(got, dict) else None
-
-
-def _best_rows(values: list[Any]) -> set[int]:
-    """Rows of the largest finite value (as shown, 3 decimals); none among fewer than two."""
-    col = [(round(v, 3), r) for r, v in enumerate(values) if isinstance(v, (int, float))]
-    col = [(v, r) for v, r in col if math.isfinite(v)]
-    if len(col) < 2:
-        return set()
-    best = max(v for v, _ in col)
-    return {r for v, r in col if v == best}
 
 
 def sweep_notes(summary: dict[str, Any]) -> str:

@@ -36,6 +36,16 @@ def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def best_rows(values: Sequence[Any]) -> set[int]:
+    """The rows holding the largest finite value, compared as shown (3 decimals, so equal cells
+    win together); none among fewer than two finite values."""
+    col = [(round(v, 3), r) for r, v in enumerate(values) if finite(v)]
+    if len(col) < 2:
+        return set()
+    best = max(v for v, _ in col)
+    return {r for v, r in col if v == best}
+
+
 @dataclass
 class Table:
     """A table rendered to Markdown or HTML the same way: a header, rows of cell texts, which
@@ -57,13 +67,7 @@ class Table:
     def bold_best(self, columns: Sequence[int], values: list[list[float]]) -> None:
         """Bold the largest finite value of each column in ``columns`` (``values[r][c]``)."""
         for c in columns:
-            # Compared as shown (3 decimals), so equal cells are bold together.
-            col = [
-                (round(values[r][c], 3), r) for r in range(len(self.rows)) if finite(values[r][c])
-            ]
-            if len(col) > 1:
-                best = max(v for v, _ in col)
-                self.bold |= {(r, c) for v, r in col if v == best}
+            self.bold |= {(r, c) for r in best_rows([row[c] for row in values])}
 
     def cells(self) -> list[list[Cell]]:
         """The body as cells: what either rendering shows, and how."""
