@@ -254,6 +254,7 @@ def test_the_deployment_section_shows_the_same_numbers_in_markdown_and_html(tmp_
     headings = [line for line in md.splitlines() if line.startswith("## ")]
     assert headings == [
         "## Linear-probe results",
+        "## Students vs teacher (paired)",
         "## Accuracy vs latency",
         "## Zero-shot (text prompts)",
         "## Deployment",

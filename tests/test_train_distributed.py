@@ -99,7 +99,10 @@ def test_two_rank_eval_sees_every_sample_once_and_matches_one_rank(
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     splits = json.loads((placenta_shards / "info.json").read_text())["splits"]
-    assert report["samples"] == {"train": splits["train"], "test": splits["test"]}
+    # The probes' fit rows and the validation rows make up the train split.
+    samples = report["samples"]
+    assert samples["train"] + samples["val"] == splits["train"] and samples["val"] > 0
+    assert samples["test"] == splits["test"]
     assert list(report["models"]) == ["teacher", *STUDENTS]
 
     # One rank, same models and data: the rows are put in key order after the gather, so the
