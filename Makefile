@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= train,dev,deepspeed
+EXTRAS ?= train,teachers,dev,deepspeed
 # The tested versions of every dependency (pyproject.toml states only ranges); CONSTRAINTS= to
 # install the newest versions the ranges allow instead.
 CONSTRAINTS ?= constraints.txt

@@ -157,6 +157,12 @@ def make_package(folder: Path, arrays: dict[str, np.ndarray], thresholds: dict[s
     return folder
 
 
+_IMAGENET = (
+    np.reshape(IMAGENET_MEAN, (3, 1, 1)).astype(np.float32),
+    np.reshape(IMAGENET_STD, (3, 1, 1)).astype(np.float32),
+)
+
+
 def reference(paths: list[Path], a: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities [N, T] and zero-shot scores [N, T'] in float64 numpy, on the images as
     evaluation preprocesses them: PIL draft at (W, H), RGB, torchvision's eval_transform."""
@@ -165,7 +171,8 @@ def reference(paths: list[Path], a: dict[str, np.ndarray]) -> tuple[np.ndarray, 
     for p in paths:
         img = Image.open(p)
         img.draft("RGB", (W, H))
-        xs.append(transform(img.convert("RGB")).numpy())
+        pixels = transform(img.convert("RGB")).numpy()  # [0, 1]; then the sidecar's mean/std
+        xs.append((pixels - _IMAGENET[0]) / _IMAGENET[1])
     x = np.stack(xs).reshape(len(paths), -1).astype(np.float64)
     z = x @ a["tower"].astype(np.float64)
     n = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -235,7 +242,8 @@ def test_normalised_array_equals_torchvision_eval_transform(size):
     for shape in [(50, 70), (90, 40), (size[0], size[1])]:
         img = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
         ours = normalised_array(ResizeCover(size)(img))
-        theirs = eval_transform(size)(img).numpy()
+        # eval_transform gives [0, 1]; the model's normalisation (ImageNet's here) follows.
+        theirs = (eval_transform(size)(img).numpy() - _IMAGENET[0]) / _IMAGENET[1]
         assert ours.dtype == np.float32 and ours.shape == (3, *size) == theirs.shape
         assert np.abs(ours - theirs).max() <= 1e-6
     mean, std = (0.5, 0.25, 0.0), (0.5, 0.1, 2.0)

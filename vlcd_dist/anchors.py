@@ -147,8 +147,17 @@ def _text_tower(teacher: TextTower | VisionLanguageTeacher | FrozenTeacher) -> T
 
 
 def teacher_text_hash(teacher: TextTower | VisionLanguageTeacher | FrozenTeacher) -> str:
-    """SHA-256 of the state_dict that produces anchors: text encoder + text projection."""
+    """SHA-256 of the state_dict that produces anchors: text encoder + text projection (a
+    teacher's own ``text_hash()``, which foreign teachers compute over their text weights)."""
+    own = getattr(teacher, "text_hash", None)
+    if callable(own):
+        return str(own())
     return state_dict_hash(_text_tower(teacher))
+
+
+def _tower_device(tower: Any) -> torch.device:
+    device = getattr(tower, "device", None)
+    return device if isinstance(device, torch.device) else tower.proj.weight.device
 
 
 def _resolve(dtype: str | torch.dtype) -> torch.dtype:
@@ -181,8 +190,14 @@ def embed_sentences(
     """
     tower = _text_tower(teacher)
     dtype = _default_dtype(teacher, autocast_dtype)
-    device = tower.proj.weight.device
-    width = tower.proj.out_features if project else tower.hidden_size
+    device = _tower_device(tower)
+    if not project and not hasattr(tower, "pool"):
+        raise AnchorCacheError(
+            f"{type(tower).__name__} has no pooled states before a projection: project=False "
+            "works with this package's TextTower only"
+        )
+    width = (getattr(tower, "embed_dim", None) or tower.proj.out_features) if project else None
+    width = width or tower.hidden_size
     run = tower.forward if project else tower.pool
     out = torch.empty(len(sentences), width, dtype=torch.float32)
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
@@ -255,7 +270,7 @@ def report_state_table(
         project=False,
     )
     if world > 1:
-        device = device or _text_tower(teacher).proj.weight.device
+        device = device or _tower_device(_text_tower(teacher))
         gathered = vdist.gather_no_grad(mine.to(device)).cpu()
         # Rank r held sentences r, r + world, ...: put the rows back in sentence order.
         order = torch.cat([torch.arange(r, len(sentences), world) for r in range(world)])

@@ -39,6 +39,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a recipe field in every stage (repeatable)",
     )
+    demo.add_argument(
+        "--teacher",
+        default=None,
+        metavar="SOURCE:MODEL",
+        help="distil from a foundation model instead of training the teacher: "
+        "open_clip:MODEL (config name, hf-hub:org/name, folder with open_clip_config.json, or a "
+        "model-config .json; weights: --set teacher.open_clip.pretrained=TAG-OR-FILE) or "
+        "hf_clip:MODEL (CLIPModel folder or hub name); train-teacher is skipped "
+        "(docs/teachers.md)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     sweep = sub.add_parser(
@@ -111,7 +121,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Every stage on the built-in data; see :mod:`vlcd_dist.pipelines.demo`."""
     from vlcd_dist.pipelines.demo import run_demo
 
-    return run_demo(args.out, nproc=args.nproc, config=args.config, overrides=args.set)
+    return run_demo(
+        args.out, nproc=args.nproc, config=args.config, overrides=args.set, teacher=args.teacher
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

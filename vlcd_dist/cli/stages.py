@@ -92,6 +92,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg.checkpoint.resume = True
     if getattr(args, "backend", None):
         cfg.run.backend = args.backend
+    if args.command == "train-teacher" and cfg.teacher.source != "vlcd":
+        print(
+            f"train-teacher: skipped: teacher.source={cfg.teacher.source} is a frozen foundation "
+            "model, nothing to train. Run predistill and distill with the same recipe (distill "
+            "builds the text anchors; docs/teachers.md)"
+        )
+        return 0
     if args.command == "eval":
         from vlcd_dist.reporting.eval_files import write_eval_outputs
         from vlcd_dist.train.eval_stage import Evaluator

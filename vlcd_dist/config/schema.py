@@ -16,6 +16,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 BACKENDS = ("accelerate", "deepspeed")
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
 TEXT_FEATURES = ("sentence_mean", "report")
+TEACHER_SOURCES = ("vlcd", "open_clip", "hf_clip")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,9 +105,38 @@ class DataConfig:
 
 
 @dataclass
-class TeacherSection:
-    """The teacher: a registered preset (vlcd_dist.models.list_teachers) and field overrides."""
+class OpenClipSection:
+    """An open_clip model as the teacher (teacher.source: open_clip; docs/teachers.md)."""
 
+    model: str | None = None
+    """Config name (open_clip.list_models()), hf-hub:org/name, a folder with
+    open_clip_config.json, or a model-config .json file."""
+    pretrained: str | None = None
+    """A tag (e.g. openai), a local checkpoint file/folder, or "random"; None for hf-hub and
+    folders (their own weights)."""
+
+
+@dataclass
+class HFClipSection:
+    """A Hugging Face CLIPModel as the teacher (teacher.source: hf_clip; docs/teachers.md)."""
+
+    model: str | None = None
+    """Local folder or hub name of a transformers CLIPModel with its tokenizer and
+    preprocessor_config.json (e.g. vinid/plip)."""
+
+
+@dataclass
+class TeacherSection:
+    """The teacher: this package's (a registered preset, vlcd_dist.models.list_teachers, and
+    field overrides), or a foundation model from open_clip or Hugging Face (``source``)."""
+
+    source: str = "vlcd"
+    """"vlcd" (trained by train-teacher), "open_clip" or "hf_clip" (frozen foundation models;
+    train-teacher is skipped and distill builds the text anchors)."""
+    open_clip: OpenClipSection = field(default_factory=OpenClipSection)
+    """The open_clip model (source: open_clip)."""
+    hf_clip: HFClipSection = field(default_factory=HFClipSection)
+    """The CLIPModel (source: hf_clip)."""
     preset: str = "resnet50_bert"
     """Registered teacher config the other fields override (resnet50_minilm, ...)."""
     image_model: str | None = None
@@ -464,6 +494,22 @@ class TrainConfig:
             self.train_teacher.anchor_batch_size,
             ">= 1",
         )
+        _check(
+            self.teacher.source in TEACHER_SOURCES,
+            "teacher.source",
+            self.teacher.source,
+            f"one of {TEACHER_SOURCES}",
+        )
+        if self.teacher.source == "open_clip" and not self.teacher.open_clip.model:
+            raise ConfigError(
+                "teacher.source=open_clip needs teacher.open_clip.model (e.g. "
+                "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224; docs/teachers.md)"
+            )
+        if self.teacher.source == "hf_clip" and not self.teacher.hf_clip.model:
+            raise ConfigError(
+                "teacher.source=hf_clip needs teacher.hf_clip.model (a CLIPModel folder or hub "
+                "name, e.g. vinid/plip; docs/teachers.md)"
+            )
         _check(
             self.teacher.autocast_dtype in AUTOCAST_DTYPES,
             "teacher.autocast_dtype",

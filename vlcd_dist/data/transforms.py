@@ -1,4 +1,9 @@
-"""Image transforms: PIL image in, normalised float tensor (3, H, W) out.
+"""Image transforms: PIL image in, float tensor (3, H, W) in [0, 1] out.
+
+Nothing here normalises: the teacher and every student apply their own mean and std (and
+resize, when their input size differs) right before their forward
+(:class:`vlcd_dist.models.preprocess.ImageInput`), so one decoded batch serves models with
+different statistics.
 
 The torch-free pieces (the ImageNet mean and std, :class:`ResizeCover`, :func:`draft_size`) live
 in :mod:`.imaging`, which ``vlcd predict`` shares; they are re-exported here.
@@ -22,11 +27,8 @@ __all__ = [
 
 
 def _to_tensor() -> list:
-    return [
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ]
+    # uint8 -> float32 in [0, 1]; each model normalises its own view (models.preprocess).
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
 
 
 def train_transform(
@@ -35,7 +37,7 @@ def train_transform(
     jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02),
 ) -> v2.Compose:
     """Random resized crop to (H, W) over ``scale`` of the area, horizontal flip, colour jitter
-    of strengths ``jitter`` (brightness, contrast, saturation, hue; all 0: none), normalise."""
+    of strengths ``jitter`` (brightness, contrast, saturation, hue; all 0: none), to [0, 1]."""
     brightness, contrast, saturation, hue = jitter
     colour = (
         [v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)]
@@ -53,5 +55,5 @@ def train_transform(
 
 
 def eval_transform(size: tuple[int, int]) -> v2.Compose:
-    """Resize to cover (H, W), centre crop, normalise."""
+    """Resize to cover (H, W), centre crop, to [0, 1]."""
     return v2.Compose([ResizeCover(size), *_to_tensor()])

@@ -275,14 +275,32 @@ def input_size(spec: ExportSpec, student: nn.Module) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def random_images(n: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """n deterministic random images [n, 3, H, W]: uniform pixels in [0, 1], then normalised."""
-    from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+Stats = tuple[Sequence[float], Sequence[float]]
+"""(mean, std) per RGB channel of a model's input."""
 
+
+def model_stats(model: nn.Module) -> Stats:
+    """The (mean, std) a student normalises its [0, 1] input with (timm's pretrained_cfg of its
+    backbone; ImageNet's for a model that states none)."""
+    from vlcd_dist.data.imaging import IMAGENET_MEAN, IMAGENET_STD
+
+    return tuple(getattr(model, "mean", IMAGENET_MEAN)), tuple(getattr(model, "std", IMAGENET_STD))
+
+
+def _normalise(pixels: torch.Tensor, stats: Stats | None) -> torch.Tensor:
+    from vlcd_dist.data.imaging import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = stats or (IMAGENET_MEAN, IMAGENET_STD)
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def random_images(
+    n: int, size: tuple[int, int], seed: int = 0, stats: Stats | None = None
+) -> torch.Tensor:
+    """n deterministic random images [n, 3, H, W]: uniform pixels in [0, 1], then normalised
+    with ``stats`` (mean, std; ImageNet's by default)."""
     pixels = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(seed))
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+    return _normalise(pixels, stats)
 
 
 def image_files(paths: Sequence[Path], limit: int) -> list[Path]:
@@ -300,8 +318,11 @@ def image_files(paths: Sequence[Path], limit: int) -> list[Path]:
     return found[:limit]
 
 
-def load_images(files: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
-    """Real images [n, 3, H, W], preprocessed exactly as the sidecar says (eval_transform)."""
+def load_images(
+    files: Sequence[Path], size: tuple[int, int], stats: Stats | None = None
+) -> torch.Tensor:
+    """Real images [n, 3, H, W], preprocessed exactly as the sidecar says (eval_transform to
+    [0, 1], then normalised with ``stats``: the model's mean and std)."""
     from PIL import Image
 
     from vlcd_dist.data.transforms import eval_transform
@@ -314,7 +335,7 @@ def load_images(files: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
                 batch.append(transform(img.convert("RGB")))
         except OSError as exn:
             raise VlcdError(f"--images: cannot read {f} as an image ({exn})") from exn
-    return torch.stack(batch)
+    return _normalise(torch.stack(batch), stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,9 +511,14 @@ def time_pair(
 # ---------------------------------------------------------------------------------------------
 
 
-def preprocessing(size: tuple[int, int]) -> dict[str, Any]:
-    """How an image must be turned into the model's input (what eval_transform does)."""
-    from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+def preprocessing(
+    size: tuple[int, int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """How an image must be turned into the model's input (what eval_transform does, then the
+    model's own normalisation: ``mean``, ``std``, ImageNet's when not given)."""
+    from vlcd_dist.data.imaging import IMAGENET_MEAN, IMAGENET_STD
 
     return {
         "height": size[0],
@@ -501,8 +527,8 @@ def preprocessing(size: tuple[int, int]) -> dict[str, Any]:
         "dtype": "float32",
         "colour_order": "RGB",
         "value_range": [0.0, 1.0],
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": [float(v) for v in (IMAGENET_MEAN if mean is None else mean)],
+        "std": [float(v) for v in (IMAGENET_STD if std is None else std)],
         "resize": "cover-then-centre-crop",
         "interpolation": "bilinear",
         "steps": [
@@ -540,7 +566,7 @@ def write_model(
     if fmt == "onnx":
         check_onnx_input_size(name, student, size)
     # Batch 2, not 1: a batch of one could let the tracer bake in size-1 shortcuts.
-    example = random_images(2, size, seed=1)
+    example = random_images(2, size, seed=1, stats=(prep["mean"], prep["std"]))
     try:
         if fmt == "onnx":
             meta = {"vlcd_preprocessing": json.dumps(prep), "vlcd_student": name}
@@ -565,6 +591,7 @@ def verify(
     real: Sequence[Path],
     tolerance: float,
     what: str,
+    stats: Stats | None = None,
 ) -> dict[str, Any]:
     """Compare on 4 random images (batch 4), 1 random image (batch 1: the batch axis really is
     dynamic) and the ``real`` image files; raise when a difference exceeds ``tolerance``.
@@ -572,9 +599,12 @@ def verify(
     The tolerance is relative to the batch's largest |eager output| once that exceeds 1, and
     absolute below: a trained student's unnormalised embedding can reach 10^4, where float32
     rounding alone differs by 10^-3 (about 10^-7 of the value)."""
-    batches = {"random_batch4": random_images(4, size), "random_batch1": random_images(1, size)}
+    batches = {
+        "random_batch4": random_images(4, size, stats=stats),
+        "random_batch1": random_images(1, size, stats=stats),
+    }
     if real:
-        batches["real_images"] = load_images(real, size)
+        batches["real_images"] = load_images(real, size, stats)
     diffs, scales = max_abs_diff(eager, exported, batches)
     relative = {k: diffs[k] / max(1.0, scales[k]) for k in diffs}
     worst = max(relative, key=lambda k: relative[k])
@@ -630,7 +660,7 @@ def export_student(
         say(f"building {spec.name} (embed_dim {spec.embed_dim})")
         student, weights = build_student(spec)
         size = input_size(spec, student)
-        prep = preprocessing(size)
+        prep = preprocessing(size, *model_stats(student))
         real = image_files(images, max_images) if images else []
         out.mkdir(parents=True, exist_ok=True)
         model_path = out / f"{spec.name}{SUFFIXES[fmt]}"
@@ -648,6 +678,7 @@ def export_student(
                 real=real,
                 tolerance=tolerance,
                 what=f"{fmt} export of {spec.name}",
+                stats=model_stats(student),
             )
         except VlcdError as exn:
             raise VlcdError(
@@ -655,7 +686,13 @@ def export_student(
                 "other --format" + (" or another --opset" if fmt == "onnx" else "")
             ) from exn
         say(f"timing eager vs {fmt} at batch 1 ({repeats} repeats)")
-        timing = time_pair(eager, exported, random_images(1, size, seed=2), repeats, warmup)
+        timing = time_pair(
+            eager,
+            exported,
+            random_images(1, size, seed=2, stats=model_stats(student)),
+            repeats,
+            warmup,
+        )
         timing.update(
             threads=threads,
             cpu_model=cpu_model(),

@@ -43,8 +43,14 @@ from torch import nn
 
 from vlcd_dist.config import TrainConfig, load_config
 from vlcd_dist.data.stream import ShardLoader
-from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vlcd_dist.deploy.export import INPUT_NAME, _need, export_onnx, file_sha256, preprocessing
+from vlcd_dist.deploy.export import (
+    INPUT_NAME,
+    Stats,
+    _need,
+    export_onnx,
+    file_sha256,
+    preprocessing,
+)
 from vlcd_dist.deploy.predict import PACKAGE_FORMAT, open_session
 from vlcd_dist.deploy.record import FILE_NAME as DEPLOYMENT_FILE
 from vlcd_dist.deploy.record import FORMAT as DEPLOYMENT_FORMAT
@@ -140,6 +146,10 @@ class PackagedModel:
     """(H, W) the tower itself runs at: timm's input_size, and the ONNX models' input (the
     eval's data.image_size, or a student's own size when it resized other input inside)."""
     weights: str | None
+    mean: tuple[float, float, float]
+    """Per-channel mean of the model's input normalisation (its timm pretrained_cfg)."""
+    std: tuple[float, float, float]
+    """Per-channel std of the model's input normalisation."""
 
 
 def eval_folder(run: str | Path) -> Path:
@@ -170,11 +180,21 @@ def load_models(
     for name in names:
         r = report.models[name]
         if r.kind == "teacher":
-            tower = load_frozen_teacher(cfg, torch.device("cpu")).teacher.image.float().eval()
+            frozen = load_frozen_teacher(cfg, torch.device("cpu"))
+            tower = frozen.teacher.image.float().eval()
             size = tuple(cfg.data.image_size)
+            mean, std = frozen.input.mean_values, frozen.input.std_values
             out.append(
                 PackagedModel(
-                    name, r.kind, tower.model_name, tower, tower.proj.out_features, size, r.weights
+                    name,
+                    r.kind,
+                    tower.model_name,
+                    tower,
+                    tower.proj.out_features,
+                    size,
+                    r.weights,
+                    mean,
+                    std,
                 )
             )
             continue
@@ -188,7 +208,19 @@ def load_models(
         student.float().eval()
         arch = student.backbone.pretrained_cfg.get("architecture") or name
         size = student.image_size or tuple(cfg.data.image_size)
-        out.append(PackagedModel(name, r.kind, arch, student, student.embed_dim, size, weights))
+        out.append(
+            PackagedModel(
+                name,
+                r.kind,
+                arch,
+                student,
+                student.embed_dim,
+                size,
+                weights,
+                student.mean,
+                student.std,
+            )
+        )
     return out
 
 
@@ -220,23 +252,29 @@ def read_heads(folder: Path, name: str) -> EvalHeads:
 
 
 def split_batches(
-    cfg: TrainConfig, split: str, size: tuple[int, int]
+    cfg: TrainConfig, split: str, size: tuple[int, int], stats: Stats
 ) -> Iterator[tuple[torch.Tensor, np.ndarray, list[int]]]:
     """The eval's view of one placenta split at ``size`` (resize to cover, centre crop,
-    normalised), one process: (images [B, 3, H, W], labels [B, T], key orders) per batch."""
+    normalised with ``stats``, the model's (mean, std)), one process: (images [B, 3, H, W],
+    labels [B, T], key orders) per batch."""
     cfg = copy.deepcopy(cfg)
     cfg.data.image_size = [int(size[0]), int(size[1])]
     stream = cfg.data.stream(cfg.data.placenta, split=split, train=False, seed=cfg.run.seed)
+    mean = torch.tensor(stats[0], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(stats[1], dtype=torch.float32).view(1, 3, 1, 1)
     for batch in ShardLoader(stream, 0, 1):
-        yield batch["image"], batch["labels"].numpy(), [key_order(k) for k in batch["key"]]
+        images = (batch["image"] - mean) / std
+        yield images, batch["labels"].numpy(), [key_order(k) for k in batch["key"]]
 
 
-def first_images(cfg: TrainConfig, split: str, size: tuple[int, int], n: int) -> torch.Tensor:
+def first_images(
+    cfg: TrainConfig, split: str, size: tuple[int, int], n: int, stats: Stats
+) -> torch.Tensor:
     """The first ``n`` images of a split in key order (the eval's row order, so the same images
     on any machine), keeping no more than ``n`` in memory: [n', 3, H, W], n' <= n."""
     kept: list[tuple[int, int, torch.Tensor]] = []  # a max-heap of (-key, tiebreak, image)
     count = 0
-    for images, _, keys in split_batches(cfg, split, size):
+    for images, _, keys in split_batches(cfg, split, size, stats):
         for image, key in zip(images, keys, strict=True):
             item = (-key, -count, image)
             count += 1
@@ -271,8 +309,8 @@ def timm_files(model: PackagedModel, folder: Path, final_name: str) -> dict[str,
     h, w = model.image_size
     cfg.update(
         input_size=[3, h, w],
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
+        mean=list(model.mean),
+        std=list(model.std),
         interpolation="bilinear",
         crop_pct=1.0,
         crop_mode="center",
@@ -517,6 +555,16 @@ def package_run(
     cfg.teacher.checkpoint = locate(cfg.teacher.checkpoint, base)
     out = Path(out) if out is not None else Path(run) / "package"
     names = list(models or report.models)
+    if cfg.teacher.source != "vlcd":
+        # A foundation-model teacher is not this package's timm tower: only students are packaged.
+        foreign = [n for n in names if report.models.get(n) and report.models[n].kind == "teacher"]
+        if foreign:
+            logger.warning(
+                "package: %s is a %s teacher (not packaged; only students are)",
+                ", ".join(foreign),
+                cfg.teacher.source,
+            )
+        names = [n for n in names if n not in foreign]
     unknown = [n for n in names if n not in report.models]
     if unknown:
         raise VlcdError(
@@ -618,7 +666,8 @@ def package_model(
             timm_result = timm_files(m, work, final.name)
         for suffix in (".json", ".safetensors"):
             shutil.copyfile(heads.path.with_suffix(suffix), work / f"{HEADS_STEM}{suffix}")
-        calibration = first_images(cfg, "train", size, settings.calibration_images)
+        stats = (m.mean, m.std)
+        calibration = first_images(cfg, "train", size, settings.calibration_images, stats)
         # fp32 ONNX (a batch-2 example: a batch of one could bake in size-1 shortcuts)
         meta = {"vlcd_package": json.dumps({"name": m.name, "tasks": report.tasks})}
         export_onnx(
@@ -630,7 +679,7 @@ def package_model(
             "fp32": open_session(work / FP32_FILE, available_cores()),
             "int8": open_session(work / INT8_FILE, available_cores()),
         }
-        scored = score_test_split(model, sessions, cfg, size, report.tasks, settings)
+        scored = score_test_split(model, sessions, cfg, size, report.tasks, settings, stats)
         verify = scored["verify"]
         if verify["fp32"]["max_scaled_diff"] > settings.tolerance:
             raise VlcdError(
@@ -711,6 +760,7 @@ def score_test_split(
     size: tuple[int, int],
     tasks: list[str],
     settings: PackageSettings,
+    stats: Stats,
 ) -> dict[str, Any]:
     """Stream the test split once through every session: AUCs per session ({"fp32": score(),
     "int8": ...}), each session against PyTorch on the first ``settings.sample_images`` test
@@ -720,7 +770,7 @@ def score_test_split(
     labels, keys = [], []
     verify: dict[str, Any] = {}
     first: torch.Tensor | None = None
-    for images, y, k in split_batches(cfg, "test", size):
+    for images, y, k in split_batches(cfg, "test", size, stats):
         outs = {name: run_onnx(session, images) for name, session in sessions.items()}
         if first is None:
             first = images[:1].clone()
@@ -784,7 +834,7 @@ def package_json(
         "embed_dim": m.embed_dim,
         "tasks": report.tasks,
         "zero_shot_tasks": (heads_json.get("zero_shot") or {}).get("tasks", []),
-        "input": {"name": INPUT_NAME, **preprocessing((h, w))},
+        "input": {"name": INPUT_NAME, **preprocessing((h, w), m.mean, m.std)},
         "outputs": model.output_names,
         "onnx": {"fp32": FP32_FILE, "int8": INT8_FILE},
         "files": files,

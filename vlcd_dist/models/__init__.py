@@ -1,6 +1,8 @@
 """Models: the vision-language teacher, the student registry, and the distiller container."""
 
 from vlcd_dist.models.distiller import Distiller
+from vlcd_dist.models.foreign_teacher import HFClipTeacher, OpenClipTeacher
+from vlcd_dist.models.preprocess import ImageInput
 from vlcd_dist.models.student import (
     Student,
     StudentConfig,
@@ -28,8 +30,11 @@ from vlcd_dist.models.weights import ModelError, load_state_dict, state_dict_has
 __all__ = [
     "Distiller",
     "FrozenTeacher",
+    "HFClipTeacher",
+    "ImageInput",
     "ImageTower",
     "ModelError",
+    "OpenClipTeacher",
     "Student",
     "StudentConfig",
     "TeacherConfig",

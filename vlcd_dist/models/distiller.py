@@ -21,7 +21,7 @@ class Distiller(nn.Module):
 
     def __init__(
         self,
-        teacher: FrozenTeacher | VisionLanguageTeacher,
+        teacher: FrozenTeacher | VisionLanguageTeacher | nn.Module,
         students: Mapping[str, nn.Module],
     ) -> None:
         super().__init__()
@@ -48,14 +48,20 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """Teacher and student features of one batch.
 
-        images: [B, 3, H, W] teacher input. student_images: [B, 3, H', W'] student input when
-        it differs (e.g. another resolution); defaults to ``images``.
+        images: [B, 3, H, W] teacher input in [0, 1]. student_images: [B, 3, H', W'] student
+        input in [0, 1] when it differs (e.g. another resolution); defaults to ``images``.
+        Every model normalises its own view (a Student with its ``normalize``).
         Returns {"teacher": z_T [B, d], "students": {name: z_k [B, d]}}.
         """
         student_images = images if student_images is None else student_images
+
+        def own_view(student: nn.Module) -> torch.Tensor:
+            normalize = getattr(student, "normalize", None)
+            return normalize(student_images) if callable(normalize) else student_images
+
         return {
             "teacher": self.teacher_features(images),
-            "students": {name: s(student_images) for name, s in self.students.items()},
+            "students": {name: s(own_view(s)) for name, s in self.students.items()},
         }
 
     def student_parameters(self, name: str | None = None) -> Iterator[nn.Parameter]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlcd_dist.models.preprocess import ImageInput, image_input
 from vlcd_dist.models.towers import (
     backbone_data_config,
     backbone_dim,
@@ -67,8 +68,10 @@ class StudentConfig:
 class Student(nn.Module):
     """Student k: z_k = P_k(f_k(x)), a timm backbone f_k (pooled features) and a linear P_k.
 
-    Input: images [B, 3, H, W]; resized to ``image_size`` first when that is set and differs
-    (fixed-size backbones such as EfficientFormer). Output: z_k [B, d], unnormalised.
+    Input of :meth:`forward`: images [B, 3, H, W] normalised with the backbone's own mean and
+    std (timm's ``pretrained_cfg``; :meth:`normalize` turns a [0, 1] batch into that, and the
+    exported/packaged model states them); resized to ``image_size`` first when that is set and
+    differs (fixed-size backbones such as EfficientFormer). Output: z_k [B, d], unnormalised.
     """
 
     def __init__(
@@ -87,6 +90,22 @@ class Student(nn.Module):
         self.image_size: tuple[int, int] | None = (
             None if image_size is None else (int(image_size[0]), int(image_size[1]))
         )
+        # Buffers outside the state_dict: exported students and checkpoints are unchanged.
+        self.input: ImageInput = image_input(self.data_config, what=f"student {name}")
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel mean the backbone expects its [0, 1] input shifted by (timm's)."""
+        return self.input.mean_values
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel std the backbone expects its [0, 1] input divided by (timm's)."""
+        return self.input.std_values
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [0, 1] -> the input :meth:`forward` takes (own mean, std)."""
+        return self.input(images)
 
     @property
     def embed_dim(self) -> int:

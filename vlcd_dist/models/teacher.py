@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vlcd_dist.io import save_tensors
+from vlcd_dist.models.preprocess import ImageInput, image_input
 from vlcd_dist.models.towers import (
     TEXT_POOLINGS,
     ImageTower,
@@ -123,8 +124,18 @@ class VisionLanguageTeacher(nn.Module):
     """Image tower g and text tower h projecting to a shared d, plus a learnable logit scale.
 
     Trained in stage 0 with :func:`vlcd_dist.losses.clip_loss`; frozen afterwards (wrap it in
-    :class:`FrozenTeacher`).
+    :class:`FrozenTeacher`). Images come in [0, 1] and are normalised with the image backbone's
+    own mean and std (timm's, :attr:`input`) before the tower.
+
+    One of the teacher sources of :class:`FrozenTeacher` (``teacher.source: vlcd``); the others
+    are in :mod:`vlcd_dist.models.foreign_teacher`. Every source offers ``name``, ``arch``,
+    ``weights``, ``embed_dim``, ``input`` (an :class:`ImageInput`), ``image`` (the image tower
+    on normalised input), ``text`` (what :mod:`vlcd_dist.anchors` embeds sentences with),
+    ``encode_image``, ``encode_text``, ``get_logit_scale``, ``max_logit_scale`` and
+    ``text_hash``.
     """
+
+    source = "vlcd"
 
     def __init__(self, cfg: TeacherConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -142,19 +153,40 @@ class VisionLanguageTeacher(nn.Module):
             max_length=cfg.max_text_length,
         )
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.input: ImageInput = image_input(self.image.data_config, what="teacher image tower")
 
     @property
     def embed_dim(self) -> int:
         """d, the joint embedding dimension."""
         return self.cfg.embed_dim
 
+    @property
+    def name(self) -> str:
+        """The teacher's label (cfg.name)."""
+        return self.cfg.name
+
+    @property
+    def arch(self) -> str:
+        """What the eval's table calls the image tower."""
+        return f"{self.cfg.image_model} ({self.cfg.name})"
+
+    @property
+    def weights(self) -> str | None:
+        """Where the weights came from (the whole-teacher checkpoint), for the record."""
+        return self.cfg.checkpoint
+
+    @property
+    def max_logit_scale(self) -> float:
+        """Cap on exp(logit_scale)."""
+        return self.cfg.max_logit_scale
+
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale) capped at cfg.max_logit_scale: scalar multiplier of cosine logits."""
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] -> z_T [B, d] (unnormalised)."""
-        return self.image(images)
+        """images [B, 3, H, W] in [0, 1] -> z_T [B, d] (unnormalised)."""
+        return self.image(self.input(images))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw strings -> [B, d] (unnormalised)."""
@@ -170,6 +202,8 @@ class VisionLanguageTeacher(nn.Module):
         text_states: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Stage-0 forward: {"image_features" [B, d], "text_features" [B, d], "logit_scale" []}.
+
+        images [B, 3, H, W] in [0, 1] (normalised here, with the image backbone's statistics).
 
         The text of image b comes in one of three forms:
 
@@ -194,7 +228,7 @@ class VisionLanguageTeacher(nn.Module):
                 self.text(input_ids, attention_mask), sentence_index, report_index, images.shape[0]
             )
         return {
-            "image_features": self.image(images),
+            "image_features": self.encode_image(images),
             "text_features": text,
             "logit_scale": self.get_logit_scale(),
         }
@@ -207,20 +241,22 @@ class VisionLanguageTeacher(nn.Module):
 class FrozenTeacher(nn.Module):
     """A teacher that cannot train: eval mode always, no gradients, forward under autocast.
 
+    Wraps any teacher source: this package's :class:`VisionLanguageTeacher`, or an open_clip
+    or Hugging Face CLIP model (:mod:`vlcd_dist.models.foreign_teacher`). Images come in
+    [0, 1]; the source resizes and normalises them its own way (``teacher.input``).
+
     ``.train()`` on this module, or on any container holding it, leaves it in eval mode (batch
     norm statistics and dropout stay fixed). Parameters have ``requires_grad=False`` and every
     forward runs under ``torch.no_grad()``, so outputs are plain fp32 tensors. Never wrap it in
     DDP/DeepSpeed: it has nothing to synchronise.
     """
 
-    def __init__(
-        self, teacher: VisionLanguageTeacher, autocast_dtype: str | torch.dtype | None = None
-    ) -> None:
+    def __init__(self, teacher: nn.Module, autocast_dtype: str | torch.dtype | None = None) -> None:
         super().__init__()
         self.teacher = teacher
-        self.autocast_dtype = resolve_dtype(
-            teacher.cfg.autocast_dtype if autocast_dtype is None else autocast_dtype
-        )
+        if autocast_dtype is None:
+            autocast_dtype = getattr(getattr(teacher, "cfg", None), "autocast_dtype", "bfloat16")
+        self.autocast_dtype = resolve_dtype(autocast_dtype)
         teacher.requires_grad_(False)
         super().train(False)
 
@@ -229,14 +265,29 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @property
-    def cfg(self) -> TeacherConfig:
-        """The wrapped teacher's config."""
-        return self.teacher.cfg
-
-    @property
     def embed_dim(self) -> int:
         """d, the joint embedding dimension."""
-        return self.teacher.embed_dim
+        return int(self.teacher.embed_dim)
+
+    @property
+    def name(self) -> str:
+        """The teacher's label."""
+        return str(self.teacher.name)
+
+    @property
+    def source(self) -> str:
+        """Which kind of teacher: "vlcd", "open_clip" or "hf_clip"."""
+        return str(self.teacher.source)
+
+    @property
+    def max_logit_scale(self) -> float:
+        """Cap on the logit scale of students that learn their own."""
+        return float(self.teacher.max_logit_scale)
+
+    @property
+    def input(self) -> ImageInput:
+        """How the teacher resizes and normalises its [0, 1] input."""
+        return self.teacher.input
 
     @property
     def text(self) -> TextTower:
@@ -252,15 +303,20 @@ class FrozenTeacher(nn.Module):
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] -> z_T [B, d], fp32, no grad."""
+        """images [B, 3, H, W] in [0, 1] -> z_T [B, d], fp32, no grad."""
         with self._autocast(images.device):
             return self.teacher.encode_image(images).float()
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw strings -> [B, d], fp32, no grad."""
-        with self._autocast(self.teacher.logit_scale.device):
+        with self._autocast(next(self.teacher.parameters()).device):
             return self.teacher.encode_text(texts).float()
+
+    def image_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's plain image forward ([0, 1] in; no autocast, no no_grad of its own):
+        what the eval times."""
+        return self.teacher.encode_image(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`encode_image`."""

@@ -3,7 +3,8 @@
 1. Writes the built-in shards when absent (synthetic placenta pairs; natural crops of the
    scikit-image photographs), at the built-in recipe's own data folders only; any other data
    folder the recipe names must exist.
-2. Runs ``train-teacher``, ``predistill``, ``distill`` and ``eval`` with the demo recipe, each
+2. Runs ``train-teacher`` (skipped for an open_clip / hf_clip teacher: ``--teacher`` or
+   ``teacher.source``), ``predistill``, ``distill`` and ``eval`` with the demo recipe, each
    as its own ``accelerate launch`` of ``python -m vlcd_dist`` (or a plain process for one rank),
    exactly the commands a user would type; each stage's output folder feeds the next.
 3. Packages every evaluated model for deployment (``vlcd package OUT``: ONNX fp32 and int8,
@@ -24,12 +25,35 @@ import time
 from pathlib import Path
 
 from vlcd_dist.config import builtin_recipe, load_config, resolve_recipe
+from vlcd_dist.errors import VlcdError
 from vlcd_dist.evaluation.results import EvalReport
 from vlcd_dist.pipelines.builtin_data import ensure_builtin_shards
 from vlcd_dist.pipelines.launch import default_nproc, run_stage, run_step, stage_env
 
 
-def _stage_plan(out: Path) -> list[tuple[str, Path, list[str]]]:
+def teacher_overrides(spec: str | None) -> list[str]:
+    """The recipe keys of ``--teacher SOURCE:MODEL`` (open_clip:NAME-OR-FOLDER-OR-JSON, with
+    hf-hub:org/name allowed, or hf_clip:FOLDER-OR-HUB-NAME); none for None."""
+    if spec is None:
+        return []
+    source, _, model = spec.partition(":")
+    if source not in ("open_clip", "hf_clip") or not model:
+        raise VlcdError(
+            f"--teacher {spec!r}: use open_clip:MODEL (a config name, hf-hub:org/name, a folder "
+            "with open_clip_config.json or a model-config .json) or hf_clip:MODEL (a CLIPModel "
+            "folder or hub name); see docs/teachers.md"
+        )
+    return [f"teacher.source={source}", f"teacher.{source}.model={model}"]
+
+
+def _stage_plan(out: Path, foreign: bool = False) -> list[tuple[str, Path, list[str]]]:
+    if foreign:
+        # A foundation-model teacher is not trained: distill builds its text anchors.
+        return [
+            ("predistill", out / "predistill", []),
+            ("distill", out / "distill", [f"distill.init_from={out / 'predistill'}"]),
+            ("eval", out / "eval", [f"eval.students_from={out / 'distill'}"]),
+        ]
     teacher = out / "teacher" / "export" / "teacher.safetensors"
     return [
         ("train-teacher", out / "teacher", []),
@@ -52,21 +76,27 @@ def run_demo(
     nproc: int | None = None,
     config: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    teacher: str | None = None,
 ) -> int:
     """Run every stage on the built-in data, print the report and write the HTML report.
-    Returns an exit status."""
+    ``teacher``: ``open_clip:MODEL`` or ``hf_clip:MODEL`` (:func:`teacher_overrides`) to distil
+    from a foundation model instead (train-teacher is then skipped). Returns an exit status."""
     from vlcd_dist.reporting.eval_files import eval_markdown
     from vlcd_dist.reporting.page import write_report
 
     config = resolve_recipe(config) if config is not None else builtin_recipe("demo")
     out = Path(out)
+    overrides = [*teacher_overrides(teacher), *overrides]
     cfg = load_config(config, overrides)
+    foreign = cfg.teacher.source != "vlcd"
     ensure_builtin_shards(cfg)
     nproc = nproc or default_nproc()
     env = stage_env(nproc)
     started = time.perf_counter()
     print(f"==> vlcd demo: {nproc} rank(s), recipe {config}, output {out}", flush=True)
-    for stage, folder, extra in _stage_plan(out):
+    if foreign:
+        print(f"==> train-teacher: skipped (teacher.source={cfg.teacher.source})", flush=True)
+    for stage, folder, extra in _stage_plan(out, foreign):
         run_stage(stage, folder, config, [*overrides, *extra], nproc, env)
     package_models(out, env)
     report_md = out / "eval" / "report.md"

@@ -123,6 +123,15 @@ class SplitFeatures:
         )
 
 
+def _normalised(student: torch.nn.Module) -> FeatureFn:
+    """The student's features of [0, 1] images: its own normalisation, then its forward."""
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return student(student.normalize(images))
+
+    return features
+
+
 VALIDATION_SEED = 1
 """The validation split depends on the studies, their labels and eval.val_fraction only (not on
 run.seed), so that runs of different seeds are chosen between on the same rows."""
@@ -184,12 +193,13 @@ class Evaluator:
                 EvalModel(
                     name="teacher",
                     kind="teacher",
-                    arch=f"{frozen.cfg.image_model} ({frozen.cfg.name})",
+                    arch=str(frozen.teacher.arch),
                     module=frozen,
                     features=frozen.encode_image,
-                    timed=image,
+                    # Its own resize and normalisation included, as for every model below.
+                    timed=frozen.image_forward,
                     params=sum(p.numel() for p in image.parameters()),
-                    info={"weights": frozen.cfg.checkpoint},
+                    info={"weights": frozen.teacher.weights},
                 )
             )
         for spec in cfg.students:
@@ -209,8 +219,9 @@ class Evaluator:
                     kind="student",
                     arch=spec.name,
                     module=student,
-                    features=student,
-                    timed=student,
+                    # [0, 1] batches in; each student normalises them with its own statistics.
+                    features=_normalised(student),
+                    timed=_normalised(student),
                     params=sum(p.numel() for p in student.parameters()),
                     info={
                         "weights": str(path),

@@ -42,10 +42,13 @@ def check_shard_sets(cfg: TrainConfig, keys: tuple[str, ...] | list[str]) -> Non
 
 
 def _path_keys(cfg: TrainConfig, stage: str) -> list[str]:
-    keys = ["teacher.checkpoint"]
+    # A foundation-model teacher (teacher.source open_clip / hf_clip) reads no checkpoint of
+    # train-teacher, and distill writes its anchors where distill.anchors points when absent.
+    foreign = cfg.teacher.source != "vlcd"
+    keys = [] if foreign else ["teacher.checkpoint"]
     students = [f"students.{i}.init_from" for i in range(len(cfg.students))]
     if stage == "distill":
-        keys += ["distill.init_from", "distill.anchors", *students]
+        keys += ["distill.init_from", *([] if foreign else ["distill.anchors"]), *students]
     elif stage == "eval":
         keys += ["eval.students_from"] if cfg.eval.students_from else students
     return keys
@@ -60,7 +63,12 @@ def check_stage_inputs(cfg: TrainConfig, stage: str) -> None:
         for key in _path_keys(cfg, stage)
         if (value := recipe_value(cfg, key)) is not None and not Path(str(value)).exists()
     ]
-    if stage == "distill" and cfg.distill.anchors is None and cfg.teacher.checkpoint is not None:
+    if (
+        stage == "distill"
+        and cfg.teacher.source == "vlcd"
+        and cfg.distill.anchors is None
+        and cfg.teacher.checkpoint is not None
+    ):
         beside = Path(cfg.teacher.checkpoint).parent / ANCHOR_FILE
         if Path(cfg.teacher.checkpoint).exists() and not beside.exists():
             missing.append(f"distill.anchors unset and no {ANCHOR_FILE} beside teacher.checkpoint")

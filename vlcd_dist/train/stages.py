@@ -5,6 +5,7 @@ Each is a :class:`~vlcd_dist.train.trainer.Trainer`; the CLI builds one from a r
 
     train-teacher: export/teacher.safetensors (+ .json), export/anchors.safetensors
     predistill, distill: export/<student>.safetensors (+ .json) for every student
+    distill with an open_clip / hf_clip teacher: anchors.safetensors (built on first run)
     all: config.yaml, summary.json, tb/, checkpoints/step_NNNNNN/
 """
 
@@ -41,6 +42,7 @@ from vlcd_dist.models import (
     teacher_config,
 )
 from vlcd_dist.models.exported import export_student, read_student_info, resolve_student_file
+from vlcd_dist.models.foreign_teacher import HFClipTeacher, OpenClipTeacher
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 from vlcd_dist.train.backend import Backend, Trainee
 from vlcd_dist.train.trainer import Trainer
@@ -64,10 +66,40 @@ def build_teacher_config(cfg: TrainConfig) -> TeacherConfig:
         raise ConfigError(f"teacher: {exn}") from exn
 
 
+def foreign_teacher(cfg: TrainConfig) -> nn.Module:
+    """The recipe's open_clip or Hugging Face CLIP teacher (teacher.source), built and loaded."""
+    t = cfg.teacher
+    try:
+        if t.source == "open_clip":
+            assert t.open_clip.model is not None  # validate() refuses a recipe without it
+            return OpenClipTeacher(t.open_clip.model, t.open_clip.pretrained)
+        assert t.hf_clip.model is not None
+        return HFClipTeacher(t.hf_clip.model)
+    except ModelError as exn:
+        raise ConfigError(f"teacher ({t.source}): {exn}") from exn
+
+
+def teacher_label(cfg: TrainConfig) -> str | None:
+    """What the exported students record as their teacher: the checkpoint, or source:model."""
+    t = cfg.teacher
+    if t.source == "open_clip":
+        return f"open_clip:{t.open_clip.model}" + (
+            f" ({t.open_clip.pretrained})" if t.open_clip.pretrained else ""
+        )
+    if t.source == "hf_clip":
+        return f"hf_clip:{t.hf_clip.model}"
+    return t.checkpoint
+
+
 def load_frozen_teacher(
     cfg: TrainConfig, device: torch.device, memory_format: torch.memory_format | None = None
 ) -> FrozenTeacher:
-    """The recipe's teacher (trained weights from teacher.checkpoint), frozen, on ``device``."""
+    """The recipe's teacher (teacher.source: this package's with trained weights from
+    teacher.checkpoint, or an open_clip / Hugging Face CLIP model), frozen, on ``device``."""
+    fmt = memory_format or torch.contiguous_format
+    if cfg.teacher.source != "vlcd":
+        frozen = FrozenTeacher(foreign_teacher(cfg), autocast_dtype=cfg.teacher.autocast_dtype)
+        return frozen.to(device, memory_format=fmt)
     tcfg = build_teacher_config(cfg)
     if tcfg.checkpoint is None:
         logger.warning(
@@ -82,7 +114,7 @@ def load_frozen_teacher(
         )
     teacher = create_teacher(tcfg)
     frozen = FrozenTeacher(teacher, autocast_dtype=cfg.teacher.autocast_dtype)
-    return frozen.to(device, memory_format=memory_format or torch.contiguous_format)
+    return frozen.to(device, memory_format=fmt)
 
 
 def student_seed(seed: int, name: str) -> int:
@@ -138,7 +170,8 @@ class StudentModule(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"features": self.student(images)}
+        """images [B, 3, H, W] in [0, 1]; the student normalises them its own way first."""
+        out = {"features": self.student(self.student.normalize(images))}
         if self.logit_scale is not None:
             out["logit_scale"] = self.logit_scale.exp().clamp(max=self.max_scale)
         return out
@@ -180,6 +213,12 @@ class TeacherTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.cfg
+        if cfg.teacher.source != "vlcd":
+            raise ConfigError(
+                f"train-teacher trains this package's teacher; teacher.source="
+                f"{cfg.teacher.source} is a frozen foundation model: skip this stage and run "
+                "predistill and distill (distill builds its text anchors)"
+            )
         torch.manual_seed(cfg.run.seed)
         tcfg = build_teacher_config(cfg)
         if tcfg.checkpoint is not None:
@@ -319,7 +358,7 @@ def shard_reports(placenta: str, split: str | None = None) -> Iterator[tuple[str
 
 
 def build_anchors(
-    teacher: VisionLanguageTeacher,
+    teacher: VisionLanguageTeacher | FrozenTeacher,
     placenta: str,
     path: Path,
     *,
@@ -329,9 +368,13 @@ def build_anchors(
     """The text-anchor cache of every report in the placenta shards (all splits)."""
     from vlcd_dist.anchors import build_anchor_cache
 
-    frozen = FrozenTeacher(teacher, autocast_dtype=autocast_dtype)
+    frozen = (
+        teacher
+        if isinstance(teacher, FrozenTeacher)
+        else FrozenTeacher(teacher, autocast_dtype=autocast_dtype)
+    )
     out = build_anchor_cache(frozen, shard_reports(placenta), path, batch_size=batch_size)
-    logger.info("train-teacher: text anchors in %s", out)
+    logger.info("text anchors of %s in %s", frozen.name, out)
     return out
 
 
@@ -387,7 +430,7 @@ class DistillTrainer(Trainer):
             module = StudentModule(
                 student,
                 math.log(float(self.teacher_scale)) if learn_scale else None,
-                self.frozen.cfg.max_logit_scale,
+                self.frozen.max_logit_scale,
             )
             self.add_trainee(spec.name, module, lr=spec.lr)
 
@@ -396,6 +439,22 @@ class DistillTrainer(Trainer):
 
         cfg = self.cfg
         path = cfg.distill.anchors
+        if cfg.teacher.source != "vlcd":
+            # A foundation model has no train-teacher stage: its anchors are built here, once,
+            # by rank 0 (or read back on a resumed run), then read by every rank.
+            path = Path(path) if path is not None else self.out / ANCHOR_FILE
+            if not path.is_file():
+                if self.backend.is_main:
+                    with _all_local_cores(self.backend):
+                        build_anchors(
+                            self.frozen,
+                            cfg.data.placenta,
+                            path,
+                            autocast_dtype=cfg.teacher.autocast_dtype,
+                            batch_size=cfg.train_teacher.anchor_batch_size,
+                        )
+                self.backend.barrier()
+            return AnchorCache(path, expected_teacher_hash=self.frozen.text_hash()).load()
         if path is None:
             if cfg.teacher.checkpoint is None:
                 raise ConfigError(
@@ -474,7 +533,7 @@ class DistillTrainer(Trainer):
                     "stage": self.stage,
                     "step": self.state.step,
                     "init_from": self.sources.get(spec.name),
-                    "teacher": self.cfg.teacher.checkpoint,
+                    "teacher": teacher_label(self.cfg),
                     "logit_scale": float(module.logit_scale.detach().exp())
                     if module.logit_scale is not None
                     else float(self.teacher_scale),
