@@ -289,9 +289,10 @@ def model_stats(model: nn.Module) -> Stats:
 
 def _normalise(pixels: torch.Tensor, stats: Stats | None) -> torch.Tensor:
     from vlcd_dist.data.imaging import IMAGENET_MEAN, IMAGENET_STD
+    from vlcd_dist.models.preprocess import ImageInput
 
     mean, std = stats or (IMAGENET_MEAN, IMAGENET_STD)
-    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return ImageInput(mean, std, what="export input")(pixels)
 
 
 def random_images(

@@ -33,9 +33,6 @@ from vlcd_dist.models.weights import ModelError, resolve_weights_file, state_dic
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("vlcd", "open_clip", "hf_clip")
-"""The teacher sources a recipe's ``teacher.source`` may name."""
-
 
 def _features(out: Any) -> torch.Tensor:
     # transformers 5 returns a model output (the projected features in pooler_output), 4.x a tensor.
