@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlcd_dist.data.storage import StorageConfig
 from vlcd_dist.data.stream import StreamConfig
 from vlcd_dist.distributed import signal_number
 from vlcd_dist.errors import ConfigError
@@ -61,9 +62,10 @@ class DataConfig:
     """The shard sets and how they are streamed (see vlcd_dist.data.stream)."""
 
     placenta: str = "shards/demo/placenta"
-    """Placenta shard folder (sizes.json, placenta-{train,test}-*.tar) or brace pattern."""
+    """Placenta shard folder (sizes.json, placenta-{train,test}-*.tar) or brace pattern; local,
+    s3://bucket/prefix or http(s)://host/path (docs/data.md)."""
     natural: str = "shards/demo/natural"
-    """Natural-image shard folder or brace pattern, for predistillation."""
+    """Natural-image shard folder or brace pattern, for predistillation (local, s3://, http)."""
     image_size: tuple[int, int] = (384, 512)
     """[height, width] of the images every model sees (the paper: 384x512)."""
     batch_size: int = 32
@@ -81,6 +83,9 @@ class DataConfig:
     color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02)
     """Training augmentation: colour jitter strengths (brightness, contrast, saturation, hue);
     0 switches one off. Every model sees the same augmented batch."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """How s3:// and http(s):// shard sets are reached; credentials come from the environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a profile, never from the recipe."""
 
     def stream(self, shards: str, *, split: str | None, train: bool, seed: int) -> StreamConfig:
         """The StreamConfig of one shard set for training (augmented) or evaluation."""
@@ -98,6 +103,7 @@ class DataConfig:
             strict=self.strict,
             crop_scale=tuple(self.crop_scale),
             color_jitter=tuple(self.color_jitter),
+            storage=self.storage,
             # Training needs equal batch counts (collectives every step); evaluation needs every
             # sample exactly once, and gathers ranks of different sizes.
             equal_batches=train,

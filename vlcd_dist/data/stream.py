@@ -36,14 +36,27 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen
 
 from ..distributed import dist_info
 from ..errors import DataError
 from .imaging import DECODE_ERRORS, decode_rgb
+from .storage import (
+    OnRetry,
+    StorageConfig,
+    basename,
+    check_location,
+    exists,
+    is_remote,
+    join,
+    missing,
+    open_read,
+    parent,
+    read_bytes,
+)
 from .transforms import eval_transform, train_transform
 
 SKIP_KINDS = ("corrupt_image", "missing_key", "bad_json", "bad_text", "truncated_tar")
+RETRIES = "retries"  # the counter of reads retried after a transient storage error
 READ_EXTENSIONS = ("jpg", "txt", "json", "cls")
 
 
@@ -67,8 +80,10 @@ class StreamConfig:
     equal_batches: bool = True  # cap every rank at the smallest rank's batch count
     crop_scale: tuple[float, float] = (0.5, 1.0)  # train: random resized crop's area range
     color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02)  # train: b, c, s, hue
+    storage: StorageConfig = field(default_factory=StorageConfig)  # remote shard sets: access
 
     def validate(self) -> None:
+        self.storage.validate()
         if self.batch_size < 1:
             raise DataError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
@@ -106,62 +121,73 @@ class ShardSet:
         return sum(self.sizes)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(url: str, storage: StorageConfig) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exn:
-        raise DataError(f"cannot read {path}: {exn}") from exn
+        return json.loads(read_bytes(url, storage))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+        raise DataError(f"cannot read {url}: {exn}") from exn
 
 
-def resolve_shards(spec: str, split: str | None = None) -> ShardSet:
-    """Find the shards and their sizes for a folder or a brace pattern such as
-    ``/data/placenta/placenta-train-{000000..000009}.tar``."""
-    path = Path(spec)
-    if "://" in spec:
-        raise DataError(
-            f"{spec}: shard sets are read from local or shared folders; copy the shards there "
-            "(streaming from http:// or s3:// is not supported yet)"
-        )
-    if not path.exists() and not spec.startswith("pipe:") and not any(c in spec for c in "{,"):
+def _is_pattern(spec: str) -> bool:
+    """A brace pattern or list of shards, not a folder (a remote folder cannot be asked)."""
+    return (
+        any(c in spec for c in "{,")
+        or spec.startswith("pipe:")
+        or (is_remote(spec) and spec.endswith(".tar"))
+    )
+
+
+def resolve_shards(
+    spec: str, split: str | None = None, storage: StorageConfig | None = None
+) -> ShardSet:
+    """Find the shards and their sizes for a folder (local, ``s3://bucket/prefix`` or
+    ``http(s)://host/path``) or a brace pattern of shards such as
+    ``/data/placenta/placenta-train-{000000..000009}.tar``; ``sizes.json`` and ``info.json``
+    are read beside them. Missing files, and for remote sets a wrong endpoint, bucket or
+    credentials, raise a :class:`DataError` that names the URL and the cause."""
+    storage = storage or StorageConfig()
+    check_location(spec)
+    remote = is_remote(spec)
+    if not remote and not Path(spec).exists() and not _is_pattern(spec):
         raise DataError(
             f"no such folder: {spec} (a shard set is a folder written by `vlcd shards`, or a "
             "brace pattern of .tar files beside a sizes.json)"
         )
-    if path.is_dir():
-        folder = path
-        sizes_file = folder / "sizes.json"
-        if not sizes_file.exists():
+    if (remote and not _is_pattern(spec)) or (not remote and Path(spec).is_dir()):
+        folder = spec.rstrip("/") if remote else spec
+        sizes_file = join(folder, "sizes.json")
+        if not exists(sizes_file, storage):
             raise DataError(
                 f"{folder} has no sizes.json; it is written by `vlcd shards`. For shards from "
                 'elsewhere, write one: {"name.tar": samples, ...}'
             )
-        sizes_map = _read_json(sizes_file)
+        sizes_map = _read_json(sizes_file, storage)
         names = sorted(sizes_map)
         if split:
             names = [n for n in names if n.startswith(f"placenta-{split}-")]
-        urls = [str(folder / n) for n in names]
+        urls = [join(folder, n) for n in names]
     else:
         urls = [u for part in spec.split(",") for u in braceexpand.braceexpand(part.strip())]
-        folder = Path(urls[0]).parent if urls else path.parent
-        sizes_file = folder / "sizes.json"
-        if not sizes_file.exists():
+        folder = parent(urls[0]) if urls else parent(spec)
+        sizes_file = join(folder, "sizes.json")
+        if not exists(sizes_file, storage):
             raise DataError(
                 f"no sizes.json beside {urls[0] if urls else spec}; every shard set needs one "
                 "so that epochs and steps are known"
             )
-        sizes_map = _read_json(sizes_file)
-        names = [Path(u).name for u in urls]
+        sizes_map = _read_json(sizes_file, storage)
+        names = [basename(u) for u in urls]
     if not urls:
         what = f" for split {split!r}" if split else ""
         raise DataError(f"no shards found{what} in {spec}")
-    missing = [n for n in names if n not in sizes_map]
-    if missing:
-        raise DataError(f"{sizes_file} has no entry for {missing[:5]}; rewrite it or the shards")
-    absent = [u for u in urls if not u.startswith("pipe:") and not Path(u).exists()]
+    listed = [n for n in names if n not in sizes_map]
+    if listed:
+        raise DataError(f"{sizes_file} has no entry for {listed[:5]}; rewrite it or the shards")
+    absent = missing(urls, storage)
     if absent:
         raise DataError(f"{len(absent)} shard file(s) listed but not found, e.g. {absent[0]}")
-    info_file = folder / "info.json"
-    info = _read_json(info_file) if info_file.exists() else {}
+    info_file = join(folder, "info.json")
+    info = _read_json(info_file, storage) if exists(info_file, storage) else {}
     kind = info.get("kind") or ("placenta" if names[0].startswith("placenta") else "natural")
     return ShardSet(urls, [int(sizes_map[n]) for n in names], list(info.get("tasks", [])), kind)
 
@@ -176,15 +202,19 @@ class _Skip(Exception):
         self.kind = kind
 
 
-def iter_tar(url: str) -> Iterator[dict[str, Any]]:
+def iter_tar(
+    url: str, storage: StorageConfig | None = None, on_retry: OnRetry | None = None
+) -> Iterator[dict[str, Any]]:
     """Raw samples of one shard: dicts with ``__key__``, ``__url__`` and bytes per extension.
 
     A tar that ends early raises :class:`_Skip` (kind ``truncated_tar``) after yielding every
-    complete sample before the damage; the sample being read when it broke is dropped.
+    complete sample before the damage; the sample being read when it broke is dropped. A
+    remote shard is streamed (see :mod:`.storage`): transient errors are retried and reported
+    to ``on_retry``; one that outlasts the retries raises a StorageError (a DataError).
     """
     current: dict[str, Any] | None = None
     try:
-        with gopen(url, "rb") as stream:
+        with open_read(url, storage or StorageConfig(), on_retry) as stream:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
                     if not member.isreg():
@@ -263,11 +293,14 @@ class Decoder:
         return torch.tensor(values, dtype=torch.float32), str(study or key)
 
 
-def collate(samples: list[dict[str, Any]], tasks: list[str], skipped: Counter) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]], tasks: list[str], counts: Counter) -> dict[str, Any]:
+    """One batch. ``counts`` holds the bad samples skipped (per kind) and the storage retries
+    (``"retries"``) since the previous batch; they travel as ``skipped`` and ``retries``."""
     batch: dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),
         "key": [s["key"] for s in samples],
-        "skipped": dict(skipped),
+        "skipped": {k: n for k, n in counts.items() if k != RETRIES},
+        "retries": counts.get(RETRIES, 0),
     }
     if "text" in samples[0]:
         batch["text"] = [s["text"] for s in samples]
@@ -365,8 +398,12 @@ class ShardStream(IterableDataset):
 
     def _read_shard(self, i: int, counts: Counter) -> Iterator[dict]:
         url, expected, n = self.set.urls[i], self.set.sizes[i], 0
+
+        def retried(_url: str, _exn: BaseException, _attempt: int) -> None:
+            counts[RETRIES] += 1
+
         try:
-            for raw in iter_tar(url):
+            for raw in iter_tar(url, self.cfg.storage, retried):
                 n += 1
                 yield raw
         except _Skip as skip:
@@ -415,6 +452,8 @@ class ShardStream(IterableDataset):
                     continue
                 good += 1
                 produced += 1
+                if pass_counts is not counts and pass_counts[RETRIES]:
+                    counts[RETRIES] += pass_counts.pop(RETRIES)  # retries count on every pass
                 yield sample
                 if produced == quota:
                     return
@@ -455,11 +494,13 @@ class ShardLoader:
             rank, world = info.rank, info.world_size
         self.cfg = cfg
         self.rank, self.world = rank, world
-        self.shard_set = resolve_shards(cfg.shards, cfg.split)
+        self.shard_set = resolve_shards(cfg.shards, cfg.split, cfg.storage)
         if self.shard_set.kind == "placenta" and not self.shard_set.tasks:
-            self.shard_set.tasks = _peek_tasks(self.shard_set.urls[0])
+            self.shard_set.tasks = _peek_tasks(self.shard_set.urls[0], cfg.storage)
         self.dataset = ShardStream(self.shard_set, cfg, rank, world)
         self.skipped: Counter = Counter({k: 0 for k in SKIP_KINDS})
+        self.retries = 0
+        """Reads retried after transient storage errors so far on this rank."""
         self.epoch = 0
         # Checks the shard count against ranks x workers now, at start-up, not inside a worker.
         self.plan = plan_epoch(self.shard_set.sizes, cfg, 0, world, rank)
@@ -498,6 +539,7 @@ class ShardLoader:
                 if n >= self.plan.batches:
                     break
                 self.skipped.update(batch["skipped"])
+                self.retries += batch["retries"]
                 yield batch
         except DataError as exn:
             # From a worker, the message starts with the worker's traceback; keep the cause.
@@ -526,10 +568,10 @@ class ShardLoader:
             yield batch
 
 
-def _peek_tasks(url: str) -> list[str]:
+def _peek_tasks(url: str, storage: StorageConfig) -> list[str]:
     """Task names from the first sample's json, for shards written without info.json."""
     try:
-        for raw in iter_tar(url):
+        for raw in iter_tar(url, storage):
             if "json" in raw:
                 return list(json.loads(raw["json"])["labels"])
     except (_Skip, ValueError, KeyError, TypeError) as exn:

@@ -570,7 +570,7 @@ def package_run(
         raise VlcdError(
             f"package: --models {unknown} were not evaluated; choose from {list(report.models)}"
         )
-    tasks = resolve_shards(cfg.data.placenta, "test").tasks
+    tasks = resolve_shards(cfg.data.placenta, "test", cfg.data.storage).tasks
     if tasks != report.tasks:
         raise VlcdError(
             f"package: the shards' tasks {tasks} are not the evaluated {report.tasks}; "

@@ -117,6 +117,7 @@ class TrainState:
     that epoch already consumed. samples: samples seen on all ranks. counters: per trainee,
     e.g. {"skipped_steps": 0}. teacher_forwards: frozen-teacher batches run (distill stages).
     skipped_samples: bad samples skipped so far on all ranks, per kind (data.SKIP_KINDS).
+    data_retries: shard reads retried after transient storage errors, on all ranks.
     """
 
     step: int = 0
@@ -126,6 +127,7 @@ class TrainState:
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     teacher_forwards: int = 0
     skipped_samples: dict[str, int] = field(default_factory=dict)
+    data_retries: int = 0
 
 
 def _manifest(root: Path) -> dict[str, dict[str, Any]]:

@@ -36,7 +36,7 @@ def check_shard_sets(cfg: TrainConfig, keys: tuple[str, ...] | list[str]) -> Non
     for key in keys:
         spec = str(recipe_value(cfg, key))
         try:
-            resolve_shards(spec)
+            resolve_shards(spec, storage=cfg.data.storage)
         except DataError as exn:
             raise DataError(f"{key}={spec!r}: {exn}") from None
 

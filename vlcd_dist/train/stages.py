@@ -27,6 +27,7 @@ from torch import nn
 from vlcd_dist import distributed as vdist
 from vlcd_dist.anchors import ANCHOR_FILE
 from vlcd_dist.config import ConfigError, StageConfig, StudentSpec, TrainConfig
+from vlcd_dist.data.storage import StorageConfig, StorageError
 from vlcd_dist.data.stream import ShardLoader, iter_tar, resolve_shards
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.io import write_json
@@ -248,7 +249,7 @@ class TeacherTrainer(Trainer):
         # Every rank embeds its share of the sentences, so no core is idle to lend.
         table = report_state_table(
             self.teacher,
-            shard_reports(cfg.data.placenta, split="train"),
+            shard_reports(cfg.data.placenta, split="train", storage=cfg.data.storage),
             batch_size=cfg.train_teacher.anchor_batch_size,
             autocast_dtype=dtype,
             device=self.device,
@@ -329,6 +330,7 @@ class TeacherTrainer(Trainer):
                     export / ANCHOR_FILE,
                     autocast_dtype=cfg.teacher.autocast_dtype,
                     batch_size=cfg.train_teacher.anchor_batch_size,
+                    storage=cfg.data.storage,
                 )
         backend.barrier()
 
@@ -340,19 +342,23 @@ class TeacherTrainer(Trainer):
         }
 
 
-def shard_reports(placenta: str, split: str | None = None) -> Iterator[tuple[str, str]]:
+def shard_reports(
+    placenta: str, split: str | None = None, storage: StorageConfig | None = None
+) -> Iterator[tuple[str, str]]:
     """(sample key, report) of every readable report in the placenta shards (of one split).
 
     A report that is not UTF-8 is left out (the loader skips that sample too); a damaged shard
-    keeps the reports before the damage (logged)."""
-    for url in resolve_shards(placenta, split=split).urls:
+    keeps the reports before the damage (logged). A shard store that cannot be read stops."""
+    for url in resolve_shards(placenta, split=split, storage=storage).urls:
         try:
-            for raw in iter_tar(url):
+            for raw in iter_tar(url, storage):
                 if "txt" in raw:
                     try:
                         yield raw["__key__"], raw["txt"].decode("utf-8")
                     except UnicodeDecodeError:
                         continue
+        except StorageError:
+            raise
         except Exception as exn:  # noqa: BLE001 - a damaged shard keeps its good reports
             logger.warning("reports: %s: %s", url, exn)
 
@@ -364,6 +370,7 @@ def build_anchors(
     *,
     autocast_dtype: str,
     batch_size: int,
+    storage: StorageConfig | None = None,
 ) -> Path:
     """The text-anchor cache of every report in the placenta shards (all splits)."""
     from vlcd_dist.anchors import build_anchor_cache
@@ -373,7 +380,9 @@ def build_anchors(
         if isinstance(teacher, FrozenTeacher)
         else FrozenTeacher(teacher, autocast_dtype=autocast_dtype)
     )
-    out = build_anchor_cache(frozen, shard_reports(placenta), path, batch_size=batch_size)
+    out = build_anchor_cache(
+        frozen, shard_reports(placenta, storage=storage), path, batch_size=batch_size
+    )
     logger.info("text anchors of %s in %s", frozen.name, out)
     return out
 
@@ -452,6 +461,7 @@ class DistillTrainer(Trainer):
                             path,
                             autocast_dtype=cfg.teacher.autocast_dtype,
                             batch_size=cfg.train_teacher.anchor_batch_size,
+                            storage=cfg.data.storage,
                         )
                 self.backend.barrier()
             return AnchorCache(path, expected_teacher_hash=self.frozen.text_hash()).load()

@@ -100,9 +100,10 @@ class Trainer(ABC):
         """True when the run stopped early for a preemption signal (checkpoint saved)."""
         self.exit_status = 0
         """Exit status the CLI returns: 0, or preemption.EXIT_NOT_REQUEUED."""
-        # Bad samples skipped on all ranks before this process started (from the checkpoint);
-        # the loaders count only what this process reads.
+        # Bad samples skipped, and storage reads retried, on all ranks before this process
+        # started (from the checkpoint); the loaders count only what this process reads.
         self._skip_base: dict[str, int] = {}
+        self._retry_base = 0
 
     def deepspeed_settings(self) -> dict[str, Any]:
         """What the DeepSpeed backend fills its JSON's "auto" fields from."""
@@ -244,6 +245,7 @@ class Trainer(ABC):
         # so TensorBoard drops the old events from here on instead of showing both.
         self.tb.purge_from(self.state.step + 1)
         self._skip_base = dict(self.state.skipped_samples)
+        self._retry_base = self.state.data_retries
         try:
             self._loop()
         finally:
@@ -279,7 +281,8 @@ class Trainer(ABC):
                 counted = loader.skipped.copy()
                 for _ in range(self.state.batch_in_epoch):
                     next(it)
-                # Their bad samples are already in the checkpoint's skip counts.
+                # Their bad samples are already in the checkpoint's skip counts (storage
+                # retries, real requests of this process, are counted).
                 loader.skipped = counted
                 while self.state.batch_in_epoch + accum <= usable:
                     group = [next(it) for _ in range(accum)]
@@ -449,21 +452,33 @@ class Trainer(ABC):
 
     # -- logging, checkpoints --------------------------------------------------------------
 
+    def _local_data_counts(self) -> list[float]:
+        """This rank's skipped samples per kind (SKIP_KINDS order), then its storage retries."""
+        loader = self.loader
+        skipped = loader.skipped if loader is not None else {}
+        retries = loader.retries if loader is not None else 0
+        return [float(skipped.get(k, 0)) for k in SKIP_KINDS] + [float(retries)]
+
+    def _count_data(self, summed: list[float]) -> None:
+        """Store the data counters summed over ranks (see _local_data_counts) in self.state."""
+        for j, kind in enumerate(SKIP_KINDS):
+            self.state.skipped_samples[kind] = self._skip_base.get(kind, 0) + int(summed[j])
+        self.state.data_retries = self._retry_base + int(summed[len(SKIP_KINDS)])
+
     def _log(self, perf: dict[str, float]) -> None:
-        """All-reduce the interval's means and skip counters; rank 0 writes them."""
+        """All-reduce the interval's means and data counters; rank 0 writes them."""
         names = sorted(self._sums)
-        skipped = self.loader.skipped if self.loader is not None else {}
         local = [self._sums[n] / self._counts[n] for n in names]
-        local += [torch.tensor(float(skipped.get(k, 0)), device=self.device) for k in SKIP_KINDS]
+        local += [torch.tensor(c, device=self.device) for c in self._local_data_counts()]
         vec = torch.stack([v.reshape(()) for v in local]).to(self.device)
         self.backend.all_reduce(vec, "sum")
         world = self.backend.world_size
         values = {n: float(vec[i]) / world for i, n in enumerate(names)}
-        # Per-rank running mean is averaged over ranks; skip counts are summed over ranks.
-        for j, kind in enumerate(SKIP_KINDS):
-            total = self._skip_base.get(kind, 0) + int(vec[len(names) + j])
-            self.state.skipped_samples[kind] = total
-            values[f"data/skipped_{kind}"] = total
+        # Per-rank running mean is averaged over ranks; data counters are summed over ranks.
+        self._count_data([float(v) for v in vec[len(names) :]])
+        for kind in SKIP_KINDS:
+            values[f"data/skipped_{kind}"] = self.state.skipped_samples[kind]
+        values["data/retries"] = self.state.data_retries
         for trainee in self.trainees:
             values[f"{trainee.name}/skipped_steps"] = self.state.counters[trainee.name][
                 "skipped_steps"
@@ -475,18 +490,15 @@ class Trainer(ABC):
         self._sums.clear()
         self._counts.clear()
 
-    def global_skipped(self) -> dict[str, int]:
-        """Bad samples skipped so far on all ranks, per kind (collective)."""
-        skipped = self.loader.skipped if self.loader is not None else {}
-        vec = torch.tensor(
-            [float(skipped.get(k, 0)) for k in SKIP_KINDS], dtype=torch.float64, device=self.device
-        )
+    def count_data(self) -> None:
+        """Sum the data counters of all ranks into self.state (collective)."""
+        vec = torch.tensor(self._local_data_counts(), dtype=torch.float64, device=self.device)
         self.backend.all_reduce(vec, "sum")
-        return {k: self._skip_base.get(k, 0) + int(vec[j]) for j, k in enumerate(SKIP_KINDS)}
+        self._count_data(vec.tolist())
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the current state (collective)."""
-        self.state.skipped_samples = self.global_skipped()
+        self.count_data()
         return self.checkpointer.save(
             self.stage,
             self.state,
@@ -510,6 +522,7 @@ class Trainer(ABC):
             "counters": self.state.counters,
             # Summed over ranks (by the last save_checkpoint), not rank 0's alone.
             "skipped_samples": dict(self.state.skipped_samples),
+            "data_retries": self.state.data_retries,
             "world_size": self.backend.world_size,
             "backend": self.cfg.run.backend,
             # What ran: the recipe's run.mixed_precision, else the launcher's (config.yaml keeps
