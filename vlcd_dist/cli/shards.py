@@ -36,7 +36,13 @@ def _default_workers() -> int:
 
 
 def _add_writer_options(p: argparse.ArgumentParser, shard_size: int) -> None:
-    p.add_argument("--out", required=True, type=Path, help="folder to write the shards into")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder to write the shards into, or s3://bucket/prefix (each shard uploaded once "
+        "complete; endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY)",
+    )
     p.add_argument(
         "--shard-size",
         type=positive_int,
@@ -283,6 +289,7 @@ def _write(
     info: dict,
 ) -> int:
     """Write the shard set, then say where it went and what was left out."""
+    from vlcd_dist.data.storage import join
     from vlcd_dist.data.writer import summarize_skips, write_shards
 
     record = write_shards(
@@ -301,7 +308,7 @@ def _write(
     reused = f", {record['reused_shards']} already complete" if record["reused_shards"] else ""
     print(
         f"wrote {record['samples']} samples in {record['shards']} shards to {args.out}{reused} "
-        f"({record['seconds']} s); sizes in {args.out / 'sizes.json'}"
+        f"({record['seconds']} s); sizes in {join(args.out, 'sizes.json')}"
     )
     if record["skipped"]:
         print(summarize_skips(record["skipped"]), file=sys.stderr)

@@ -13,13 +13,20 @@ writer:
 
 It finishes by writing ``sizes.json`` (samples per shard, the convention open_clip and wids read)
 and ``info.json`` (what the set is and how it was made).
+
+The destination may be an S3 prefix (``s3://bucket/prefix``, see :mod:`.storage`): each shard is
+then written to a local staging folder, uploaded once complete (an object appears whole or not
+at all) and deleted locally, so the disk holds one shard per worker; a rerun skips the shards
+already uploaded, as it skips complete local files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -33,6 +40,8 @@ import webdataset as wds
 from ..errors import DataError
 from ..io import fsync_dir, fsync_file, write_json
 from ..progress import DEFAULT_EVERY_S, Progress
+from . import storage
+from .storage import StorageConfig
 
 PLAN_FILE = ".vlcd-plan.json"
 SIZES_FILE = "sizes.json"
@@ -80,25 +89,46 @@ def _tick() -> None:
             _progress_counter.value += 1
 
 
-def count_tar_samples(path: Path) -> int:
-    """Number of distinct sample keys in a tar shard (reads headers only)."""
+def count_tar_samples(url: str | Path, cfg: StorageConfig | None = None) -> int:
+    """Number of distinct sample keys in a tar shard, local or remote (one streaming read)."""
     keys = set()
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if member.isreg():
-                keys.add(member.name.split("/")[-1].split(".", 1)[0])
+    with storage.open_read(str(url), cfg or StorageConfig()) as stream:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if member.isreg():
+                    keys.add(member.name.split("/")[-1].split(".", 1)[0])
     return len(keys)
 
 
-def write_one_shard(job: ShardJob, out_dir: str, make_sample: MakeSamples) -> ShardResult:
-    """Write ``job`` to ``out_dir``/name atomically, or reuse it when complete already."""
-    out = Path(out_dir)
-    final = out / job.name
-    if final.exists():
+@dataclass(frozen=True)
+class Destination:
+    """Where a shard set goes: a local folder, or an S3 prefix with a local staging folder."""
+
+    out: str
+    staging: str  # where shard files are written first (``out`` itself when local)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    uploaded: frozenset[str] = frozenset()  # remote: shard names found complete at the start
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.out)
+
+    def url(self, name: str) -> str:
+        return storage.join(self.out, name)
+
+
+def write_one_shard(job: ShardJob, dest: Destination, make_sample: MakeSamples) -> ShardResult:
+    """Write ``job`` into ``dest`` atomically, or reuse it when complete already."""
+    staging = Path(dest.staging)
+    final = staging / job.name
+    done = job.name in dest.uploaded if dest.remote else final.exists()
+    if done:
         for _ in job.items:
             _tick()
-        return ShardResult(job.name, count_tar_samples(final), reused=True)
-    partial_path = out / f".{job.name}.partial"
+        return ShardResult(
+            job.name, count_tar_samples(dest.url(job.name), dest.storage), reused=True
+        )
+    partial_path = staging / f".{job.name}.partial"
     result = ShardResult(job.name, 0)
     with open(partial_path, "wb") as stream:
         # encoder=False: values must already be bytes or str, so nothing is ever pickled.
@@ -118,9 +148,13 @@ def write_one_shard(job: ShardJob, out_dir: str, make_sample: MakeSamples) -> Sh
                     )
                     result.count += 1
                 _tick()
+    if dest.remote:
+        storage.upload(str(partial_path), dest.url(job.name), dest.storage)
+        partial_path.unlink()
+        return result
     fsync_file(partial_path)
     os.replace(partial_path, final)
-    fsync_dir(out)
+    fsync_dir(staging)
     return result
 
 
@@ -128,21 +162,45 @@ def _check_plan(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> None
     plan = out / PLAN_FILE
     if plan.exists():
         previous = json.loads(plan.read_text())
-        if previous != fingerprint and not overwrite:
-            changed = sorted(
-                k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k)
-            )
-            raise DataError(
-                f"{out} already holds shards written with other settings "
-                f"(differs in: {', '.join(changed)}). Use a new --out folder, or pass "
-                "--overwrite to delete those shards and start again."
-            )
+        _refuse_other_plan(str(out), previous, fingerprint, overwrite)
     if overwrite:
         for old in list(out.glob("*.tar")) + list(out.glob(".*.partial")):
             old.unlink()
         for name in (SIZES_FILE, INFO_FILE):
             (out / name).unlink(missing_ok=True)
     plan.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+
+
+def _check_remote_plan(
+    out: str, fingerprint: dict[str, Any], overwrite: bool, cfg: StorageConfig
+) -> frozenset[str]:
+    """The remote twin of :func:`_check_plan`; returns the names of the shards already there."""
+    names = set(storage.listdir(out, cfg))
+    plan = storage.join(out, PLAN_FILE)
+    if PLAN_FILE in names:
+        previous = json.loads(storage.read_bytes(plan, cfg, attempts=cfg.retries + 1))
+        _refuse_other_plan(out, previous, fingerprint, overwrite)
+    if overwrite:
+        for name in sorted(names):
+            if name.endswith(".tar") or name in (SIZES_FILE, INFO_FILE):
+                storage.remove(storage.join(out, name), cfg)
+        names = set()
+    storage.write_bytes(plan, json.dumps(fingerprint, indent=2, sort_keys=True).encode(), cfg)
+    return frozenset(n for n in names if n.endswith(".tar"))
+
+
+def _refuse_other_plan(
+    out: str, previous: dict[str, Any], fingerprint: dict[str, Any], overwrite: bool
+) -> None:
+    if previous != fingerprint and not overwrite:
+        changed = sorted(
+            k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k)
+        )
+        raise DataError(
+            f"{out} already holds shards written with other settings "
+            f"(differs in: {', '.join(changed)}). Use a new --out folder, or pass "
+            "--overwrite to delete those shards and start again."
+        )
 
 
 def write_shards(
@@ -158,20 +216,61 @@ def write_shards(
     desc: str = "writing shards",
     progress: bool = True,
     progress_every_s: float = DEFAULT_EVERY_S,
+    storage_cfg: StorageConfig | None = None,
 ) -> dict[str, Any]:
-    """Write every job's shard into ``out_dir`` and return the shard set's ``info`` record.
+    """Write every job's shard into ``out_dir`` (a folder or ``s3://bucket/prefix``) and return
+    the shard set's ``info`` record.
 
     make_sample must be picklable (a top-level function or a ``functools.partial`` of one) when
     ``workers > 1``. ``total`` is the number of items, for the progress display (a bar in a
     terminal, else a line every ``progress_every_s`` seconds). Items that raise
     :class:`SampleError` are left out and listed in ``info["skipped"]``.
     """
-    out = Path(out_dir)
+    target = str(out_dir)
+    storage.check_location(target)
+    if storage.is_remote(target):
+        storage.check_writable(target)
+        cfg = storage_cfg or StorageConfig()
+        staging = tempfile.mkdtemp(prefix="vlcd-shards-")
+        try:
+            uploaded = _check_remote_plan(target, fingerprint, overwrite, cfg)
+            dest = Destination(target, staging, cfg, uploaded)
+            record = _write_all(
+                dest, jobs, make_sample, total, workers, info, desc, progress, progress_every_s
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return record
+    out = Path(target)
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(out, fingerprint, overwrite)
+    return _write_all(
+        Destination(target, target),
+        jobs,
+        make_sample,
+        total,
+        workers,
+        info,
+        desc,
+        progress,
+        progress_every_s,
+    )
+
+
+def _write_all(
+    dest: Destination,
+    jobs: Iterable[ShardJob],
+    make_sample: MakeSamples,
+    total: int | None,
+    workers: int,
+    info: dict[str, Any],
+    desc: str,
+    progress: bool,
+    progress_every_s: float,
+) -> dict[str, Any]:
     started = time.time()
     results: list[ShardResult] = []
-    task = partial(write_one_shard, out_dir=str(out), make_sample=make_sample)
+    task = partial(write_one_shard, dest=dest, make_sample=make_sample)
     with Progress(total, desc, unit="img", enabled=progress, every_s=progress_every_s) as shown:
         if workers <= 1:
             for job in jobs:
@@ -191,8 +290,15 @@ def write_shards(
         reused_shards=sum(r.reused for r in results),
         seconds=round(time.time() - started, 1),
     )
-    write_json(out / SIZES_FILE, sizes, indent=2, sort_keys=True, fsync=True)
-    write_json(out / INFO_FILE, record, indent=2, sort_keys=True, fsync=True)
+    # sizes.json last: a reader takes the set as complete only once it is there.
+    if dest.remote:
+        for name, value in ((INFO_FILE, record), (SIZES_FILE, sizes)):
+            text = json.dumps(value, indent=2, sort_keys=True)
+            storage.write_bytes(dest.url(name), text.encode(), dest.storage)
+    else:
+        out = Path(dest.out)
+        write_json(out / INFO_FILE, record, indent=2, sort_keys=True, fsync=True)
+        write_json(out / SIZES_FILE, sizes, indent=2, sort_keys=True, fsync=True)
     return record
 
 
