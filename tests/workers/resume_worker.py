@@ -11,9 +11,12 @@ Runs ``vlcd distill`` as the CLI does (recipe, ``--set`` overrides, ``--resume``
 - ``--stop-after STEP``: right after the checkpoint of step STEP is written, stops cleanly
   (TensorBoard closed, data workers shut down, process group released; no export, no summary)
   and exits 0, as a preempted job that saved its state would.
+- ``--outage-before STEP``: when about to train step STEP, rank 0 writes ``OUT/outage.request``
+  and waits for ``OUT/outage.down`` (the test has stopped the shard server), then goes on; the
+  other ranks wait for it in the step's collectives.
 
     accelerate launch ... tests/workers/resume_worker.py RECIPE OUT TAG [--resume] \
-        [--pause-before N | --stop-after N] --set ...
+        [--pause-before N | --stop-after N] [--outage-before N] --set ...
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--pause-before", type=int, default=0)
     ap.add_argument("--stop-after", type=int, default=0)
+    ap.add_argument("--outage-before", type=int, default=0)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     cfg = load_config(args.recipe, args.set)
@@ -65,6 +69,12 @@ def main() -> None:
             os.replace(tmp, marker)
             time.sleep(600)  # until the test kills the job
             os._exit(1)
+        if step == args.outage_before and rank == 0:
+            (Path(args.out) / "outage.request").touch()
+            deadline = time.monotonic() + 120
+            while not (Path(args.out) / "outage.down").exists():
+                assert time.monotonic() < deadline, "the test never stopped the server"
+                time.sleep(0.05)
         with open(keys_file, "a") as f:
             f.writelines(f"{step} {key}\n" for batch in group for key in batch["key"])
         return train_step(group)

@@ -26,6 +26,7 @@ import errno
 import io
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -244,6 +245,18 @@ def _is_connection_error(exn: BaseException) -> bool:
     return name == "FSTimeoutError"
 
 
+def _is_unreachable(exn: BaseException) -> bool:
+    """No connection could be made at all (refused, no route, unknown host, connect timeout)."""
+    if isinstance(exn, ConnectionRefusedError | socket.gaierror):
+        return True
+    return type(exn).__name__ in (
+        "ClientConnectorError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionTimeoutError",
+    )
+
+
 def is_transient(exn: BaseException) -> bool:
     """True for errors worth retrying: a lost connection, a timeout, HTTP 5xx or 429. A
     missing object, a refused permission or a bad request are not: retrying cannot help."""
@@ -265,13 +278,15 @@ def describe(exn: BaseException, url: str, cfg: StorageConfig) -> str:
     root = [e for e in _chain(exn)][-1]
     cause = f"{type(root).__name__}: {root}".strip()
     if is_transient(exn):
-        if any(_is_connection_error(e) for e in _chain(exn)) and status is None:
+        if any(_is_unreachable(e) for e in _chain(exn)):
             hint = (
                 "check data.storage.endpoint_url / AWS_ENDPOINT_URL"
                 if scheme(url) == "s3"
                 else "check the host and port"
             )
             return f"{url}: cannot reach {endpoint} ({cause}); {hint}"
+        if status is None:
+            return f"{url}: lost the connection to {endpoint} ({cause})"
         return f"{url}: the server failed (HTTP {status}; {cause})"
     if isinstance(exn, PermissionError) or status in (401, 403):
         creds = (

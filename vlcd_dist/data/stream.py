@@ -43,10 +43,12 @@ from .imaging import DECODE_ERRORS, decode_rgb
 from .storage import (
     OnRetry,
     StorageConfig,
+    StorageError,
     basename,
     check_location,
     exists,
     is_remote,
+    is_transient,
     join,
     missing,
     open_read,
@@ -128,6 +130,19 @@ def _read_json(url: str, storage: StorageConfig) -> Any:
         raise DataError(f"cannot read {url}: {exn}") from exn
 
 
+def _read_sizes(url: str, storage: StorageConfig, missing_text: str) -> dict[str, int]:
+    """sizes.json; when it is not there, ``missing_text`` (and for a remote set, why: no such
+    bucket, no such object, HTTP 404)."""
+    if not is_remote(url) and not Path(url).exists():
+        raise DataError(missing_text)
+    try:
+        return _read_json(url, storage)
+    except StorageError as exn:
+        if isinstance(exn.__cause__, FileNotFoundError) and not is_transient(exn.__cause__):
+            raise DataError(f"{missing_text} ({exn})") from None
+        raise
+
+
 def _is_pattern(spec: str) -> bool:
     """A brace pattern or list of shards, not a folder (a remote folder cannot be asked)."""
     return (
@@ -156,12 +171,12 @@ def resolve_shards(
     if (remote and not _is_pattern(spec)) or (not remote and Path(spec).is_dir()):
         folder = spec.rstrip("/") if remote else spec
         sizes_file = join(folder, "sizes.json")
-        if not exists(sizes_file, storage):
-            raise DataError(
-                f"{folder} has no sizes.json; it is written by `vlcd shards`. For shards from "
-                'elsewhere, write one: {"name.tar": samples, ...}'
-            )
-        sizes_map = _read_json(sizes_file, storage)
+        sizes_map = _read_sizes(
+            sizes_file,
+            storage,
+            f"{folder} has no sizes.json; it is written by `vlcd shards`. For shards from "
+            'elsewhere, write one: {"name.tar": samples, ...}',
+        )
         names = sorted(sizes_map)
         if split:
             names = [n for n in names if n.startswith(f"placenta-{split}-")]
@@ -170,12 +185,12 @@ def resolve_shards(
         urls = [u for part in spec.split(",") for u in braceexpand.braceexpand(part.strip())]
         folder = parent(urls[0]) if urls else parent(spec)
         sizes_file = join(folder, "sizes.json")
-        if not exists(sizes_file, storage):
-            raise DataError(
-                f"no sizes.json beside {urls[0] if urls else spec}; every shard set needs one "
-                "so that epochs and steps are known"
-            )
-        sizes_map = _read_json(sizes_file, storage)
+        sizes_map = _read_sizes(
+            sizes_file,
+            storage,
+            f"no sizes.json beside {urls[0] if urls else spec}; every shard set needs one so "
+            "that epochs and steps are known",
+        )
         names = [basename(u) for u in urls]
     if not urls:
         what = f" for split {split!r}" if split else ""
