@@ -117,6 +117,23 @@ def test_hf_clip_teacher_equals_the_library(hf_clip_folder):
     assert frozen.text.truncated == 1
 
 
+def test_each_teacher_source_counts_its_image_tower_parameters(hf_clip_folder, open_clip_folder):
+    from transformers import CLIPModel
+
+    ref = CLIPModel.from_pretrained(str(hf_clip_folder))
+    want = sum(p.numel() for p in ref.vision_model.parameters()) + sum(
+        p.numel() for p in ref.visual_projection.parameters()
+    )
+    hf = FrozenTeacher(HFClipTeacher(str(hf_clip_folder)))
+    assert want > 0 and hf.num_image_params() == want
+    # The text tower is not counted.
+    assert hf.num_image_params() < sum(p.numel() for p in ref.parameters())
+    oc = FrozenTeacher(OpenClipTeacher(str(open_clip_folder)))
+    assert oc.num_image_params() == sum(p.numel() for p in oc.teacher.model.visual.parameters())
+    vlcd = FrozenTeacher(create_teacher("tiny_resnet18_minilm"))
+    assert vlcd.num_image_params() == sum(p.numel() for p in vlcd.teacher.image.parameters())
+
+
 def test_students_and_the_vlcd_teacher_normalise_with_their_own_statistics():
     import timm
 
@@ -227,4 +244,5 @@ def test_one_recipe_with_each_teacher_source(source, tiny_recipe, request, tmp_p
     )
     report = EvalReport.load(ev / "report.json")
     assert set(report.models) == {"teacher", *STUDENTS}
+    assert report.models["teacher"].params > 0
     assert all(0.0 <= r.auc_mean <= 1.0 for r in report.models.values())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,10 @@ class _ForeignTeacher(nn.Module):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw strings -> [B, d] with the model's own tokenizer."""
         return self.text.encode(texts)
+
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of the image tower (what produces :meth:`encode_image`'s features)."""
+        raise NotImplementedError
 
     def text_state(self) -> dict[str, torch.Tensor]:
         """The tensors that shape text features (what :meth:`text_hash` fingerprints)."""
@@ -363,6 +367,10 @@ class OpenClipTeacher(_ForeignTeacher):
         """The image tower on normalised input at its own size (``model.visual``)."""
         return self.model.visual
 
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """``model.visual``'s parameters (its projection included)."""
+        return self.model.visual.parameters()
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] -> ``model.encode_image`` of the model's own view."""
         return self.model.encode_image(self.input(images))
@@ -481,6 +489,12 @@ class HFClipTeacher(_ForeignTeacher):
     def image(self) -> nn.Module:
         """The image tower on normalised input at its own size (``get_image_features``)."""
         return self._image
+
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """The vision model's and the visual projection's parameters (``self.image`` holds the
+        CLIPModel outside its children, so its own ``parameters()`` is empty)."""
+        yield from self.model.vision_model.parameters()
+        yield from self.model.visual_projection.parameters()
 
     def text_state(self) -> dict[str, torch.Tensor]:
         return {
