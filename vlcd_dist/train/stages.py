@@ -41,7 +41,13 @@ from vlcd_dist.models import (
     save_teacher,
     teacher_config,
 )
-from vlcd_dist.models.exported import export_student, read_student_info, resolve_student_file
+from vlcd_dist.models.exported import (
+    export_student,
+    read_student_info,
+    resolve_student_file,
+    stored_input,
+    use_stored_input,
+)
 from vlcd_dist.models.foreign_teacher import HFClipTeacher, OpenClipTeacher
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 from vlcd_dist.train.backend import Backend, Trainee
@@ -139,7 +145,8 @@ def build_student(cfg: TrainConfig, spec: StudentSpec, embed_dim: int) -> Studen
 
 
 def load_init(student: Student, init_from: str, name: str) -> Path:
-    """Load the exported weights of ``name`` found at ``init_from`` into ``student``."""
+    """Load the exported weights of ``name`` found at ``init_from`` into ``student``, and the
+    input statistics stored with them (``vlcd-student/2``), which it goes on training with."""
     path = resolve_student_file(init_from, name)
     info = read_student_info(path)
     build = info.get("build", {})
@@ -149,6 +156,9 @@ def load_init(student: Student, init_from: str, name: str) -> Path:
             f"this run trains {name!r} with d={student.embed_dim}"
         )
     load_into(student, load_state_dict(path), source=str(path))
+    stats = stored_input(info, path)
+    if stats is not None:
+        use_stored_input(student, stats)
     return path
 
 
