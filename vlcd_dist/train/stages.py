@@ -78,7 +78,10 @@ def foreign_teacher(cfg: TrainConfig) -> nn.Module:
     try:
         if t.source == "open_clip":
             assert t.open_clip.model is not None  # validate() refuses a recipe without it
-            return OpenClipTeacher(t.open_clip.model, t.open_clip.pretrained)
+            oc = t.open_clip
+            return OpenClipTeacher(
+                oc.model, oc.pretrained, mean=oc.mean, std=oc.std, image_size=oc.image_size
+            )
         assert t.hf_clip.model is not None
         return HFClipTeacher(t.hf_clip.model)
     except ModelError as exn:
