@@ -326,7 +326,8 @@ class TeacherTrainer(Trainer):
         export = self.out / "export"
         teacher_path = export / TEACHER_FILE
         weights = backend.export_state(self.trainee)  # collective under ZeRO
-        if backend.is_main:
+
+        def save() -> None:
             save_teacher(self.teacher, teacher_path, weights)
             info = {
                 "teacher_config": self.teacher.cfg.to_dict(),
@@ -343,7 +344,8 @@ class TeacherTrainer(Trainer):
                     autocast_dtype=cfg.teacher.autocast_dtype,
                     batch_size=cfg.train_teacher.anchor_batch_size,
                 )
-        backend.barrier()
+
+        backend.run_on_main(f"writing the teacher and its text anchors into {export}", save)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -457,7 +459,8 @@ class DistillTrainer(Trainer):
             # by rank 0 (or read back on a resumed run), then read by every rank.
             path = Path(path) if path is not None else self.out / ANCHOR_FILE
             if not path.is_file():
-                if self.backend.is_main:
+
+                def build() -> None:
                     with _all_local_cores(self.backend):
                         build_anchors(
                             self.frozen,
@@ -466,7 +469,9 @@ class DistillTrainer(Trainer):
                             autocast_dtype=cfg.teacher.autocast_dtype,
                             batch_size=cfg.train_teacher.anchor_batch_size,
                         )
-                self.backend.barrier()
+
+                # A failure on rank 0 stops every rank with its message (not a timeout).
+                self.backend.run_on_main(f"building the text anchors {path}", build)
             return AnchorCache(path, expected_teacher_hash=self.frozen.text_hash()).load()
         if path is None:
             if cfg.teacher.checkpoint is None:
