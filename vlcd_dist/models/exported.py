@@ -2,9 +2,9 @@
 
 ``<name>.safetensors`` holds the plain Student state_dict, with the build info (what
 ``create_student(**build)`` needs: name, embed_dim, image_size), the input the student was
-trained on (``"input"``: its mean, std and input size) and the training provenance in its
-metadata; ``<name>.json`` beside it repeats that info for people and tools. Both are written
-atomically.
+trained on (``"input"``: its mean, std and input size, the last the same as the build's
+image_size) and the training provenance in its metadata; ``<name>.json`` beside it repeats
+that info for people and tools. Both are written atomically.
 
 Format ``vlcd-student/2`` stores ``"input"``, and loading normalises with those statistics
 (not whatever timm's ``pretrained_cfg`` says at load time). ``vlcd-student/1`` files, without
