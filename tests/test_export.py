@@ -24,7 +24,7 @@ from vlcd_dist.cli.export import add_parser as add_export_parser
 from vlcd_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from vlcd_dist.deploy.export import file_sha256, random_images
 from vlcd_dist.errors import VlcdError
-from vlcd_dist.models import create_student, state_dict_hash
+from vlcd_dist.models import ModelError, create_student, state_dict_hash
 from vlcd_dist.models.exported import export_student, load_exported_student
 
 STUDENT = "tiny_mobilenetv3"
@@ -338,3 +338,59 @@ def test_the_tolerance_is_relative_to_a_large_output() -> None:
     assert record["max_scaled_diff"] == pytest.approx(2e-3 / 3e4, rel=0.05)
     with pytest.raises(VlcdError, match=r"by 6[.\d]* \(0\.0002 of its largest output, 3e\+04\)"):
         verify(eager, lambda x: eager(x) * 1.0002, (8, 8), real=(), tolerance=1e-4, what="x")
+
+
+def test_an_exported_student_normalises_with_its_stored_statistics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """vlcd-student/2 stores the mean/std/input size it was trained with; loading uses them even
+    when timm's pretrained_cfg (the derivation) states others by then. A vlcd-student/1 file
+    (stores none) still loads, by the derivation."""
+    import vlcd_dist.models.student as student_module
+    from vlcd_dist.models.exported import read_student_info
+
+    student = create_student(STUDENT, embed_dim=D, image_size=(SIZE, SIZE))
+    path = export_student(student, tmp_path, {"name": STUDENT}, {"stage": "distill"})
+    info = read_student_info(path)
+    assert info["format"] == "vlcd-student/2"
+    assert info["input"] == {
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "input_size": [SIZE, SIZE],
+    }
+    assert json.loads((tmp_path / f"{STUDENT}.json").read_text())["input"] == info["input"]
+    other = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    monkeypatch.setattr(student_module, "backbone_data_config", lambda _backbone: dict(other))
+    assert create_student(STUDENT, embed_dim=D).mean == other["mean"]  # the derivation changed
+    with caplog.at_level(logging.WARNING, logger="vlcd_dist.models.exported"):
+        loaded, _ = load_exported_student(path)
+    assert loaded.mean == tuple(IMAGENET_MEAN) and loaded.std == tuple(IMAGENET_STD)
+    assert "using its stored mean" in caplog.text
+    x = torch.rand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(loaded.normalize(x), student.normalize(x), rtol=0, atol=0)
+    # The same file as format /1 (no "input"): the derivation, as before.
+    from safetensors.torch import load_file
+
+    old = dict(info, format="vlcd-student/1")
+    del old["input"]
+    v1 = tmp_path / "v1" / f"{STUDENT}.safetensors"
+    v1.parent.mkdir()
+    save_file(
+        load_file(str(path)),
+        str(v1),
+        metadata={"format": "vlcd-student/1", "info": json.dumps(old)},
+    )
+    loaded_v1, info_v1 = load_exported_student(v1)
+    assert info_v1["format"] == "vlcd-student/1"
+    assert loaded_v1.mean == other["mean"] and loaded_v1.std == other["std"]
+    # A /2 file whose statistics are unusable is refused, naming the file.
+    bad = tmp_path / "bad" / f"{STUDENT}.safetensors"
+    bad.parent.mkdir()
+    broken = dict(info, input={"mean": [0.5, 0.5], "std": [1, 1, 1]})
+    save_file(
+        load_file(str(path)),
+        str(bad),
+        metadata={"format": "vlcd-student/2", "info": json.dumps(broken)},
+    )
+    with pytest.raises(ModelError, match=r"bad/tiny_mobilenetv3\.safetensors: stored input mean"):
+        load_exported_student(bad)

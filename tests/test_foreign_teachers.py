@@ -10,6 +10,7 @@ from tiny_clip import (
     HF_DIM,
     HF_MEAN,
     HF_STD,
+    OPEN_CLIP_CFG,
     OPEN_CLIP_DIM,
     OPEN_CLIP_MEAN,
     OPEN_CLIP_STD,
@@ -117,6 +118,23 @@ def test_hf_clip_teacher_equals_the_library(hf_clip_folder):
     assert frozen.text.truncated == 1
 
 
+def test_each_teacher_source_counts_its_image_tower_parameters(hf_clip_folder, open_clip_folder):
+    from transformers import CLIPModel
+
+    ref = CLIPModel.from_pretrained(str(hf_clip_folder))
+    want = sum(p.numel() for p in ref.vision_model.parameters()) + sum(
+        p.numel() for p in ref.visual_projection.parameters()
+    )
+    hf = FrozenTeacher(HFClipTeacher(str(hf_clip_folder)))
+    assert want > 0 and hf.num_image_params() == want
+    # The text tower is not counted.
+    assert hf.num_image_params() < sum(p.numel() for p in ref.parameters())
+    oc = FrozenTeacher(OpenClipTeacher(str(open_clip_folder)))
+    assert oc.num_image_params() == sum(p.numel() for p in oc.teacher.model.visual.parameters())
+    vlcd = FrozenTeacher(create_teacher("tiny_resnet18_minilm"))
+    assert vlcd.num_image_params() == sum(p.numel() for p in vlcd.teacher.image.parameters())
+
+
 def test_students_and_the_vlcd_teacher_normalise_with_their_own_statistics():
     import timm
 
@@ -136,6 +154,66 @@ def test_students_and_the_vlcd_teacher_normalise_with_their_own_statistics():
     with torch.no_grad():
         want = teacher.image(_normalised(x, tcfg["mean"], tcfg["std"]))
         torch.testing.assert_close(teacher.encode_image(x), want)
+
+
+def test_open_clip_statistics_and_input_size_from_the_recipe(open_clip_folder, tiny_recipe):
+    """A config name with a local checkpoint gets open_clip's default (OpenAI) statistics;
+    teacher.open_clip.mean/std/image_size override them, and the features are the library's
+    on that view."""
+    import json
+
+    import open_clip
+
+    from vlcd_dist.train.stages import foreign_teacher
+
+    config = open_clip_folder.parent / "tiny-vit-recipe-stats.json"
+    config.write_text(json.dumps(OPEN_CLIP_CFG))
+    checkpoint = open_clip_folder / "open_clip_model.safetensors"
+    plain = OpenClipTeacher(str(config), str(checkpoint))
+    assert list(plain.input.mean_values) == list(open_clip.OPENAI_DATASET_MEAN)
+    assert plain.input.size == (32, 32)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    sets = [
+        "teacher.source=open_clip",
+        f"teacher.open_clip.model={config}",
+        f"teacher.open_clip.pretrained={checkpoint}",
+        f"teacher.open_clip.mean={mean}",
+        f"teacher.open_clip.std={std}",
+        "teacher.open_clip.image_size=[48,48]",
+    ]
+    teacher = FrozenTeacher(foreign_teacher(load_config(tiny_recipe, sets)), "float32")
+    assert teacher.input.stats() == {"mean": mean, "std": std, "input_size": [48, 48]}
+    # The library's model at that size: its position embeddings resized from the checkpoint.
+    ref = open_clip.create_model("tiny-vit-recipe-stats", force_image_size=48).eval()
+    open_clip.load_checkpoint(ref, str(checkpoint))
+    images = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = ref.encode_image(_normalised(images, mean, std))
+    torch.testing.assert_close(teacher.encode_image(images), want, atol=1e-5, rtol=0)
+    # Only the statistics given are overridden.
+    half = OpenClipTeacher(str(config), str(checkpoint), std=std)
+    assert list(half.input.mean_values) == list(open_clip.OPENAI_DATASET_MEAN)
+    assert list(half.input.std_values) == std
+
+
+def test_open_clip_recipe_statistics_are_validated(tiny_recipe):
+    with pytest.raises(ConfigError, match=r"teacher\.open_clip\.std"):
+        load_config(tiny_recipe, ["teacher.open_clip.std=[0.2,0,0.3]"])
+    with pytest.raises(ConfigError, match=r"teacher\.open_clip\.mean"):
+        load_config(tiny_recipe, ["teacher.open_clip.mean=[0.5,0.5]"])
+    with pytest.raises(ConfigError, match=r"teacher\.open_clip\.image_size"):
+        load_config(tiny_recipe, ["teacher.open_clip.image_size=[0,32]"])
+
+
+def test_open_clip_refuses_a_pretrained_it_would_ignore(open_clip_folder):
+    for model in (str(open_clip_folder), "hf-hub:some-org/some-model"):
+        with pytest.raises(
+            ModelError, match=r"pretrained='openai' would be ignored.*brings its own"
+        ):
+            OpenClipTeacher(model, "openai")
+    # Its own weights (None) and "random" are what such a model takes.
+    OpenClipTeacher(str(open_clip_folder), None)
+    OpenClipTeacher(str(open_clip_folder), "random")
 
 
 def test_unknown_open_clip_model_lists_close_names():
@@ -227,4 +305,5 @@ def test_one_recipe_with_each_teacher_source(source, tiny_recipe, request, tmp_p
     )
     report = EvalReport.load(ev / "report.json")
     assert set(report.models) == {"teacher", *STUDENTS}
+    assert report.models["teacher"].params > 0
     assert all(0.0 <= r.auc_mean <= 1.0 for r in report.models.values())

@@ -230,3 +230,33 @@ def test_distiller_training_step_leaves_teacher_untouched(teacher: VisionLanguag
 def test_distiller_refuses_mismatched_dimension(teacher: VisionLanguageTeacher) -> None:
     with pytest.raises(ValueError, match="embed_dim=64"):
         Distiller(teacher, {"s": create_student("tiny_mobilenetv3", embed_dim=32)})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_image_input_statistics_stay_fp32_exact_when_the_module_is_cast(dtype):
+    """DeepSpeed bf16 casts the whole model: the mean/std must not round with it (0.485 is
+    0.484375 in bf16), and an fp32 batch is normalised exactly as by the fp32 module."""
+    import copy
+
+    from vlcd_dist.models.preprocess import ImageInput
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = ImageInput(mean, std, (8, 8))
+    for cast in (
+        lambda m: m.to(dtype),
+        lambda m: m.half() if dtype == torch.float16 else m.bfloat16(),
+    ):
+        module = cast(copy.deepcopy(ref))
+        assert module.stats() == {"mean": list(mean), "std": list(std), "input_size": [8, 8]}
+        assert module.mean.dtype == module.std.dtype == torch.float32
+        assert torch.equal(module.mean, ref.mean) and torch.equal(module.std, ref.std)
+        x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(module(x), ref(x))
+        # A half-precision batch: computed in fp32, rounded once to its dtype.
+        half = x.to(dtype)
+        assert module(half).dtype == dtype
+        assert torch.equal(module(half), ref(half.float()).to(dtype))
+    # Inside a student cast as DeepSpeed casts it.
+    student = create_student("tiny_mobilenetv3", embed_dim=8).to(dtype)
+    assert student.input.mean.dtype == torch.float32
+    assert student.input.mean.flatten().tolist() == [float(torch.tensor(v)) for v in student.mean]

@@ -119,7 +119,13 @@ class OpenClipSection:
     open_clip_config.json, or a model-config .json file."""
     pretrained: str | None = None
     """A tag (e.g. openai), a local checkpoint file/folder, or "random"; None for hf-hub and
-    folders (their own weights)."""
+    folders (their own weights; any other value is refused)."""
+    mean: tuple[float, float, float] | None = None
+    """Per-channel input mean overriding the model's preprocess_cfg (None: open_clip's)."""
+    std: tuple[float, float, float] | None = None
+    """Per-channel input std overriding the model's preprocess_cfg (None: open_clip's)."""
+    image_size: tuple[int, int] | None = None
+    """[height, width] to build the model for and resize images to (None: its config's)."""
 
 
 @dataclass
@@ -511,6 +517,19 @@ class TrainConfig:
                 "teacher.source=open_clip needs teacher.open_clip.model (e.g. "
                 "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224; docs/teachers.md)"
             )
+        oc = self.teacher.open_clip
+        _check(
+            oc.std is None or min(oc.std) > 0,
+            "teacher.open_clip.std",
+            None if oc.std is None else list(oc.std),
+            "null or three values > 0",
+        )
+        _check(
+            oc.image_size is None or min(oc.image_size) > 0,
+            "teacher.open_clip.image_size",
+            None if oc.image_size is None else list(oc.image_size),
+            "null or [height, width] > 0",
+        )
         if self.teacher.source == "hf_clip" and not self.teacher.hf_clip.model:
             raise ConfigError(
                 "teacher.source=hf_clip needs teacher.hf_clip.model (a CLIPModel folder or hub "

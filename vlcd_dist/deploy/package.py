@@ -257,13 +257,14 @@ def split_batches(
     """The eval's view of one placenta split at ``size`` (resize to cover, centre crop,
     normalised with ``stats``, the model's (mean, std)), one process: (images [B, 3, H, W],
     labels [B, T], key orders) per batch."""
+    from vlcd_dist.models.preprocess import ImageInput
+
     cfg = copy.deepcopy(cfg)
     cfg.data.image_size = [int(size[0]), int(size[1])]
     stream = cfg.data.stream(cfg.data.placenta, split=split, train=False, seed=cfg.run.seed)
-    mean = torch.tensor(stats[0], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(stats[1], dtype=torch.float32).view(1, 3, 1, 1)
+    normalise = ImageInput(stats[0], stats[1], what="package")  # the models' own normalisation
     for batch in ShardLoader(stream, 0, 1):
-        images = (batch["image"] - mean) / std
+        images = normalise(batch["image"])
         yield images, batch["labels"].numpy(), [key_order(k) for k in batch["key"]]
 
 

@@ -1,14 +1,20 @@
 """The exported-student file: what predistill and distill hand on, and eval and export read.
 
 ``<name>.safetensors`` holds the plain Student state_dict, with the build info (what
-``create_student(**build)`` needs: name, embed_dim, image_size) and the training provenance in
-its metadata; ``<name>.json`` beside it repeats that info for people and tools. Both are written
-atomically.
+``create_student(**build)`` needs: name, embed_dim, image_size), the input the student was
+trained on (``"input"``: its mean, std and input size, the last the same as the build's
+image_size) and the training provenance in its metadata; ``<name>.json`` beside it repeats
+that info for people and tools. Both are written atomically.
+
+Format ``vlcd-student/2`` stores ``"input"``, and loading normalises with those statistics
+(not whatever timm's ``pretrained_cfg`` says at load time). ``vlcd-student/1`` files, without
+it, are still read: their statistics are derived from timm's ``pretrained_cfg`` as before.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +22,16 @@ import torch
 from safetensors.torch import load_file
 
 from vlcd_dist.io import save_tensors, write_json
-from vlcd_dist.models.student import create_student
+from vlcd_dist.models.preprocess import ImageInput
+from vlcd_dist.models.student import Student, create_student
 from vlcd_dist.models.weights import ModelError, load_into
 
-STUDENT_FORMAT = "vlcd-student/1"
+STUDENT_FORMAT = "vlcd-student/2"
+"""What :func:`export_student` writes."""
+READABLE_FORMATS = ("vlcd-student/1", STUDENT_FORMAT)
+"""What :func:`read_student_info` reads (/1 has no stored "input")."""
+
+logger = logging.getLogger(__name__)
 
 
 def export_student(
@@ -40,7 +52,13 @@ def export_student(
         "embed_dim": int(student.embed_dim),
         "image_size": list(student.image_size) if student.image_size else None,
     }
-    info = {"format": STUDENT_FORMAT, "build": build, **extra}
+    # The statistics it was trained with, stored: a later timm may state others.
+    stats = {
+        "mean": [float(v) for v in student.mean],
+        "std": [float(v) for v in student.std],
+        "input_size": build["image_size"],
+    }
+    info = {"format": STUDENT_FORMAT, "build": build, "input": stats, **extra}
     source = student.state_dict() if state is None else state
     path = folder / f"{name}.safetensors"
     save_tensors(source, path, metadata={"format": STUDENT_FORMAT, "info": json.dumps(info)})
@@ -58,7 +76,7 @@ def read_student_info(path: str | Path) -> dict[str, Any]:
             info = json.loads(path.read_text())
         except (OSError, ValueError) as exn:
             raise ModelError(f"{path}: cannot read the exported student's JSON ({exn})") from exn
-        if not isinstance(info, dict) or info.get("format") != STUDENT_FORMAT:
+        if not isinstance(info, dict) or info.get("format") not in READABLE_FORMATS:
             raise ModelError(
                 f'{path} is not the JSON of an exported student (no "format": '
                 f"{STUDENT_FORMAT!r}); pass the {{student}}.json or .safetensors that training "
@@ -72,7 +90,7 @@ def read_student_info(path: str | Path) -> dict[str, Any]:
                 meta = f.metadata() or {}
         except Exception as exn:  # noqa: BLE001 - safetensors raises several types
             raise ModelError(f"{path}: not a readable safetensors file ({exn})") from exn
-        if meta.get("format") != STUDENT_FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             raise ModelError(f"{path} is not an exported student ({STUDENT_FORMAT}); {how}")
         info = json.loads(meta["info"])
     build = info.get("build")
@@ -81,7 +99,25 @@ def read_student_info(path: str | Path) -> dict[str, Any]:
             f'{path}: exported student without its build info ("build": {{name, embed_dim, '
             f"image_size}}); {how}"
         )
+    if info["format"] != "vlcd-student/1":
+        stored_input(info, path)  # checked here, so that every reader sees a valid one
     return info
+
+
+def stored_input(info: dict[str, Any], path: str | Path = "") -> dict[str, Any] | None:
+    """The stored {"mean": [3], "std": [3], "input_size": [H, W] or None} of an exported
+    student; None for a ``vlcd-student/1`` file (which stores none)."""
+    if info.get("format") == "vlcd-student/1":
+        return None
+    stats = info.get("input")
+    where = f"{path}: " if path else ""
+    if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
+        raise ModelError(
+            f'{where}{info.get("format")} student without its input statistics ("input": '
+            '{"mean": [3], "std": [3], "input_size"}); re-export it with `vlcd distill`'
+        )
+    checked = ImageInput(stats["mean"], stats["std"], what=f"{where}stored input").stats()
+    return {**checked, "input_size": stats.get("input_size")}
 
 
 def stored_image_size(info: dict[str, Any]) -> tuple[int, int] | None:
@@ -103,13 +139,35 @@ def load_exported_student(
     path: str | Path, image_size: tuple[int, int] | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild an exported student and load its weights. Returns (student, info).
-    ``image_size``: (H, W) to build for when the file stores none (its stored size wins)."""
+    ``image_size``: (H, W) to build for when the file stores none (its stored size wins).
+
+    The student normalises with the stored mean and std (``vlcd-student/2``); a
+    ``vlcd-student/1`` file's are derived from timm's ``pretrained_cfg`` at load."""
     info = read_student_info(path)
     build = info["build"]
     size = stored_image_size(info) or image_size
     student = create_student(build["name"], embed_dim=int(build["embed_dim"]), image_size=size)
     load_into(student, load_file(str(path)), source=str(path))
+    stats = stored_input(info, path)
+    if stats is not None:
+        use_stored_input(student, stats)
     return student, info
+
+
+def use_stored_input(student: Student, stats: dict[str, Any]) -> None:
+    """Make ``student`` normalise with stored statistics (:func:`stored_input`), logging when
+    they differ from what timm states for its backbone now."""
+    derived = student.input
+    student.input = ImageInput(stats["mean"], stats["std"], what=f"student {student.name}")
+    if derived.stats()["mean"] != stats["mean"] or derived.stats()["std"] != stats["std"]:
+        logger.warning(
+            "student %s: using its stored mean %s / std %s, not timm's current %s / %s",
+            student.name,
+            stats["mean"],
+            stats["std"],
+            derived.stats()["mean"],
+            derived.stats()["std"],
+        )
 
 
 def resolve_student_file(init_from: str | Path, name: str | None = None) -> Path:

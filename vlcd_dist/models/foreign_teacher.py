@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,10 @@ class _ForeignTeacher(nn.Module):
         """Raw strings -> [B, d] with the model's own tokenizer."""
         return self.text.encode(texts)
 
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of the image tower (what produces :meth:`encode_image`'s features)."""
+        raise NotImplementedError
+
     def text_state(self) -> dict[str, torch.Tensor]:
         """The tensors that shape text features (what :meth:`text_hash` fingerprints)."""
         raise NotImplementedError
@@ -264,17 +268,43 @@ class OpenClipTeacher(_ForeignTeacher):
         *,
         name: str | None = None,
         max_logit_scale: float = 100.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        image_size: int | Sequence[int] | None = None,
     ) -> None:
         """model: see :func:`resolve_open_clip_model`. pretrained: an open_clip tag (e.g.
         "openai", downloaded), a local checkpoint (file or folder; safetensors or a torch file
         read with weights_only), "random" (warns), or None for a hub/local-dir model's own
-        weights (a plain config name needs one)."""
+        weights (a plain config name needs one; a hub/local-dir model refuses any other).
+
+        mean, std: the input statistics, overriding what open_clip states for the model (its
+        preprocess_cfg, or OpenAI's for a plain config name with a local checkpoint).
+        image_size: (H, W) or one int to build the model for (open_clip's
+        ``force_image_size``; the position embeddings of a checkpoint are resized to it) and to
+        resize images to."""
         open_clip = _open_clip()
         resolved = resolve_open_clip_model(model)
         super().__init__(name or model, resolved, pretrained, max_logit_scale)
         schema = (
             resolved.split(":", 1)[0] if resolved.startswith(("hf-hub:", "local-dir:")) else None
         )
+        if schema is not None and pretrained not in (None, "random"):
+            raise ModelError(
+                f"teacher.open_clip.pretrained={pretrained!r} would be ignored: "
+                f"teacher.open_clip.model={model!r} is a {schema}: model, which brings its own "
+                "weights. Drop pretrained (or set it to 'random'), or give an open_clip config "
+                f"name as the model to load {pretrained!r} into it"
+            )
+        # Checked before open_clip sees them (ImageInput says what is wrong with a value).
+        given = ImageInput(mean or (0, 0, 0), std or (1, 1, 1), what="teacher.open_clip")
+        force: dict[str, Any] = {}
+        if mean is not None:
+            force["mean"] = given.mean_values
+        if std is not None:
+            force["std"] = given.std_values
+        size = None if image_size is None else _pair(image_size)
+        if size is not None and min(size) <= 0:
+            raise ModelError(f"teacher.open_clip.image_size={list(size)}: give [height, width] > 0")
         if schema is None and pretrained is None:
             raise ModelError(
                 f"teacher.open_clip.pretrained is not set for {model!r}: give a tag of "
@@ -312,6 +342,8 @@ class OpenClipTeacher(_ForeignTeacher):
                 pretrained=pretrained if checkpoint is None and pretrained != "random" else None,
                 load_weights=schema is None and checkpoint is None and pretrained != "random",
                 pretrained_text=False,
+                force_image_size=size,
+                force_preprocess_cfg=force or None,
             )
         except RuntimeError as exn:
             raise ModelError(f"teacher {model!r}: open_clip could not build it ({exn})") from exn
@@ -362,6 +394,10 @@ class OpenClipTeacher(_ForeignTeacher):
     def image(self) -> nn.Module:
         """The image tower on normalised input at its own size (``model.visual``)."""
         return self.model.visual
+
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """``model.visual``'s parameters (its projection included)."""
+        return self.model.visual.parameters()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] -> ``model.encode_image`` of the model's own view."""
@@ -481,6 +517,12 @@ class HFClipTeacher(_ForeignTeacher):
     def image(self) -> nn.Module:
         """The image tower on normalised input at its own size (``get_image_features``)."""
         return self._image
+
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """The vision model's and the visual projection's parameters (``self.image`` holds the
+        CLIPModel outside its children, so its own ``parameters()`` is empty)."""
+        yield from self.model.vision_model.parameters()
+        yield from self.model.visual_projection.parameters()
 
     def text_state(self) -> dict[str, torch.Tensor]:
         return {

@@ -31,7 +31,9 @@ class ImageInput(nn.Module):
     ``size`` when that is set and differs, then ``(x - mean) / std`` per channel.
 
     mean and std are non-persistent buffers: they follow the module's device but stay out of
-    its state_dict, so checkpoints and weight fingerprints do not change.
+    its state_dict, so checkpoints and weight fingerprints do not change. They stay fp32 when
+    the module is cast (``.half()``, ``.to(torch.bfloat16)``, DeepSpeed's bf16): 0.485 is not
+    a bf16 number. The forward computes in fp32 and returns the input's dtype.
     """
 
     def __init__(
@@ -48,12 +50,21 @@ class ImageInput(nn.Module):
         if min(self.std_values) <= 0:
             raise ModelError(f"{what} std={list(self.std_values)}: every value must be > 0")
         self.size: tuple[int, int] | None = None if size is None else (int(size[0]), int(size[1]))
-        self.register_buffer(
-            "mean", torch.tensor(self.mean_values).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "std", torch.tensor(self.std_values).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("mean", self._constant(self.mean_values, None), persistent=False)
+        self.register_buffer("std", self._constant(self.std_values, None), persistent=False)
+
+    @staticmethod
+    def _constant(values: tuple[float, ...], device: torch.device | None) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ImageInput:  # type: ignore[override]
+        # Casts and moves reach the buffers through here: keep the move, rebuild the values in
+        # fp32 from the exact floats (a cast to bf16 would round 0.485 to 0.484375).
+        super()._apply(fn, recurse)
+        device = self.mean.device
+        self.mean = self._constant(self.mean_values, device)
+        self.std = self._constant(self.std_values, device)
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] -> [B, 3, h, w], normalised."""
@@ -61,6 +72,8 @@ class ImageInput(nn.Module):
             images = F.interpolate(
                 images, size=self.size, mode="bilinear", align_corners=False, antialias=True
             )
+        if images.dtype in (torch.float16, torch.bfloat16):
+            return ((images.float() - self.mean) / self.std).to(images.dtype)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def stats(self) -> dict[str, Any]:

@@ -95,12 +95,14 @@ class Student(nn.Module):
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        """Per-channel mean the backbone expects its [0, 1] input shifted by (timm's)."""
+        """Per-channel mean the backbone expects its [0, 1] input shifted by (timm's, or the
+        stored one of an exported student, :mod:`vlcd_dist.models.exported`)."""
         return self.input.mean_values
 
     @property
     def std(self) -> tuple[float, float, float]:
-        """Per-channel std the backbone expects its [0, 1] input divided by (timm's)."""
+        """Per-channel std the backbone expects its [0, 1] input divided by (timm's, or the
+        stored one of an exported student)."""
         return self.input.std_values
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

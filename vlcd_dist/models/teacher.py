@@ -8,7 +8,7 @@ import fnmatch
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +131,8 @@ class VisionLanguageTeacher(nn.Module):
     are in :mod:`vlcd_dist.models.foreign_teacher`. Every source offers ``name``, ``arch``,
     ``weights``, ``embed_dim``, ``input`` (an :class:`ImageInput`), ``image`` (the image tower
     on normalised input), ``text`` (what :mod:`vlcd_dist.anchors` embeds sentences with),
-    ``encode_image``, ``encode_text``, ``get_logit_scale``, ``max_logit_scale`` and
-    ``text_hash``.
+    ``encode_image``, ``encode_text``, ``image_parameters`` (the image tower's, for parameter
+    counts), ``get_logit_scale``, ``max_logit_scale`` and ``text_hash``.
     """
 
     source = "vlcd"
@@ -191,6 +191,10 @@ class VisionLanguageTeacher(nn.Module):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw strings -> [B, d] (unnormalised)."""
         return self.text.encode(texts)
+
+    def image_parameters(self) -> Iterator[nn.Parameter]:
+        """The image tower's parameters (backbone and projection)."""
+        return self.image.parameters()
 
     def forward(
         self,
@@ -293,6 +297,10 @@ class FrozenTeacher(nn.Module):
     def text(self) -> TextTower:
         """The text tower (for anchor building)."""
         return self.teacher.text
+
+    def num_image_params(self) -> int:
+        """How many parameters the teacher's image tower has (any source)."""
+        return sum(p.numel() for p in self.teacher.image_parameters())
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -193,6 +193,46 @@ class Backend(ABC):
     @abstractmethod
     def barrier(self) -> None:
         """Wait until every rank gets here."""
+
+    def run_on_main(self, what: str, work: Callable[[], Any]) -> None:
+        """Run ``work()`` on rank 0 while the other ranks wait, then every rank goes on, or
+        every rank raises when it failed: rank 0 its own exception, the others a
+        :class:`VlcdError` with rank 0's error text (not a collective timeout later on).
+
+        A collective: every rank must call it. ``what`` says what rank 0 was doing."""
+        failure: Exception | None = None
+        if self.is_main:
+            try:
+                work()
+            except Exception as exn:  # noqa: BLE001 - re-raised below, after telling the others
+                failure = exn
+        if self.world_size == 1:
+            if failure is not None:
+                raise failure
+            return
+        text = f"{type(failure).__name__}: {failure}" if failure is not None else ""
+        text = self._share_main_text(text)
+        if failure is not None:
+            raise failure
+        if text:
+            raise VlcdError(
+                f"{what} failed on rank 0, so rank {self.rank} stops too: {text} (rank 0's log "
+                "has the traceback)"
+            )
+
+    def _share_main_text(self, text: str, limit: int = 4000) -> str:
+        """Rank 0's ``text`` (UTF-8, at most ``limit`` bytes) on every rank, through two
+        all-reduces of integer tensors (the other ranks contribute zeros)."""
+        data = text.encode("utf-8")[:limit] if self.is_main else b""
+        size = torch.tensor([len(data)], dtype=torch.int32, device=self.device)
+        n = int(self.all_reduce(size, "max").item())
+        if n == 0:
+            return ""
+        codes = torch.zeros(n, dtype=torch.int32, device=self.device)
+        if data:
+            codes[: len(data)] = torch.tensor(list(data), dtype=torch.int32, device=self.device)
+        codes = self.all_reduce(codes, "sum")
+        return bytes(codes.cpu().tolist()).decode("utf-8", errors="replace")
 
     #: Folders inside a trainee's checkpoint that another library writes and reads (their
     #: JSON files are not ours to validate); see :meth:`trainee_problems`.

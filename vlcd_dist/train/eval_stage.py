@@ -188,7 +188,6 @@ class Evaluator:
         if cfg.eval.include_teacher:
             frozen = load_frozen_teacher(cfg, self.device, self.backend.memory_format)
             self.frozen_teacher = frozen
-            image = frozen.teacher.image
             out.append(
                 EvalModel(
                     name="teacher",
@@ -198,7 +197,7 @@ class Evaluator:
                     features=frozen.encode_image,
                     # Its own resize and normalisation included, as for every model below.
                     timed=frozen.image_forward,
-                    params=sum(p.numel() for p in image.parameters()),
+                    params=frozen.num_image_params(),
                     info={"weights": frozen.teacher.weights},
                 )
             )

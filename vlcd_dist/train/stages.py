@@ -42,7 +42,13 @@ from vlcd_dist.models import (
     save_teacher,
     teacher_config,
 )
-from vlcd_dist.models.exported import export_student, read_student_info, resolve_student_file
+from vlcd_dist.models.exported import (
+    export_student,
+    read_student_info,
+    resolve_student_file,
+    stored_input,
+    use_stored_input,
+)
 from vlcd_dist.models.foreign_teacher import HFClipTeacher, OpenClipTeacher
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 from vlcd_dist.train.backend import Backend, Trainee
@@ -73,7 +79,10 @@ def foreign_teacher(cfg: TrainConfig) -> nn.Module:
     try:
         if t.source == "open_clip":
             assert t.open_clip.model is not None  # validate() refuses a recipe without it
-            return OpenClipTeacher(t.open_clip.model, t.open_clip.pretrained)
+            oc = t.open_clip
+            return OpenClipTeacher(
+                oc.model, oc.pretrained, mean=oc.mean, std=oc.std, image_size=oc.image_size
+            )
         assert t.hf_clip.model is not None
         return HFClipTeacher(t.hf_clip.model)
     except ModelError as exn:
@@ -140,7 +149,8 @@ def build_student(cfg: TrainConfig, spec: StudentSpec, embed_dim: int) -> Studen
 
 
 def load_init(student: Student, init_from: str, name: str) -> Path:
-    """Load the exported weights of ``name`` found at ``init_from`` into ``student``."""
+    """Load the exported weights of ``name`` found at ``init_from`` into ``student``, and the
+    input statistics stored with them (``vlcd-student/2``), which it goes on training with."""
     path = resolve_student_file(init_from, name)
     info = read_student_info(path)
     build = info.get("build", {})
@@ -150,6 +160,9 @@ def load_init(student: Student, init_from: str, name: str) -> Path:
             f"this run trains {name!r} with d={student.embed_dim}"
         )
     load_into(student, load_state_dict(path), source=str(path))
+    stats = stored_input(info, path)
+    if stats is not None:
+        use_stored_input(student, stats)
     return path
 
 
@@ -314,7 +327,8 @@ class TeacherTrainer(Trainer):
         export = self.out / "export"
         teacher_path = export / TEACHER_FILE
         weights = backend.export_state(self.trainee)  # collective under ZeRO
-        if backend.is_main:
+
+        def save() -> None:
             save_teacher(self.teacher, teacher_path, weights)
             info = {
                 "teacher_config": self.teacher.cfg.to_dict(),
@@ -332,7 +346,8 @@ class TeacherTrainer(Trainer):
                     batch_size=cfg.train_teacher.anchor_batch_size,
                     storage=cfg.data.storage,
                 )
-        backend.barrier()
+
+        backend.run_on_main(f"writing the teacher and its text anchors into {export}", save)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -453,7 +468,8 @@ class DistillTrainer(Trainer):
             # by rank 0 (or read back on a resumed run), then read by every rank.
             path = Path(path) if path is not None else self.out / ANCHOR_FILE
             if not path.is_file():
-                if self.backend.is_main:
+
+                def build() -> None:
                     with _all_local_cores(self.backend):
                         build_anchors(
                             self.frozen,
@@ -463,7 +479,9 @@ class DistillTrainer(Trainer):
                             batch_size=cfg.train_teacher.anchor_batch_size,
                             storage=cfg.data.storage,
                         )
-                self.backend.barrier()
+
+                # A failure on rank 0 stops every rank with its message (not a timeout).
+                self.backend.run_on_main(f"building the text anchors {path}", build)
             return AnchorCache(path, expected_teacher_hash=self.frozen.text_hash()).load()
         if path is None:
             if cfg.teacher.checkpoint is None:
