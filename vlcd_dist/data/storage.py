@@ -184,13 +184,29 @@ def filesystem(url: str, cfg: StorageConfig):
             },
         )
         fs.retries = 1  # s3fs's own retries of transient errors (a class attribute): one try
-        return fs
+        return _held(fs)
     if kind in ("http", "https"):
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(sock_connect=cfg.timeout_s, sock_read=cfg.timeout_s)
-        return fsspec.filesystem(kind, client_kwargs={"timeout": timeout})
+        return _held(fsspec.filesystem(kind, client_kwargs={"timeout": timeout}))
     raise StorageError(f"{url}: not a remote location")
+
+
+_HELD: dict[int, Any] = {}
+
+
+def _held(fs: Any) -> Any:
+    """Keep a reference to every file system this process made.
+
+    A forked process (a DataLoader worker) inherits them, with sessions bound to this
+    process's event loop; fsspec drops them from its cache in the child, and were they then
+    garbage-collected there, closing those sessions on a loop that does not run in the child
+    would print "attached to a different loop" tracebacks. Held here, they stay alive in the
+    child until it ends through os._exit, which runs no finalizer; this process closes them
+    itself at exit."""
+    _HELD.setdefault(id(fs), fs)
+    return fs
 
 
 def _path(url: str) -> str:
