@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import REPO, accelerate_launch
+from safetensors.torch import load_file
 
 from vlcd_dist.config import ConfigError, TrainConfig, load_config
 from vlcd_dist.errors import VlcdError
@@ -47,8 +48,10 @@ def test_nan_every_step_stops_both_ranks_at_the_same_step(tiny_recipe, tmp_path)
     assert not (out / "export").exists()  # stopped: nothing exported as if finished
 
 
-def test_isolated_skips_are_counted_and_the_run_goes_on(tiny_recipe, tmp_path) -> None:
-    cfg = load_config(tiny_recipe, ["predistill.steps=3", "optim.max_consecutive_skips=2"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_isolated_skips_are_counted_and_the_run_goes_on(tiny_recipe, tmp_path, compiled) -> None:
+    sets = ["predistill.steps=3", "optim.max_consecutive_skips=2", f"run.compile={compiled}"]
+    cfg = load_config(tiny_recipe, sets)
     cfg.run.out = str(tmp_path / "run")
     trainer = create_stage(cfg, "predistill")
 
@@ -65,6 +68,9 @@ def test_isolated_skips_are_counted_and_the_run_goes_on(tiny_recipe, tmp_path) -
     assert state.counters[HEALTHY] == {"skipped_steps": 0, "consecutive_skips": 0}
     summary = json.loads((Path(cfg.run.out) / "summary.json").read_text())
     assert summary["counters"][FAULTY]["skipped_steps"] == 2
+    for name in (FAULTY, HEALTHY):  # the skipped updates left no NaN behind
+        weights = load_file(str(Path(cfg.run.out) / "export" / f"{name}.safetensors"))
+        assert all(bool(torch.isfinite(w).all()) for w in weights.values()), name
 
 
 def _stub(limit: int, consecutive: int) -> SimpleNamespace:
