@@ -24,19 +24,38 @@ FAULTY, HEALTHY = "tiny_mobilenetv3", "tiny_resnet"  # the tiny recipe's student
 
 
 @pytest.mark.multiproc
-def test_nan_every_step_stops_both_ranks_at_the_same_step(tiny_recipe, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "compiled"),
+    [
+        ("accelerate", False),
+        ("accelerate", True),
+        ("deepspeed", True),
+    ],
+    ids=["accelerate", "accelerate-compiled", "deepspeed-compiled"],
+)
+def test_nan_every_step_stops_both_ranks_at_the_same_step(
+    tiny_recipe, tmp_path, monkeypatch, backend, compiled
+) -> None:
+    if backend == "deepspeed":
+        pytest.importorskip("deepspeed")
+    # Each rank compiles in its own process rather than starting a pool of compile workers
+    # (a third less time on 2 cores).
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
     out = tmp_path / "run"
     proc = accelerate_launch(
         WORKER, out, FAULTY, "--",
-        "predistill", "--config", tiny_recipe, "--out", out,
+        "predistill", "--config", tiny_recipe, "--out", out, "--backend", backend,
         "--set", "predistill.steps=4", "--set", "optim.max_consecutive_skips=2",
+        "--set", f"run.compile={compiled}",
         check=False,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     # The NaN was on rank 0 only; the all-reduced flags make both ranks skip and stop together.
+    # Both ranks also hold the same weights: the healthy student's gradients were synced.
     assert ranks[0] == ranks[1], ranks
+    assert set(ranks[0]["weights"]) == {FAULTY, HEALTHY}
     assert ranks[0]["rc"] == 2 and ranks[0]["step"] == 1  # step 2 raised before completing
     counters = ranks[0]["counters"]
     assert counters[FAULTY] == {"skipped_steps": 2, "consecutive_skips": 2}
