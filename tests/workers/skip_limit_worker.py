@@ -3,7 +3,8 @@
 Runs ``vlcd <stage> ARGS...`` through the real CLI, with one student's loss made NaN at every
 step on rank 0 only (rank 1 skips only because the skip flags are all-reduced). Each rank then
 writes rank{r}.json (the CLI's exit status, the step reached, the counters), waits for the other
-rank's file, and exits with the CLI's status.
+rank's file, and exits with the CLI's status. The file also holds a hash of each student's
+parameters, so that the test can check both ranks hold the same ones (synced gradients).
 
     accelerate launch ... tests/workers/skip_limit_worker.py OUT STUDENT -- STAGE ARGS...
 """
@@ -19,6 +20,7 @@ import torch
 
 import vlcd_dist.train.stages as stages
 from vlcd_dist.cli import main as cli_main
+from vlcd_dist.models.weights import state_dict_hash
 
 
 def main() -> int:
@@ -48,6 +50,11 @@ def main() -> int:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     result = {"rc": rc, "step": trainer.state.step, "counters": trainer.state.counters}
+    # The ranks saw different batches: equal parameters on both mean the gradients were synced
+    # (not buffers: batch-norm statistics follow each rank's own batches).
+    result["weights"] = {
+        t.name: state_dict_hash(dict(t.module.named_parameters())) for t in trainer.trainees
+    }
     (folder / f"rank{rank}.json").write_text(json.dumps(result))
     # The process group is gone (the CLI closed it): wait for the other rank's file, so that
     # neither exits (and has the launcher stop the other) before both have written.

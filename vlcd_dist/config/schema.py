@@ -18,6 +18,7 @@ BACKENDS = ("accelerate", "deepspeed")
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
 TEXT_FEATURES = ("sentence_mean", "report")
 TEACHER_SOURCES = ("vlcd", "open_clip", "hf_clip")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,6 +43,12 @@ class RunConfig:
     """Flush subnormal floats to zero on CPU: tiny layer-scale weights otherwise crawl."""
     channels_last: bool = False
     """Channels-last images and conv weights: faster convolutions on CPU (oneDNN) and GPUs."""
+    compile: bool = False
+    """predistill/distill: torch.compile each student's forward+backward and the teacher's
+    image forward (inductor: needs a C++ compiler on CPU, Triton on GPUs); weights unchanged."""
+    compile_mode: str | None = None
+    """torch.compile mode when run.compile is true: null (= "default"), "reduce-overhead"
+    (CUDA graphs on GPUs), "max-autotune", "max-autotune-no-cudagraphs"."""
     backend: str = "accelerate"
     """Engine of the trained models: "accelerate" (DDP) or "deepspeed" (ZeRO stage 0-2)."""
     zero_stage: int = 1
@@ -477,6 +484,12 @@ class TrainConfig:
         )
         _check(self.run.backend in BACKENDS, "run.backend", self.run.backend, f"one of {BACKENDS}")
         _check(self.run.zero_stage in (0, 1, 2), "run.zero_stage", self.run.zero_stage, "0, 1 or 2")
+        _check(
+            self.run.compile_mode in COMPILE_MODES,
+            "run.compile_mode",
+            self.run.compile_mode,
+            "null or one of " + ", ".join(repr(m) for m in COMPILE_MODES if m),
+        )
         _check(
             self.run.collective_timeout_s > 0,
             "run.collective_timeout_s",

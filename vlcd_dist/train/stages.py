@@ -52,6 +52,12 @@ from vlcd_dist.models.exported import (
 from vlcd_dist.models.foreign_teacher import HFClipTeacher, OpenClipTeacher
 from vlcd_dist.models.weights import ModelError, load_into, load_state_dict, state_dict_hash
 from vlcd_dist.train.backend import Backend, Trainee
+from vlcd_dist.train.compiling import (
+    compile_student,
+    compile_tower,
+    raise_recompile_limit,
+    require_compiler,
+)
 from vlcd_dist.train.trainer import Trainer
 
 logger = logging.getLogger("vlcd_dist.train")
@@ -233,6 +239,8 @@ class TeacherTrainer(Trainer):
                 f"{cfg.teacher.source} is a frozen foundation model: skip this stage and run "
                 "predistill and distill (distill builds its text anchors)"
             )
+        if cfg.run.compile:
+            logger.info("train-teacher: run.compile applies to predistill and distill only")
         torch.manual_seed(cfg.run.seed)
         tcfg = build_teacher_config(cfg)
         if tcfg.checkpoint is not None:
@@ -426,10 +434,17 @@ class DistillTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.cfg
+        compiled = cfg.run.compile
+        if compiled:
+            require_compiler(self.device)  # before any model is built
+            raise_recompile_limit(len(cfg.students) + 1)
         self.frozen = load_frozen_teacher(cfg, self.device, self.backend.memory_format)
         self.teacher_hash = state_dict_hash(self.frozen.teacher)
         # Counts real forwards of the teacher's image tower, whoever calls it.
         self.frozen.teacher.image.register_forward_hook(self._count_teacher)
+        if compiled:
+            # Only the tower's forward: its __call__, which runs the counting hook, stays eager.
+            compile_tower(self.frozen.teacher.image, cfg.run.compile_mode)
         self.teacher_scale = self.frozen.get_logit_scale().to(self.device)
         self.anchors = None
         if self.mode == "distill":
@@ -456,7 +471,20 @@ class DistillTrainer(Trainer):
                 math.log(float(self.teacher_scale)) if learn_scale else None,
                 self.frozen.max_logit_scale,
             )
+            if compiled:
+                # In place and before the backend wraps it: DDP / DeepSpeed then wrap the very
+                # module they would wrap eagerly (same parameters, same gradient hooks outside
+                # the graph, same state_dict keys in checkpoints); see train/compiling.py.
+                compile_student(module, cfg.run.compile_mode)
             self.add_trainee(spec.name, module, lr=spec.lr)
+        if compiled:
+            logger.info(
+                "%s: run.compile: %d student(s) and the teacher's image tower compiled (mode "
+                "%s); the first step includes compiling",
+                self.stage,
+                len(cfg.students),
+                cfg.run.compile_mode or "default",
+            )
 
     def _load_anchors(self):  # -> AnchorTable
         from vlcd_dist.anchors import AnchorCache
