@@ -73,6 +73,12 @@ def main() -> int:
     ap.add_argument("--students", nargs="+", default=list(STUDENTS))
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="eager only (by default every figure is measured eager and with run.compile)",
+    )
+    ap.add_argument(
         "--mixed-precision",
         choices=("no", "bf16", "fp16"),
         default="no",
@@ -125,82 +131,112 @@ def main() -> int:
         )
         cfg.teacher.checkpoint = str(teacher_file)
         del teacher
+        results = {}
+        for variant in ("eager", "compiled") if args.compile else ("eager",):
+            cfg.run.compile = variant == "compiled"
+            cfg.run.out = str(root / f"run-{variant}")
+            results[variant] = _measure(cfg, args.repeats)
+    _report(results, args)
+    return 0
 
-        trainer = DistillTrainer(cfg, "distill")
-        trainer.build()
-        all_trainees = list(trainer.trainees)
+
+def _measure(cfg: TrainConfig, repeats: int) -> dict[str, object]:
+    """The figures of one variant (eager or compiled): first step, T, each S_k, together and
+    one after another (medians of ``repeats`` after a warm-up)."""
+    trainer = DistillTrainer(cfg, "distill")
+    trainer.build()
+    all_trainees = list(trainer.trainees)
+    for t in all_trainees:
+        t.model.train()
+    batches = []
+    for batch in trainer.loader:
+        batches.append(batch)
+        if len(batches) == 2:
+            break
+    cursor = {"i": 0}
+
+    def next_batch():
+        cursor["i"] += 1
+        return [batches[cursor["i"] % len(batches)]]
+
+    def together():
+        trainer.trainees = all_trainees
+        trainer.train_step(next_batch())
+
+    def one_after_another():
         for t in all_trainees:
-            t.model.train()
-        batches = []
-        for batch in trainer.loader:
-            batches.append(batch)
-            if len(batches) == 2:
-                break
-        cursor = {"i": 0}
-
-        def next_batch():
-            cursor["i"] += 1
-            return [batches[cursor["i"] % len(batches)]]
-
-        def together():
-            trainer.trainees = all_trainees
+            trainer.trainees = [t]
             trainer.train_step(next_batch())
+        trainer.trainees = all_trainees
 
-        def one_after_another():
-            for t in all_trainees:
-                trainer.trainees = [t]
-                trainer.train_step(next_batch())
-            trainer.trainees = all_trainees
+    def teacher_forward():
+        trainer.targets(next_batch()[0])
 
-        def teacher_forward():
-            trainer.targets(next_batch()[0])
+    # The first step: compiling included, when compiled.
+    _sync()
+    t0 = time.perf_counter()
+    together()
+    _sync()
+    first = time.perf_counter() - t0
+    targets = trainer.targets(batches[0])
 
-        targets = trainer.targets(batches[0])
+    def student_step(t):
+        def run():
+            trainer.student_step(t, targets, sync=True, scale=1.0)
+            trainer.backend.clip_grad(t, cfg.optim.clip_grad_norm)
+            trainer.backend.step(t)
 
-        def student_step(t):
-            def run():
-                trainer.student_step(t, targets, sync=True, scale=1.0)
-                trainer.backend.clip_grad(t, cfg.optim.clip_grad_norm)
-                trainer.backend.step(t)
+        return run
 
-            return run
+    for _ in range(2):  # warm-up: allocator, oneDNN kernels, optimizer state
+        together()
+        one_after_another()
+    return {
+        "first": first,
+        "teacher": _median_time(teacher_forward, repeats),
+        "students": {t.name: _median_time(student_step(t), repeats) for t in all_trainees},
+        "together": _median_time(together, repeats),
+        "sequence": _median_time(one_after_another, repeats),
+    }
 
-        for _ in range(2):  # warm-up: allocator, oneDNN kernels, optimizer state
-            together()
-            one_after_another()
-        t_teacher = _median_time(teacher_forward, args.repeats)
-        t_students = {t.name: _median_time(student_step(t), args.repeats) for t in all_trainees}
-        t_together = _median_time(together, args.repeats)
-        t_sequence = _median_time(one_after_another, args.repeats)
-    k = len(all_trainees)
-    s_sum = sum(t_students.values())
-    ideal = (k * t_teacher + s_sum) / (t_teacher + s_sum)
-    measured = t_sequence / t_together
+
+def _report(results: dict[str, dict], args: argparse.Namespace) -> None:
+    names = list(results)
+    first = results[names[0]]
+    k = len(first["students"])
     h, w = args.size
     print(
         f"multi-student step: teacher {args.teacher}, {k} students, batch {args.batch} at "
         f"{h}x{w}, precision {args.mixed_precision}, on "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
-        f"({torch.get_num_threads()} CPU thread(s)), median of {args.repeats}"
+        f"({torch.get_num_threads()} CPU thread(s)), median of {args.repeats}; ms"
     )
-    print(f"  teacher forward T             {t_teacher * 1000:8.1f} ms")
-    for name, value in t_students.items():
-        print(f"  student step S ({name:<22}) {value * 1000:8.1f} ms")
-    together_ideal = (t_teacher + s_sum) * 1000
-    sequence_ideal = (k * t_teacher + s_sum) * 1000
-    print(
-        f"  K students together           {t_together * 1000:8.1f} ms/step"
-        f"   (T + sum S = {together_ideal:.1f})"
-    )
-    print(
-        f"  K students one after another  {t_sequence * 1000:8.1f} ms/step"
-        f"   (K T + sum S = {sequence_ideal:.1f})"
-    )
-    print(
-        f"  speed-up measured {measured:.2f}x, ideal {ideal:.2f}x, "
-        f"ratio {measured / ideal:.2f} (target >= 0.90)"
-    )
-    return 0
+    ratio = len(names) == 2
+    header = "".join(f"{n:>11}" for n in names) + ("   compiled/eager" if ratio else "")
+    print(f"  {'':<40}{header}")
+
+    def row(label: str, values: list[float]) -> None:
+        cells = "".join(f"{v * 1000:11.1f}" for v in values)
+        tail = f"   {values[1] / values[0]:10.2f}x" if ratio else ""
+        print(f"  {label:<40}{cells}{tail}")
+
+    row("first step (compiling, when compiled)", [results[n]["first"] for n in names])
+    row("teacher forward T", [results[n]["teacher"] for n in names])
+    for student in first["students"]:
+        row(f"student step S ({student})", [results[n]["students"][student] for n in names])
+    row("K students together (T + sum S)", [results[n]["together"] for n in names])
+    row("K students one after another", [results[n]["sequence"] for n in names])
+    for n in names:
+        r = results[n]
+        s_sum = sum(r["students"].values())
+        ideal = (k * r["teacher"] + s_sum) / (r["teacher"] + s_sum)
+        measured = r["sequence"] / r["together"]
+        print(
+            f"  {n}: together / (T + sum S) = {r['together'] / (r['teacher'] + s_sum):.2f}; "
+            f"speed-up over one after another measured {measured:.2f}x, ideal "
+            f"(K T + sum S) / (T + sum S) = {ideal:.2f}x, ratio {measured / ideal:.2f} "
+            "(target >= 0.90)"
+        )
 
 
 if __name__ == "__main__":

@@ -79,6 +79,17 @@ def accelerate_cmd(*args: object, nproc: int = 2) -> list[str]:
     return multi_rank_command(nproc, [str(a) for a in args])
 
 
+def torchrun_worker(world: int, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run a worker script under ``torchrun --standalone`` with ``world`` gloo ranks (one
+    thread each, offline hub, this checkout importable); fail the test unless it exits 0."""
+    env = rank_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # No port: --standalone picks a free rendezvous port itself, so parallel runs do not collide.
+    cmd = multi_rank_command(world, [str(a) for a in args], launcher="torchrun")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
 def accelerate_launch(
     *args: object, timeout: int = 300, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

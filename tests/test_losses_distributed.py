@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, torchrun_worker
 from safetensors.torch import load_file
 
 from vlcd_dist.losses import clip_loss, vlcd_loss
-from vlcd_dist.pipelines.launch import multi_rank_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -46,17 +44,7 @@ worker = _load_worker()
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tensor]]:
     """Run the worker under torchrun (2 processes, gloo) once; the results of each rank."""
     out = tmp_path_factory.mktemp("dist_losses")
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    # No port: --standalone picks a free rendezvous port itself, so parallel runs do not collide.
-    cmd = multi_rank_command(WORLD, [WORKER, out], launcher="torchrun")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    torchrun_worker(WORLD, WORKER, out)
     return [load_file(str(out / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 

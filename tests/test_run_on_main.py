@@ -5,16 +5,13 @@ rank 0's message instead of leaving the others to a collective timeout."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, torchrun_worker
 
 from vlcd_dist.errors import VlcdError
 from vlcd_dist.models import ModelError
-from vlcd_dist.pipelines.launch import multi_rank_command
 from vlcd_dist.train.backend import Backend
 
 WORKER = REPO / "tests" / "workers" / "run_on_main_worker.py"
@@ -57,16 +54,7 @@ def test_one_rank_runs_the_work_and_raises_its_own_error():
 
 @pytest.mark.multiproc
 def test_a_failure_on_rank_0_stops_every_rank_with_its_message(tmp_path):
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    cmd = multi_rank_command(2, [WORKER, tmp_path], launcher="torchrun")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    torchrun_worker(2, WORKER, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     # Success: both ranks go on after rank 0's work is done, and stay in step.
