@@ -2,10 +2,11 @@
 
 Pipeline, per epoch::
 
-    shard list (brace pattern or folder, sizes from sizes.json)
+    shard list (brace pattern or folder: local, s3:// or http(s)://; sizes from sizes.json)
       -> deterministic per-epoch shuffle of shard order, or resampled shards
       -> split by rank (node) -> split by DataLoader worker
-      -> tar reading (stdlib tarfile, streaming) -> shuffle buffer of raw samples
+      -> tar reading (stdlib tarfile, streaming; remote shards through .storage, with
+         retries) -> shuffle buffer of raw samples
       -> decode (PIL) + transforms -> batches in the worker -> rank-level cap
 
 Equal batches on every rank: every rank computes the whole epoch's plan from ``sizes.json``
