@@ -19,8 +19,9 @@ from vlcd_dist.config import load_config
 from vlcd_dist.data.stream import ShardLoader, StreamConfig, resolve_shards
 from vlcd_dist.data.teacher_cache import TeacherCache, iter_views
 from vlcd_dist.data.views import pick_view
-from vlcd_dist.errors import DataError
+from vlcd_dist.errors import ConfigError, DataError
 from vlcd_dist.io import save_tensors
+from vlcd_dist.train.preflight import check_stage_inputs
 from vlcd_dist.train.stages import load_frozen_teacher
 from vlcd_dist.train.teacher_cache import open_cache
 
@@ -151,10 +152,14 @@ def test_a_stale_cache_is_refused_with_the_reason(
     (shards / "sizes.json").write_text(json.dumps(sizes))
     text = _refusal(_cfg(tiny_recipe, *base, f"data.placenta={shards}"))
     assert "shards.files: the cache has 1 entr(y/ies) this run lacks" in text and dropped in text
-    # Not a cache at all, and via the CLI: exit 2 with the reason, before any training.
+    # Not a cache at all; no such folder (the start-up check names the key).
     assert "has no manifest.json" in _refusal(
         _cfg(tiny_recipe, f"teacher.checkpoint={teacher}", f"teacher.cache={tmp_path}")
     )
+    with pytest.raises(ConfigError, match="teacher.cache="):
+        check_stage_inputs(
+            _cfg(tiny_recipe, *base, f"teacher.cache={tmp_path / 'nope'}"), "distill"
+        )
 
 
 def test_cli_refuses_a_stale_cache(cache_dir, tiny_recipe, tiny_pipeline, tmp_path, capsys):
@@ -190,11 +195,8 @@ def _losses(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: v for t, v in scalars(folder / "tb").items() if not t.startswith("perf/")}
 
 
-@pytest.mark.multiproc
-def test_cached_distill_matches_the_live_teacher_and_resumes_exactly(
-    cache_dir, tiny_recipe, tiny_pipeline, tmp_path
-) -> None:
-    common = [
+def _common(tiny_pipeline) -> list[str]:
+    return [
         f"teacher.checkpoint={tiny_pipeline['teacher']}",
         "distill.init_from=null",
         f"distill.steps={STEPS}",
@@ -202,7 +204,15 @@ def test_cached_distill_matches_the_live_teacher_and_resumes_exactly(
         "checkpoint.keep_last=2",
         "logging.every_steps=1",
     ]
-    live, cached, resumed = tmp_path / "live", tmp_path / "cached", tmp_path / "resumed"
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory, cache_dir, tiny_recipe, tiny_pipeline) -> dict[str, Path]:
+    """On 2 gloo ranks (Accelerate): a live-teacher run with data.views, a cached run, and a
+    cached run stopped after the checkpoint of step STOP (mid-epoch 1), then resumed."""
+    root = tmp_path_factory.mktemp("cache_runs")
+    common = _common(tiny_pipeline)
+    live, cached, resumed = root / "live", root / "cached", root / "resumed"
     _launch(tiny_recipe, live, "a", [*common, f"data.views={VIEWS}"])
     with_cache = [*common, f"teacher.cache={cache_dir}"]
     _launch(tiny_recipe, cached, "a", with_cache)
@@ -210,6 +220,14 @@ def test_cached_distill_matches_the_live_teacher_and_resumes_exactly(
     meta = json.loads((resumed / "checkpoints" / f"step_{STOP:06d}" / "meta.json").read_text())
     assert (meta["state"]["epoch"], meta["state"]["batch_in_epoch"]) == (1, 2)  # mid-epoch 1
     _launch(tiny_recipe, resumed, "b2", with_cache, "--resume")
+    return {"live": live, "cached": cached, "resumed": resumed}
+
+
+@pytest.mark.multiproc
+def test_cached_distill_matches_the_live_teacher_and_resumes_exactly(
+    two_rank_runs, cache_dir
+) -> None:
+    live, cached, resumed = (two_rank_runs[k] for k in ("live", "cached", "resumed"))
 
     # Same samples at every step on every rank.
     for rank in range(2):
@@ -244,3 +262,26 @@ def test_cached_distill_matches_the_live_teacher_and_resumes_exactly(
     assert summaries[cached]["teacher_forwards"] == 0
     assert summaries[resumed]["teacher_forwards"] == 0
     assert summaries[cached]["teacher_cache"] == str(cache_dir)
+
+
+@pytest.mark.multiproc
+def test_cached_distill_under_deepspeed(
+    two_rank_runs, cache_dir, tiny_recipe, tiny_pipeline, tmp_path
+) -> None:
+    """The cache only replaces the teacher forward: under DeepSpeed (ZeRO 0, 2 ranks) a cached
+    run trains like the Accelerate one (the tolerance of tests/test_deepspeed.py) with no
+    teacher forward."""
+    pytest.importorskip("deepspeed")
+    from helpers import accelerate_launch, distill_args
+
+    out = tmp_path / "deepspeed"
+    sets = [*_common(tiny_pipeline), f"teacher.cache={cache_dir}", "run.zero_stage=0"]
+    accelerate_launch(*distill_args(tiny_recipe, out, sets, "--backend", "deepspeed"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "deepspeed" and summary["teacher_forwards"] == 0
+    got, reference = _losses(out), _losses(two_rank_runs["cached"])
+    for name in ("tiny_mobilenetv3", "tiny_resnet"):
+        tag = f"{name}/loss"
+        assert [s for s, _ in got[tag]] == list(range(1, STEPS + 1))
+        for (_, a), (_, b) in zip(got[tag], reference[tag], strict=True):
+            assert abs(a - b) <= 1e-4, (tag, got[tag], reference[tag])
