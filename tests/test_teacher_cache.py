@@ -285,3 +285,35 @@ def test_cached_distill_under_deepspeed(
         assert [s for s, _ in got[tag]] == list(range(1, STEPS + 1))
         for (_, a), (_, b) in zip(got[tag], reference[tag], strict=True):
             assert abs(a - b) <= 1e-4, (tag, got[tag], reference[tag])
+
+
+def test_cached_predistill_matches_the_live_teacher(tiny_recipe, tiny_pipeline, tmp_path) -> None:
+    """predistill (natural shards, one rank in-process) from an fp32 cache of 3 views: the
+    live-teacher run's losses with data.views=3, and no teacher forward."""
+    teacher = f"teacher.checkpoint={tiny_pipeline['teacher']}"
+    cache = tmp_path / "cache"
+    assert (
+        run_cli(
+            f"cache-teacher --config {tiny_recipe} --views 3 --stage predistill --dtype fp32 "
+            f"--out {cache} --set {teacher}"
+        )
+        == 0
+    )
+    assert json.loads((cache / "manifest.json").read_text())["samples"] == 64
+    sets = f"--set {teacher} --set predistill.steps=3 --set logging.every_steps=1"
+    live, cached = tmp_path / "live", tmp_path / "cached"
+    assert run_cli(f"predistill --config {tiny_recipe} --out {live} {sets} --set data.views=3") == 0
+    assert (
+        run_cli(
+            f"predistill --config {tiny_recipe} --out {cached} {sets} --set teacher.cache={cache}"
+        )
+        == 0
+    )
+    la, lc = _losses(live), _losses(cached)
+    assert sorted(la) == sorted(lc) and "tiny_resnet/loss" in la
+    for tag in la:
+        assert [s for s, _ in la[tag]] == [s for s, _ in lc[tag]] == [1, 2, 3], tag
+        for (_, a), (_, c) in zip(la[tag], lc[tag], strict=True):
+            assert abs(a - c) <= 1e-5, (tag, la[tag], lc[tag])
+    assert json.loads((live / "summary.json").read_text())["teacher_forwards"] == 3
+    assert json.loads((cached / "summary.json").read_text())["teacher_forwards"] == 0
