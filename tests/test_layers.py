@@ -45,6 +45,7 @@ COMMANDS = [
     "train-teacher",
     "predistill",
     "distill",
+    "cache-teacher",
     "eval",
     "demo",
     "sweep",

@@ -13,7 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlcd_dist.cli import bench, export, package, pipelines, predict, report, shards, stages
+from vlcd_dist.cli import (
+    bench,
+    export,
+    package,
+    pipelines,
+    predict,
+    report,
+    shards,
+    stages,
+    teacher_cache,
+)
 from vlcd_dist.errors import VlcdError
 
 
@@ -23,7 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Vision-Language Contrastive Distillation: data, training and evaluation.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (shards, bench, export, package, predict, stages, pipelines, report):
+    for module in (
+        shards,
+        bench,
+        export,
+        package,
+        predict,
+        stages,
+        teacher_cache,
+        pipelines,
+        report,
+    ):
         module.add_parser(sub)
     return parser
 

@@ -93,6 +93,10 @@ class DataConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     """How s3:// and http(s):// shard sets are reached; credentials come from the environment
     (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a profile, never from the recipe."""
+    views: int = 0
+    """Training augmentation: 0 draws it from the loader's random stream; A > 0 gives every
+    sample A seeded views (from run.seed, its key, the view index) and shows one of them per
+    epoch, so that any run can regenerate them (a teacher.cache sets this from the cache)."""
 
     def stream(self, shards: str, *, split: str | None, train: bool, seed: int) -> StreamConfig:
         """The StreamConfig of one shard set for training (augmented) or evaluation."""
@@ -111,6 +115,7 @@ class DataConfig:
             crop_scale=tuple(self.crop_scale),
             color_jitter=tuple(self.color_jitter),
             storage=self.storage,
+            views=self.views if train else 0,
             # Training needs equal batch counts (collectives every step); evaluation needs every
             # sample exactly once, and gathers ranks of different sizes.
             equal_batches=train,
@@ -177,6 +182,9 @@ class TeacherSection:
     """Trained whole-teacher weights (export/teacher.safetensors of train-teacher)."""
     autocast_dtype: str = "bfloat16"
     """Autocast of the frozen teacher's forward: "bfloat16", "float16" or "float32"."""
+    cache: str | None = None
+    """Folder written by `vlcd cache-teacher`: predistill/distill read the teacher's image
+    embeddings from it instead of running (or building) the teacher's image tower."""
 
     def overrides(self) -> dict[str, Any]:
         """TeacherConfig fields this section sets (the None ones keep the preset's)."""
@@ -564,6 +572,7 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size"):
             _check(getattr(self.data, name) >= 1, f"data.{name}", getattr(self.data, name), ">= 1")
         _check(self.data.num_workers >= 0, "data.num_workers", self.data.num_workers, ">= 0")
+        _check(self.data.views >= 0, "data.views", self.data.views, ">= 0 (0: unseeded views)")
         _check(bool(self.students), "students", self.students, "a list of at least one student")
         names = [s.name for s in self.students]
         dupes = sorted({n for n in names if names.count(n) > 1})

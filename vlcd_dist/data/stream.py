@@ -57,6 +57,7 @@ from .storage import (
     read_bytes,
 )
 from .transforms import eval_transform, train_transform
+from .views import pick_view, seeded_view, view_seed
 
 SKIP_KINDS = ("corrupt_image", "missing_key", "bad_json", "bad_text", "truncated_tar")
 RETRIES = "retries"  # the counter of reads retried after a transient storage error
@@ -84,9 +85,12 @@ class StreamConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # train: random resized crop's area range
     color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.02)  # train: b, c, s, hue
     storage: StorageConfig = field(default_factory=StorageConfig)  # remote shard sets: access
+    views: int = 0  # train: > 0 draws seeded views (data/views.py), one of this many per epoch
 
     def validate(self) -> None:
         self.storage.validate()
+        if self.views < 0:
+            raise DataError(f"data.views must be >= 0 (0: unseeded augmentation), got {self.views}")
         if self.batch_size < 1:
             raise DataError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
@@ -261,10 +265,13 @@ def iter_tar(
 class Decoder:
     """Turns a raw sample into tensors and text, or raises :class:`_Skip` saying why not."""
 
-    def __init__(self, kind: str, tasks: list[str], cfg: StreamConfig):
+    def __init__(self, kind: str, tasks: list[str], cfg: StreamConfig, epoch: int = 0):
         self.kind = kind
         self.tasks = tasks
         self.image_size, self.train = tuple(cfg.image_size), cfg.train
+        # Seeded views (training only): sample `key` shows view pick_view(seed, epoch, key).
+        self.views = cfg.views if cfg.train else 0
+        self.seed, self.epoch = cfg.seed, epoch
         self.transform = (
             train_transform(self.image_size, tuple(cfg.crop_scale), tuple(cfg.color_jitter))
             if cfg.train
@@ -276,6 +283,13 @@ class Decoder:
             return decode_rgb(raw["jpg"], self.image_size, self.train)
         except DECODE_ERRORS as exn:
             raise _Skip("corrupt_image", raw["__url__"], raw["__key__"], str(exn)) from exn
+
+    def view_images(self, raw: dict[str, Any], views: list[int]) -> list[torch.Tensor]:
+        """The [0, 1] image tensors of the given seeded views of one raw sample (what a run
+        with ``data.views`` gives the models when it picks that view)."""
+        image = self.decode_image(raw)
+        key = raw["__key__"]
+        return [seeded_view(self.transform, image, view_seed(self.seed, key, v)) for v in views]
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         url, key = raw["__url__"], raw["__key__"]
@@ -292,7 +306,11 @@ class Decoder:
             out["labels"], out["study"] = self._labels(raw["json"], url, key)
         if "cls" in raw:
             out["cls"] = raw["cls"].decode("utf-8", "replace")
-        out["image"] = self.transform(self.decode_image(raw))
+        if self.views:
+            out["view"] = pick_view(self.seed, self.epoch, key, self.views)
+            out["image"] = self.view_images(raw, [out["view"]])[0]
+        else:
+            out["image"] = self.transform(self.decode_image(raw))
         return out
 
     def _labels(self, data: bytes, url: str, key: str) -> tuple[torch.Tensor, str]:
@@ -325,6 +343,8 @@ def collate(samples: list[dict[str, Any]], tasks: list[str], counts: Counter) ->
         batch["tasks"] = list(tasks)
     if all("cls" in s for s in samples):
         batch["cls"] = [s["cls"] for s in samples]
+    if "view" in samples[0]:
+        batch["view"] = [s["view"] for s in samples]
     return batch
 
 
@@ -453,7 +473,7 @@ class ShardStream(IterableDataset):
     def _samples(self, shard_ids: list[int], worker: int, quota: int, counts: Counter):
         """Exactly ``quota`` decoded samples, refilled from the worker's own shards if bad
         samples were skipped. Each comes with the skip counts seen since the previous one."""
-        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg)
+        decoder = Decoder(self.set.kind, self.set.tasks, self.cfg, self.epoch)
         produced = 0
         for pass_no in range(1_000_000):
             # Only the first pass counts skips: a refill reads the same bad samples again.

@@ -133,18 +133,27 @@ class VisionLanguageTeacher(nn.Module):
     on normalised input), ``text`` (what :mod:`vlcd_dist.anchors` embeds sentences with),
     ``encode_image``, ``encode_text``, ``image_parameters`` (the image tower's, for parameter
     counts), ``get_logit_scale``, ``max_logit_scale`` and ``text_hash``.
+
+    ``image_tower=False`` builds the text tower and logit scale only (``image`` and ``input``
+    are None): what a run reading the teacher's image embeddings from a cache needs.
     """
 
     source = "vlcd"
 
-    def __init__(self, cfg: TeacherConfig, *, load_pretrained: bool = True) -> None:
+    def __init__(
+        self, cfg: TeacherConfig, *, load_pretrained: bool = True, image_tower: bool = True
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         # With a whole-teacher checkpoint coming, tower inits are placeholders: skip the hub and
         # the random-init warning ("none").
         image_weights = cfg.image_weights if load_pretrained else "none"
         text_weights = cfg.text_weights if load_pretrained else "none"
-        self.image = ImageTower(cfg.image_model, cfg.embed_dim, image_weights, cfg.image_size)
+        self.image: ImageTower | None = (
+            ImageTower(cfg.image_model, cfg.embed_dim, image_weights, cfg.image_size)
+            if image_tower
+            else None
+        )
         self.text = TextTower(
             cfg.text_model,
             cfg.embed_dim,
@@ -153,7 +162,11 @@ class VisionLanguageTeacher(nn.Module):
             max_length=cfg.max_text_length,
         )
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
-        self.input: ImageInput = image_input(self.image.data_config, what="teacher image tower")
+        self.input: ImageInput | None = (
+            image_input(self.image.data_config, what="teacher image tower")
+            if self.image is not None
+            else None
+        )
 
     @property
     def embed_dim(self) -> int:
@@ -186,6 +199,11 @@ class VisionLanguageTeacher(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] -> z_T [B, d] (unnormalised)."""
+        if self.image is None or self.input is None:
+            raise ModelError(
+                f"teacher {self.cfg.name} was built without its image tower (a run reading "
+                "teacher.cache); it cannot embed images"
+            )
         return self.image(self.input(images))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -193,8 +211,8 @@ class VisionLanguageTeacher(nn.Module):
         return self.text.encode(texts)
 
     def image_parameters(self) -> Iterator[nn.Parameter]:
-        """The image tower's parameters (backbone and projection)."""
-        return self.image.parameters()
+        """The image tower's parameters (backbone and projection); none if not built."""
+        return self.image.parameters() if self.image is not None else iter(())
 
     def forward(
         self,
@@ -371,19 +389,29 @@ def teacher_config(name: str, **overrides: object) -> TeacherConfig:
     return dataclasses.replace(_TEACHERS[name](), **overrides)
 
 
-def create_teacher(cfg: TeacherConfig | str, **overrides: object) -> VisionLanguageTeacher:
+def create_teacher(
+    cfg: TeacherConfig | str, *, image_tower: bool = True, **overrides: object
+) -> VisionLanguageTeacher:
     """Build a teacher from a config or a registered name (fields replaced by ``overrides``).
 
     When ``cfg.checkpoint`` is set, towers are built without their pretrained weights and the
-    whole-teacher checkpoint is loaded strictly over them.
+    whole-teacher checkpoint is loaded strictly over them. ``image_tower=False`` builds no
+    image tower (its weights in the checkpoint are left unread).
     """
     if isinstance(cfg, str):
         cfg = teacher_config(cfg, **overrides)
     elif overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    teacher = VisionLanguageTeacher(cfg, load_pretrained=cfg.checkpoint is None)
+    teacher = VisionLanguageTeacher(
+        cfg, load_pretrained=cfg.checkpoint is None, image_tower=image_tower
+    )
     if cfg.checkpoint is not None:
-        load_into(teacher, load_state_dict(cfg.checkpoint), source=cfg.checkpoint)
+        load_into(
+            teacher,
+            load_state_dict(cfg.checkpoint),
+            source=cfg.checkpoint,
+            ignore_prefixes=() if image_tower else ("image",),
+        )
         logger.info("teacher %s: loaded checkpoint %s", cfg.name, cfg.checkpoint)
     return teacher
 

@@ -51,6 +51,8 @@ def _path_keys(cfg: TrainConfig, stage: str) -> list[str]:
         keys += ["distill.init_from", *([] if foreign else ["distill.anchors"]), *students]
     elif stage == "eval":
         keys += ["eval.students_from"] if cfg.eval.students_from else students
+    if stage in ("predistill", "distill"):
+        keys.append("teacher.cache")
     return keys
 
 

@@ -108,10 +108,15 @@ def teacher_label(cfg: TrainConfig) -> str | None:
 
 
 def load_frozen_teacher(
-    cfg: TrainConfig, device: torch.device, memory_format: torch.memory_format | None = None
+    cfg: TrainConfig,
+    device: torch.device,
+    memory_format: torch.memory_format | None = None,
+    image_tower: bool = True,
 ) -> FrozenTeacher:
     """The recipe's teacher (teacher.source: this package's with trained weights from
-    teacher.checkpoint, or an open_clip / Hugging Face CLIP model), frozen, on ``device``."""
+    teacher.checkpoint, or an open_clip / Hugging Face CLIP model), frozen, on ``device``.
+    ``image_tower=False``: this package's teacher without its image tower (a foundation model
+    is built whole)."""
     fmt = memory_format or torch.contiguous_format
     if cfg.teacher.source != "vlcd":
         frozen = FrozenTeacher(foreign_teacher(cfg), autocast_dtype=cfg.teacher.autocast_dtype)
@@ -128,7 +133,7 @@ def load_frozen_teacher(
             f"teacher.checkpoint={tcfg.checkpoint!r} does not exist; run `vlcd train-teacher` "
             "first or fix the path"
         )
-    teacher = create_teacher(tcfg)
+    teacher = create_teacher(tcfg, image_tower=image_tower)
     frozen = FrozenTeacher(teacher, autocast_dtype=cfg.teacher.autocast_dtype)
     return frozen.to(device, memory_format=fmt)
 
@@ -416,7 +421,9 @@ def build_anchors(
 
 class DistillTrainer(Trainer):
     """Predistillation (natural images, L_pre) or VLCD (placenta pairs, L_t + lambda (L_dist +
-    L_gnd)) of every configured student at once, with one frozen teacher forward per batch."""
+    L_gnd)) of every configured student at once, with one frozen teacher forward per batch, or
+    none: with ``teacher.cache`` the teacher's embeddings are read from the cache of
+    ``vlcd cache-teacher`` (train/teacher_cache.py) and its image tower is never built."""
 
     def __init__(self, cfg: TrainConfig, mode: str, backend: Backend | None = None) -> None:
         if mode not in ("predistill", "distill"):
@@ -438,13 +445,24 @@ class DistillTrainer(Trainer):
         if compiled:
             require_compiler(self.device)  # before any model is built
             raise_recompile_limit(len(cfg.students) + 1)
-        self.frozen = load_frozen_teacher(cfg, self.device, self.backend.memory_format)
+        cached = cfg.teacher.cache is not None
+        self.frozen = load_frozen_teacher(
+            cfg, self.device, self.backend.memory_format, image_tower=not cached
+        )
         self.teacher_hash = state_dict_hash(self.frozen.teacher)
-        # Counts real forwards of the teacher's image tower, whoever calls it.
-        self.frozen.teacher.image.register_forward_hook(self._count_teacher)
-        if compiled:
-            # Only the tower's forward: its __call__, which runs the counting hook, stays eager.
-            compile_tower(self.frozen.teacher.image, cfg.run.compile_mode)
+        self.cache = None
+        if cached:
+            from vlcd_dist.train.teacher_cache import open_cache
+
+            foreign = self.frozen if cfg.teacher.source != "vlcd" else None
+            self.cache = open_cache(cfg, self.mode, foreign)
+        if self.frozen.teacher.image is not None:
+            # Counts real forwards of the teacher's image tower, whoever calls it.
+            self.frozen.teacher.image.register_forward_hook(self._count_teacher)
+            if compiled:
+                # Only the tower's forward: its __call__, which runs the counting hook, stays
+                # eager.
+                compile_tower(self.frozen.teacher.image, cfg.run.compile_mode)
         self.teacher_scale = self.frozen.get_logit_scale().to(self.device)
         self.anchors = None
         if self.mode == "distill":
@@ -454,6 +472,8 @@ class DistillTrainer(Trainer):
             )
         else:
             stream = cfg.data.stream(cfg.data.natural, split=None, train=True, seed=cfg.run.seed)
+        if self.cache is not None:
+            stream.views = cfg.data.views or self.cache.views  # open_cache checked they agree
         self.loader = ShardLoader(stream, self.backend.rank, self.backend.world_size)
         self.total_steps = self.plan_steps(len(self.loader))
         learn_scale = self.mode == "distill" and cfg.distill.learn_logit_scale
@@ -479,10 +499,11 @@ class DistillTrainer(Trainer):
             self.add_trainee(spec.name, module, lr=spec.lr)
         if compiled:
             logger.info(
-                "%s: run.compile: %d student(s) and the teacher's image tower compiled (mode "
-                "%s); the first step includes compiling",
+                "%s: run.compile: %d student(s)%s compiled (mode %s); the first step includes "
+                "compiling",
                 self.stage,
                 len(cfg.students),
+                "" if self.cache is not None else " and the teacher's image tower",
                 cfg.run.compile_mode or "default",
             )
 
@@ -526,7 +547,10 @@ class DistillTrainer(Trainer):
         teacher features z_T [B, d] (the one teacher forward), text anchors u [B, d] (VLCD) and
         every rank's batch size (one collective)."""
         images = self.backend.images(batch["image"])
-        z_t = self.frozen.encode_image(images)
+        if self.cache is not None:
+            z_t = self.cache.lookup(batch["key"], batch["view"]).to(self.device)
+        else:
+            z_t = self.frozen.encode_image(images)
         anchors = None
         if self.anchors is not None:
             anchors = self.anchors.lookup(batch["key"]).to(self.device)
@@ -573,9 +597,11 @@ class DistillTrainer(Trainer):
 
     def summary(self) -> dict[str, Any]:
         # Fingerprints of the teacher before and after: the run must not have changed it.
+        # With teacher.cache, teacher_forwards is 0 and the hashes cover the text tower only.
         return {
             "teacher_hash_start": self.teacher_hash,
             "teacher_hash_end": state_dict_hash(self.frozen.teacher),
+            "teacher_cache": self.cfg.teacher.cache,
         }
 
     def finish(self) -> None:
