@@ -1,26 +1,36 @@
-"""Several students under one teacher forward versus the same students one after another.
+"""Where a distillation step's time goes: several students under one teacher forward versus
+the same students one after another, with a live teacher or from the teacher-feature cache,
+each eager and compiled (run.compile), all side by side in one run.
 
 Runs the real distillation step (vlcd_dist.train.stages.DistillTrainer, VLCD loss, AdamW,
-clipping) in one process on a few real batches, reused so that data loading is not measured:
+clipping) in one process on a few real batches, reused so that data loading is not measured.
+Variants: eager, cached eager (z_T read from a cache written by vlcd cache-teacher, the
+teacher's image tower never built), and with --compile (the default) compiled and cached
+compiled. Their figures are measured in turns (eager, compiled, ..., eager, ...) so that a
+change in the machine's load falls on all alike:
 
-* T: the frozen teacher's forward of one batch, alone;
+* first step: the first multi-student step (compiling included, when compiled);
+* T: the frozen teacher's forward of one batch, alone (cached: the cache lookup);
 * S_k: one student's step (forward, loss, backward, clip, update) given the teacher's features;
 * together: one multi-student step (one teacher forward shared by all K students);
 * one after another: K single-student steps, each with its own teacher forward (what K
   separate runs would cost per step).
 
-Prints the medians, the measured speed-up (one after another / together) and the ideal one,
-(K*T + sum S_k) / (T + sum S_k): what sharing the teacher saves if nothing else costs anything.
-The measured speed-up should come within 10% of the ideal (ratio >= 0.9).
+Prints the medians; for live variants the measured speed-up (one after another / together)
+against the ideal (K*T + sum S_k) / (T + sum S_k), what sharing the teacher saves if nothing
+else costs anything (target: within 10%, ratio >= 0.9); for cached ones the step time against
+sum S_k (ideal 1: no teacher at all) and the saving over the live step; compiled / eager per
+student.
 
     python bench/multi_student.py                      # demo architectures at 64x64, batch 16
-    python bench/multi_student.py --size 96 128 --batch 32 --repeats 7
+    python bench/multi_student.py --size 96 128 --batch 32 --repeats 7 --no-compile
     python bench/multi_student.py --size 224 224 --batch 64 --mixed-precision bf16   # a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -41,7 +51,9 @@ from vlcd_dist.train.stages import (  # noqa: E402
     DistillTrainer,
     build_anchors,
     build_teacher_config,  # noqa: E402
+    load_frozen_teacher,
 )
+from vlcd_dist.train.teacher_cache import write_cache  # noqa: E402
 
 STUDENTS = ("mobilenetv3_large_100", "efficientnet_b0", "efficientformer_l1")
 
@@ -72,6 +84,7 @@ def main() -> int:
     ap.add_argument("--teacher", default="resnet50_minilm")
     ap.add_argument("--students", nargs="+", default=list(STUDENTS))
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--views", type=int, default=2, help="views per sample in the teacher cache")
     ap.add_argument(
         "--no-compile",
         dest="compile",
@@ -131,73 +144,120 @@ def main() -> int:
         )
         cfg.teacher.checkpoint = str(teacher_file)
         del teacher
-        results = {}
-        for variant in ("eager", "compiled") if args.compile else ("eager",):
-            cfg.run.compile = variant == "compiled"
-            cfg.run.out = str(root / f"run-{variant}")
-            results[variant] = _measure(cfg, args.repeats)
+        # The teacher-feature cache of the same shards, as `vlcd cache-teacher` writes it.
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cache = write_cache(
+            cfg,
+            load_frozen_teacher(cfg, device),
+            stage="distill",
+            views=args.views,
+            out=root / "cache",
+            dtype="fp32",
+        )
+        variants = {}
+        for compiled in (False, True) if args.compile else (False,):
+            for cached in (False, True):
+                name = ("cached " if cached else "") + ("compiled" if compiled else "eager")
+                variant_cfg = copy.deepcopy(cfg)
+                variant_cfg.run.compile = compiled
+                variant_cfg.run.out = str(root / f"run-{name.replace(' ', '-')}")
+                if cached:
+                    variant_cfg.teacher.cache = str(cache)
+                    variant_cfg.data.views = args.views
+                variants[name] = Variant(variant_cfg)
+        results = _measure(variants, args.repeats)
     _report(results, args)
     return 0
 
 
-def _measure(cfg: TrainConfig, repeats: int) -> dict[str, object]:
-    """The figures of one variant (eager or compiled): first step, T, each S_k, together and
-    one after another (medians of ``repeats`` after a warm-up)."""
-    trainer = DistillTrainer(cfg, "distill")
-    trainer.build()
-    all_trainees = list(trainer.trainees)
-    for t in all_trainees:
-        t.model.train()
-    batches = []
-    for batch in trainer.loader:
-        batches.append(batch)
-        if len(batches) == 2:
-            break
-    cursor = {"i": 0}
+class Variant:
+    """One way of running the step (eager or compiled): its trainer, two real batches reused,
+    and the functions whose times are the figures."""
 
-    def next_batch():
-        cursor["i"] += 1
-        return [batches[cursor["i"] % len(batches)]]
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.trainer = DistillTrainer(cfg, "distill")
+        self.trainer.build()
+        self.trainees = list(self.trainer.trainees)
+        for t in self.trainees:
+            t.model.train()
+        self.batches = []
+        for batch in self.trainer.loader:
+            self.batches.append(batch)
+            if len(self.batches) == 2:
+                break
+        self.i = 0
+        self.targets = None
 
-    def together():
-        trainer.trainees = all_trainees
-        trainer.train_step(next_batch())
+    def next_batch(self) -> list[dict]:
+        self.i += 1
+        return [self.batches[self.i % len(self.batches)]]
 
-    def one_after_another():
-        for t in all_trainees:
-            trainer.trainees = [t]
-            trainer.train_step(next_batch())
-        trainer.trainees = all_trainees
+    def together(self) -> None:
+        self.trainer.trainees = self.trainees
+        self.trainer.train_step(self.next_batch())
 
-    def teacher_forward():
-        trainer.targets(next_batch()[0])
+    def one_after_another(self) -> None:
+        for t in self.trainees:
+            self.trainer.trainees = [t]
+            self.trainer.train_step(self.next_batch())
+        self.trainer.trainees = self.trainees
 
-    # The first step: compiling included, when compiled.
-    _sync()
-    t0 = time.perf_counter()
-    together()
-    _sync()
-    first = time.perf_counter() - t0
-    targets = trainer.targets(batches[0])
+    def teacher_forward(self) -> None:
+        self.trainer.targets(self.next_batch()[0])
 
-    def student_step(t):
-        def run():
-            trainer.student_step(t, targets, sync=True, scale=1.0)
-            trainer.backend.clip_grad(t, cfg.optim.clip_grad_norm)
-            trainer.backend.step(t)
+    def student_step(self, index: int):
+        trainer, trainee = self.trainer, self.trainees[index]
+
+        def run() -> None:
+            if self.targets is None:
+                self.targets = trainer.targets(self.batches[0])
+            trainer.student_step(trainee, self.targets, sync=True, scale=1.0)
+            trainer.backend.clip_grad(trainee, self.cfg.optim.clip_grad_norm)
+            trainer.backend.step(trainee)
 
         return run
 
-    for _ in range(2):  # warm-up: allocator, oneDNN kernels, optimizer state
-        together()
-        one_after_another()
-    return {
-        "first": first,
-        "teacher": _median_time(teacher_forward, repeats),
-        "students": {t.name: _median_time(student_step(t), repeats) for t in all_trainees},
-        "together": _median_time(together, repeats),
-        "sequence": _median_time(one_after_another, repeats),
-    }
+
+def _measure(variants: dict[str, Variant], repeats: int) -> dict[str, dict]:
+    """Every figure of every variant, the variants taking turns (eager, compiled, eager, ...)
+    so that a change in the machine's load falls on all of them alike: the first step (which
+    compiles, when compiled), then after a warm-up the medians of ``repeats`` of T, each S_k,
+    the K students together and one after another."""
+    results: dict[str, dict] = {name: {"students": {}} for name in variants}
+    for name, v in variants.items():
+        _sync()
+        t0 = time.perf_counter()
+        v.together()
+        _sync()
+        results[name]["first"] = time.perf_counter() - t0
+    for v in variants.values():  # warm-up: allocator, kernels, optimizer state, every graph
+        for _ in range(2):
+            v.together()
+            v.one_after_another()
+            for k in range(len(v.trainees)):
+                v.student_step(k)()
+
+    def figure(fn_of) -> dict[str, float]:
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, v in variants.items():
+                times[name].append(_median_time(fn_of(v), 1))
+        return {name: statistics.median(t) for name, t in times.items()}
+
+    for name, value in figure(lambda v: v.teacher_forward).items():
+        results[name]["teacher"] = value
+    first = next(iter(variants.values()))
+    for k, trainee in enumerate(first.trainees):
+        for name, value in figure(lambda v, k=k: v.student_step(k)).items():
+            results[name]["students"][trainee.name] = value
+    for key, fn_of in (
+        ("together", lambda v: v.together),
+        ("sequence", lambda v: v.one_after_another),
+    ):
+        for name, value in figure(fn_of).items():
+            results[name][key] = value
+    return results
 
 
 def _report(results: dict[str, dict], args: argparse.Namespace) -> None:
@@ -209,34 +269,41 @@ def _report(results: dict[str, dict], args: argparse.Namespace) -> None:
         f"multi-student step: teacher {args.teacher}, {k} students, batch {args.batch} at "
         f"{h}x{w}, precision {args.mixed_precision}, on "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
-        f"({torch.get_num_threads()} CPU thread(s)), median of {args.repeats}; ms"
+        f"({torch.get_num_threads()} CPU thread(s)), median of {args.repeats}; ms. cached: "
+        f"z_T read from a {args.views}-view teacher cache (T is then the lookup)"
     )
-    ratio = len(names) == 2
-    header = "".join(f"{n:>11}" for n in names) + ("   compiled/eager" if ratio else "")
-    print(f"  {'':<40}{header}")
+    print(f"  {'':<38}" + "".join(f"{n:>16}" for n in names))
 
     def row(label: str, values: list[float]) -> None:
-        cells = "".join(f"{v * 1000:11.1f}" for v in values)
-        tail = f"   {values[1] / values[0]:10.2f}x" if ratio else ""
-        print(f"  {label:<40}{cells}{tail}")
+        print(f"  {label:<38}" + "".join(f"{v * 1000:16.1f}" for v in values))
 
     row("first step (compiling, when compiled)", [results[n]["first"] for n in names])
     row("teacher forward T", [results[n]["teacher"] for n in names])
     for student in first["students"]:
         row(f"student step S ({student})", [results[n]["students"][student] for n in names])
-    row("K students together (T + sum S)", [results[n]["together"] for n in names])
+    row("K students together", [results[n]["together"] for n in names])
     row("K students one after another", [results[n]["sequence"] for n in names])
     for n in names:
         r = results[n]
         s_sum = sum(r["students"].values())
+        if n.startswith("cached"):
+            live = results[n.removeprefix("cached ")]
+            print(
+                f"  {n}: together / sum S = {r['together'] / s_sum:.2f} (ideal 1.00: no "
+                f"teacher); {live['together'] / r['together']:.2f}x faster than live {n[7:]}"
+            )
+            continue
         ideal = (k * r["teacher"] + s_sum) / (r["teacher"] + s_sum)
         measured = r["sequence"] / r["together"]
         print(
             f"  {n}: together / (T + sum S) = {r['together'] / (r['teacher'] + s_sum):.2f}; "
-            f"speed-up over one after another measured {measured:.2f}x, ideal "
-            f"(K T + sum S) / (T + sum S) = {ideal:.2f}x, ratio {measured / ideal:.2f} "
-            "(target >= 0.90)"
+            f"speed-up over one after another {measured:.2f}x, ideal (K T + sum S) / "
+            f"(T + sum S) = {ideal:.2f}x, ratio {measured / ideal:.2f} (target >= 0.90)"
         )
+    if "compiled" in results:
+        for student in first["students"]:
+            ratio = results["eager"]["students"][student] / results["compiled"]["students"][student]
+            print(f"  compiled / eager, {student}: {ratio:.2f}x faster")
 
 
 if __name__ == "__main__":
