@@ -58,6 +58,7 @@ from vlcd_dist.train.compiling import (
     raise_recompile_limit,
     require_compiler,
 )
+from vlcd_dist.train.teacher_cache import open_cache, stage_stream
 from vlcd_dist.train.trainer import Trainer
 
 logger = logging.getLogger("vlcd_dist.train")
@@ -452,8 +453,6 @@ class DistillTrainer(Trainer):
         self.teacher_hash = state_dict_hash(self.frozen.teacher)
         self.cache = None
         if cached:
-            from vlcd_dist.train.teacher_cache import open_cache
-
             foreign = self.frozen if cfg.teacher.source != "vlcd" else None
             self.cache = open_cache(cfg, self.mode, foreign)
         if self.frozen.teacher.image is not None:
@@ -464,17 +463,12 @@ class DistillTrainer(Trainer):
                 # eager.
                 compile_tower(self.frozen.teacher.image, cfg.run.compile_mode)
         self.teacher_scale = self.frozen.get_logit_scale().to(self.device)
-        self.anchors = None
-        if self.mode == "distill":
-            self.anchors = self._load_anchors()
-            stream = cfg.data.stream(
-                cfg.data.placenta, split="train", train=True, seed=cfg.run.seed
-            )
-        else:
-            stream = cfg.data.stream(cfg.data.natural, split=None, train=True, seed=cfg.run.seed)
-        if self.cache is not None:
-            stream.views = cfg.data.views or self.cache.views  # open_cache checked they agree
-        self.loader = ShardLoader(stream, self.backend.rank, self.backend.world_size)
+        self.anchors = self._load_anchors() if self.mode == "distill" else None
+        # With a cache, its views (open_cache checked that data.views, if set, agrees).
+        views = (cfg.data.views or self.cache.views) if self.cache is not None else None
+        self.loader = ShardLoader(
+            stage_stream(cfg, self.mode, views), self.backend.rank, self.backend.world_size
+        )
         self.total_steps = self.plan_steps(len(self.loader))
         learn_scale = self.mode == "distill" and cfg.distill.learn_logit_scale
         self.sources: dict[str, str | None] = {}
