@@ -5,9 +5,9 @@ each eager and compiled (run.compile), all side by side in one run.
 Runs the real distillation step (vlcd_dist.train.stages.DistillTrainer, VLCD loss, AdamW,
 clipping) in one process on a few real batches, reused so that data loading is not measured.
 Variants: eager, cached eager (z_T read from a cache written by vlcd cache-teacher, the
-teacher's image tower never built), and with --compile (the default) compiled and cached
-compiled. Their figures are measured in turns (eager, compiled, ..., eager, ...) so that a
-change in the machine's load falls on all alike:
+teacher's image tower never built), and (unless --no-compile) compiled and cached compiled.
+The figures are measured in turns, each turn timing every figure of every variant once, so
+that a change in the machine's load falls on all alike; the medians over the turns:
 
 * first step: the first multi-student step (compiling included, when compiled);
 * T: the frozen teacher's forward of one batch, alone (cached: the cache lookup);
@@ -220,17 +220,17 @@ class Variant:
 
 
 def _measure(variants: dict[str, Variant], repeats: int) -> dict[str, dict]:
-    """Every figure of every variant, the variants taking turns (eager, compiled, eager, ...)
-    so that a change in the machine's load falls on all of them alike: the first step (which
-    compiles, when compiled), then after a warm-up the medians of ``repeats`` of T, each S_k,
-    the K students together and one after another."""
-    results: dict[str, dict] = {name: {"students": {}} for name in variants}
+    """Every figure of every variant: the first step (which compiles, when compiled), then,
+    after a warm-up, ``repeats`` turns in each of which every variant times each figure once
+    (T, each S_k, together, one after another), so that a change in the machine's load falls
+    on all figures and variants alike; the medians over the turns."""
+    results: dict[str, dict] = {}
     for name, v in variants.items():
         _sync()
         t0 = time.perf_counter()
         v.together()
         _sync()
-        results[name]["first"] = time.perf_counter() - t0
+        results[name] = {"first": time.perf_counter() - t0}
     for v in variants.values():  # warm-up: allocator, kernels, optimizer state, every graph
         for _ in range(2):
             v.together()
@@ -238,25 +238,28 @@ def _measure(variants: dict[str, Variant], repeats: int) -> dict[str, dict]:
             for k in range(len(v.trainees)):
                 v.student_step(k)()
 
-    def figure(fn_of) -> dict[str, float]:
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(repeats):
-            for name, v in variants.items():
-                times[name].append(_median_time(fn_of(v), 1))
-        return {name: statistics.median(t) for name, t in times.items()}
+    def figures(v: Variant) -> dict[str, object]:
+        return {
+            "teacher": v.teacher_forward,
+            **{f"S:{t.name}": v.student_step(k) for k, t in enumerate(v.trainees)},
+            "together": v.together,
+            "sequence": v.one_after_another,
+        }
 
-    for name, value in figure(lambda v: v.teacher_forward).items():
-        results[name]["teacher"] = value
-    first = next(iter(variants.values()))
-    for k, trainee in enumerate(first.trainees):
-        for name, value in figure(lambda v, k=k: v.student_step(k)).items():
-            results[name]["students"][trainee.name] = value
-    for key, fn_of in (
-        ("together", lambda v: v.together),
-        ("sequence", lambda v: v.one_after_another),
-    ):
-        for name, value in figure(fn_of).items():
-            results[name][key] = value
+    times: dict[str, dict[str, list[float]]] = {
+        name: {key: [] for key in figures(v)} for name, v in variants.items()
+    }
+    for _ in range(repeats):
+        for name, v in variants.items():
+            for key, fn in figures(v).items():
+                times[name][key].append(_median_time(fn, 1))
+    for name, per_figure in times.items():
+        medians = {key: statistics.median(values) for key, values in per_figure.items()}
+        results[name]["students"] = {
+            key[2:]: value for key, value in medians.items() if key.startswith("S:")
+        }
+        for key in ("teacher", "together", "sequence"):
+            results[name][key] = medians[key]
     return results
 
 
