@@ -287,6 +287,13 @@ def is_transient(exn: BaseException) -> bool:
     return False
 
 
+def is_missing(exn: StorageError) -> bool:
+    """True when ``exn`` says the file is not there (no such object, bucket or HTTP 404), not
+    that the server could not be reached (fsspec's HTTP layer reports both as not found)."""
+    cause = exn.__cause__
+    return isinstance(cause, FileNotFoundError) and not is_transient(cause)
+
+
 def describe(exn: BaseException, url: str, cfg: StorageConfig) -> str:
     """One line saying what went wrong with ``url`` and what to check."""
     endpoint = _endpoint_of(url, cfg)
@@ -387,7 +394,7 @@ def exists(url: str, cfg: StorageConfig, *, attempts: int = START_UP_ATTEMPTS) -
     try:
         read_size(url, cfg, attempts=attempts)
     except StorageError as exn:
-        if isinstance(exn.__cause__, FileNotFoundError) and not is_transient(exn.__cause__):
+        if is_missing(exn):
             return False
         raise
     return True
@@ -554,7 +561,7 @@ def listdir(folder: str, cfg: StorageConfig) -> list[str]:
     try:
         found = with_retries(lambda: fs.ls(_path(folder), detail=False, refresh=True), folder, cfg)
     except StorageError as exn:
-        if isinstance(exn.__cause__, FileNotFoundError) and not is_transient(exn.__cause__):
+        if is_missing(exn):
             return []
         raise
     return [basename(p) for p in found]

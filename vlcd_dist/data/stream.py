@@ -48,8 +48,8 @@ from .storage import (
     basename,
     check_location,
     exists,
+    is_missing,
     is_remote,
-    is_transient,
     join,
     missing,
     open_read,
@@ -143,7 +143,7 @@ def _read_sizes(url: str, storage: StorageConfig, missing_text: str) -> dict[str
     try:
         return _read_json(url, storage)
     except StorageError as exn:
-        if isinstance(exn.__cause__, FileNotFoundError) and not is_transient(exn.__cause__):
+        if is_missing(exn):
             raise DataError(f"{missing_text} ({exn})") from None
         raise
 
